@@ -1,0 +1,223 @@
+"""A numpy fp32 forward of the supported decoder families, with a KV cache.
+
+It is the oracle every exporter and runtime is compared with, and the source of calibration
+activations: pass `observe` to see the input of every projection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .rope import apply_rotary, rope_tables
+from .spec import ModelSpec
+
+Observer = Callable[[str, np.ndarray], None]
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    variance = np.mean(x * x, axis=-1, keepdims=True)
+    return (x / np.sqrt(variance + np.float32(eps))) * weight
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (np.float32(1.0) + np.exp(-x))
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(np.float32(0.7978845608028654) * (x + 0.044715 * x * x * x)))
+
+
+ACTIVATION_FNS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"silu": silu, "gelu_pytorch_tanh": gelu_tanh}
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+@dataclass
+class KVCache:
+    """Keys and values per layer, [kv_heads, capacity, head_dim], grown by doubling."""
+
+    spec: ModelSpec
+    length: int = 0
+    keys: list[np.ndarray] = field(default_factory=list)
+    values: list[np.ndarray] = field(default_factory=list)
+
+    def append(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Store k/v [kv_heads, T, head_dim] after the current length; return everything so far."""
+        start, t = self.length, k.shape[1]
+        if layer == len(self.keys):
+            shape = (self.spec.num_kv_heads, max(64, t), self.spec.head_dim)
+            self.keys.append(np.zeros(shape, np.float32))
+            self.values.append(np.zeros(shape, np.float32))
+        if start + t > self.keys[layer].shape[1]:
+            grow = max(start + t, 2 * self.keys[layer].shape[1]) - self.keys[layer].shape[1]
+            pad = ((0, 0), (0, grow), (0, 0))
+            self.keys[layer] = np.pad(self.keys[layer], pad)
+            self.values[layer] = np.pad(self.values[layer], pad)
+        self.keys[layer][:, start : start + t] = k
+        self.values[layer][:, start : start + t] = v
+        return self.keys[layer][:, : start + t], self.values[layer][:, : start + t]
+
+    def trim(self, length: int) -> None:
+        """Forget every position from `length` on."""
+        self.length = min(self.length, length)
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+@dataclass
+class _Layer:
+    input_norm: np.ndarray
+    qkv: np.ndarray  # [q + 2 kv, hidden]
+    qkv_bias: np.ndarray | None
+    o: np.ndarray
+    o_bias: np.ndarray | None
+    q_norm: np.ndarray | None
+    k_norm: np.ndarray | None
+    post_norm: np.ndarray
+    gate_up: np.ndarray  # [2 * intermediate, hidden], gate rows first
+    gate_up_bias: np.ndarray | None
+    down: np.ndarray
+    down_bias: np.ndarray | None
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _cat(parts: list[np.ndarray | None]) -> np.ndarray | None:
+    return None if parts[0] is None else _f32(np.concatenate(parts, axis=0))  # type: ignore[arg-type]
+
+
+class ReferenceModel:
+    """fp32 decoder forward. `weights` maps canonical HF names to arrays (a Checkpoint's tensors,
+    or dequantized weights from a quantizer)."""
+
+    def __init__(self, spec: ModelSpec, weights: Mapping[str, np.ndarray]):
+        self.spec = spec
+        self.act = ACTIVATION_FNS[spec.hidden_act]
+        self.embed = _f32(weights["model.embed_tokens.weight"])
+        self.norm = _f32(weights["model.norm.weight"])
+        self.lm_head = self.embed if spec.tie_word_embeddings else _f32(weights["lm_head.weight"])
+        self.layers = [self._layer(weights, f"model.layers.{i}.") for i in range(spec.num_layers)]
+        self._cos, self._sin = rope_tables(spec, 256)
+
+    def _layer(self, w: Mapping[str, np.ndarray], p: str) -> _Layer:
+        s = self.spec
+
+        def get(name: str) -> np.ndarray | None:
+            return _f32(w[p + name]) if p + name in w else None
+
+        if s.fused_qkv:
+            qkv, qkv_bias = get("self_attn.qkv_proj.weight"), get("self_attn.qkv_proj.bias")
+        else:
+            names = ("q_proj", "k_proj", "v_proj")
+            qkv = _cat([w[f"{p}self_attn.{n}.weight"] for n in names])
+            qkv_bias = _cat([get(f"self_attn.{n}.bias") for n in names]) if s.qkv_bias else None
+        if s.fused_gate_up:
+            gate_up, gate_up_bias = get("mlp.gate_up_proj.weight"), get("mlp.gate_up_proj.bias")
+        else:
+            gate_up = _cat([w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]])
+            gate_up_bias = _cat([get("mlp.gate_proj.bias"), get("mlp.up_proj.bias")]) if s.mlp_bias else None
+        return _Layer(
+            input_norm=get("input_layernorm.weight"),  # type: ignore[arg-type]
+            qkv=qkv,  # type: ignore[arg-type]
+            qkv_bias=qkv_bias,
+            o=get("self_attn.o_proj.weight"),  # type: ignore[arg-type]
+            o_bias=get("self_attn.o_proj.bias"),
+            q_norm=get("self_attn.q_norm.weight") if s.qk_norm else None,
+            k_norm=get("self_attn.k_norm.weight") if s.qk_norm else None,
+            post_norm=get("post_attention_layernorm.weight"),  # type: ignore[arg-type]
+            gate_up=gate_up,  # type: ignore[arg-type]
+            gate_up_bias=gate_up_bias,
+            down=get("mlp.down_proj.weight"),  # type: ignore[arg-type]
+            down_bias=get("mlp.down_proj.bias"),
+        )
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint) -> ReferenceModel:
+        return cls(checkpoint.spec, checkpoint.tensors)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.spec)
+
+    def _rope(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if positions[-1] >= len(self._cos):
+            self._cos, self._sin = rope_tables(self.spec, max(2 * len(self._cos), int(positions[-1]) + 1))
+        return self._cos[positions], self._sin[positions]
+
+    def forward(
+        self,
+        ids: Sequence[int] | np.ndarray,
+        cache: KVCache | None = None,
+        *,
+        all_logits: bool = True,
+        observe: Observer | None = None,
+    ) -> np.ndarray:
+        """Logits [T, vocab] for `ids` following what `cache` holds (or [1, vocab] for the last
+        position when all_logits is False). The cache is extended by len(ids)."""
+        s = self.spec
+        cache = cache if cache is not None else self.new_cache()
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        t, past = len(ids), cache.length
+        positions = np.arange(past, past + t)
+        cos, sin = self._rope(positions)
+        mask = positions[:, None] >= np.arange(past + t)[None, :]
+        if s.sliding_window:
+            mask &= positions[:, None] - np.arange(past + t)[None, :] < s.sliding_window
+        bias = np.where(mask, np.float32(0), np.float32(-np.inf)).astype(np.float32)
+        group = s.num_heads // s.num_kv_heads
+        scale = np.float32(1.0 / np.sqrt(s.head_dim))
+
+        def linear(name: str, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+            if observe is not None:
+                observe(name, x)
+            y = x @ w.T
+            return y + b if b is not None else y
+
+        h = self.embed[ids]
+        for n, layer in enumerate(self.layers):
+            p = f"model.layers.{n}."
+            x = rms_norm(h, layer.input_norm, s.rms_norm_eps)
+            qkv = linear(p + "self_attn.qkv", x, layer.qkv, layer.qkv_bias)
+            q = qkv[:, : s.q_size].reshape(t, s.num_heads, s.head_dim).transpose(1, 0, 2)
+            k = qkv[:, s.q_size : s.q_size + s.kv_size].reshape(t, s.num_kv_heads, s.head_dim).transpose(1, 0, 2)
+            v = qkv[:, s.q_size + s.kv_size :].reshape(t, s.num_kv_heads, s.head_dim).transpose(1, 0, 2)
+            if layer.q_norm is not None:
+                q = rms_norm(q, layer.q_norm, s.rms_norm_eps)
+                k = rms_norm(k, layer.k_norm, s.rms_norm_eps)
+            q = apply_rotary(q, cos, sin, s.rotary_dim)
+            k = apply_rotary(k, cos, sin, s.rotary_dim)
+            keys, values = cache.append(n, k, v)
+            qg = q.reshape(s.num_kv_heads, group, t, s.head_dim)
+            scores = (qg @ keys[:, None].transpose(0, 1, 3, 2)) * scale + bias
+            attn = (softmax(scores) @ values[:, None]).reshape(s.num_heads, t, s.head_dim)
+            attn = attn.transpose(1, 0, 2).reshape(t, s.q_size)
+            h = h + linear(p + "self_attn.o_proj", attn, layer.o, layer.o_bias)
+            x = rms_norm(h, layer.post_norm, s.rms_norm_eps)
+            gate_up = linear(p + "mlp.gate_up", x, layer.gate_up, layer.gate_up_bias)
+            inter = s.intermediate_size
+            mlp = self.act(gate_up[:, :inter]) * gate_up[:, inter:]
+            h = h + linear(p + "mlp.down_proj", mlp, layer.down, layer.down_bias)
+        cache.length = past + t
+        h = rms_norm(h if all_logits else h[-1:], self.norm, s.rms_norm_eps)
+        return linear("lm_head", h, self.lm_head, None)
+
+    def greedy(self, ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()) -> list[int]:
+        """Greedy continuation of `ids` (without them), stopping after a stop id."""
+        cache = self.new_cache()
+        logits = self.forward(ids, cache, all_logits=False)
+        out: list[int] = []
+        for _ in range(max_new_tokens):
+            token = int(np.argmax(logits[-1]))
+            out.append(token)
+            if token in stop_ids:
+                break
+            logits = self.forward([token], cache, all_logits=False)
+        return out

@@ -1,0 +1,157 @@
+"""Reading and writing safetensors files with numpy alone.
+
+Tensors are views into one read-only memory map per file, so a checkpoint is never read whole.
+The header is checked against the file before any tensor is handed out: a truncated download
+or a header that lies about sizes is reported with the file and tensor names.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SourceError
+
+# safetensors dtype -> (numpy storage dtype, bytes per element). BF16 is stored as uint16 and
+# widened to float32 on read.
+DTYPES: dict[str, tuple[str, int]] = {
+    "F64": ("<f8", 8),
+    "F32": ("<f4", 4),
+    "F16": ("<f2", 2),
+    "BF16": ("<u2", 2),
+    "I64": ("<i8", 8),
+    "I32": ("<i4", 4),
+    "I16": ("<i2", 2),
+    "I8": ("i1", 1),
+    "U8": ("u1", 1),
+    "BOOL": ("?", 1),
+}
+_NUMPY_TO_ST = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32",
+                "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    name: str
+    dtype: str  # safetensors spelling
+    shape: tuple[int, ...]
+    begin: int  # absolute byte offsets in the file
+    end: int
+
+
+def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
+    return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+def f32_to_bf16(values: np.ndarray) -> np.ndarray:
+    """Round-to-nearest-even float32 -> bf16 bits (uint16)."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounding = ((bits >> 16) & 1) + 0x7FFF
+    return ((bits + rounding) >> 16).astype(np.uint16)
+
+
+def read_header(path: Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
+    """Parse and validate the header of one safetensors file."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise SourceError(f"{path}: not a safetensors file (only {size} bytes); re-download it")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > min(_MAX_HEADER, size - 8):
+            raise SourceError(
+                f"{path}: header length {header_len} does not fit in the file ({size} bytes); "
+                "the file is truncated or not safetensors; re-download it"
+            )
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SourceError(f"{path}: the safetensors header is not valid JSON ({exc}); re-download it") from None
+    if not isinstance(header, dict):
+        raise SourceError(f"{path}: the safetensors header is not a JSON object; re-download it")
+    metadata = header.pop("__metadata__", None) or {}
+    data_start = 8 + header_len
+    tensors: dict[str, StoredTensor] = {}
+    for name, entry in header.items():
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], tuple(int(d) for d in entry["shape"]), entry["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise SourceError(f"{path}: header entry for tensor '{name}' is malformed; re-download it") from None
+        if dtype not in DTYPES:
+            raise SourceError(
+                f"{path}: tensor '{name}' has dtype {dtype}, which edgekit does not read; "
+                f"supported: {', '.join(DTYPES)}"
+            )
+        expected = math.prod(shape) * DTYPES[dtype][1]
+        if end - begin != expected or begin < 0:
+            raise SourceError(
+                f"{path}: header says tensor '{name}' {list(shape)} {dtype} spans {end - begin} bytes "
+                f"but that shape needs {expected}; the header is corrupt; re-download the file"
+            )
+        if data_start + end > size:
+            raise SourceError(
+                f"{path}: file is truncated: tensor '{name}' ends at byte {data_start + end} but the file "
+                f"has {size} bytes; re-download it"
+            )
+        tensors[name] = StoredTensor(name, dtype, shape, data_start + begin, data_start + end)
+    return tensors, metadata
+
+
+class SafetensorsFile:
+    """One memory-mapped safetensors file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tensors, self.metadata = read_header(path)
+        self._map: np.memmap | None = None
+
+    def raw(self, name: str) -> np.ndarray:
+        """The stored array (BF16 as uint16), a view into the memory map."""
+        t = self.tensors[name]
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+        storage, _ = DTYPES[t.dtype]
+        return self._map[t.begin : t.end].view(storage).reshape(t.shape)
+
+    def get(self, name: str) -> np.ndarray:
+        """The tensor as float32 (floating dtypes) or its integer type; a view when already float32."""
+        t = self.tensors[name]
+        arr = self.raw(name)
+        if t.dtype == "BF16":
+            return bf16_to_f32(arr)
+        if t.dtype in ("F16", "F64"):
+            return arr.astype(np.float32)
+        return arr
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None,
+                      bf16: frozenset[str] = frozenset()) -> None:
+    """Write tensors to one safetensors file. Names in `bf16` are stored as BF16."""
+    header: dict[str, object] = {"__metadata__": {"format": "pt", **(metadata or {})}}
+    blobs: list[bytes] = []
+    offset = 0
+    for name, array in tensors.items():
+        if name in bf16:
+            data, dtype = f32_to_bf16(array), "BF16"
+        else:
+            data = np.ascontiguousarray(array)
+            dtype = _NUMPY_TO_ST[data.dtype.name]
+            data = data.astype(data.dtype.newbyteorder("<"), copy=False)
+        blob = data.tobytes()
+        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        for blob in blobs:
+            f.write(blob)
