@@ -52,13 +52,13 @@ def hf_name(gguf_name: str, arch: str) -> str | None:
 def unpermute_rows(w: np.ndarray, heads: int) -> np.ndarray:
     """Undo llama.cpp's interleaving of the rotary halves in Llama q/k projection rows."""
     rows = w.shape[0]
-    return w.reshape(heads, 2, rows // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def permute_rows(w: np.ndarray, heads: int) -> np.ndarray:
     """llama.cpp's permutation (used when writing GGUF files in tests)."""
     rows = w.shape[0]
-    return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return w.reshape(heads, 2, rows // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def _field(reader: Any, key: str, default: Any = None) -> Any:
