@@ -158,7 +158,7 @@ def run(source: str, prompt: str, system: str | None, max_new_tokens: int, raw: 
         out.append(token)
         text = tokenizer.decode(out)
         if not text.endswith("\ufffd"):  # hold back a character split across tokens
-            click.echo(text[len(shown):], nl=False)
+            click.echo(text[len(shown) :], nl=False)
             shown = text
         logits = model.forward([token], cache, all_logits=False)
     decode_s = time.perf_counter() - start

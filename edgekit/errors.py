@@ -27,6 +27,5 @@ def require(module: str, extra: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencyError(
-            f"this needs the Python package '{module}', which is not installed: "
-            f"pip install 'edgekit[{extra}]'"
+            f"this needs the Python package '{module}', which is not installed: pip install 'edgekit[{extra}]'"
         ) from exc

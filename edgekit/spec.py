@@ -144,8 +144,7 @@ def _rope_from_config(config: dict[str, Any], where: str) -> RopeSpec:
     scaling = {"default": "none"}.get(kind, kind)
     if scaling not in ROPE_SCALINGS:
         raise UnsupportedArchitectureError(
-            f"{where}: rope scaling '{kind}' is not supported; supported: default, "
-            + ", ".join(ROPE_SCALINGS[1:])
+            f"{where}: rope scaling '{kind}' is not supported; supported: default, " + ", ".join(ROPE_SCALINGS[1:])
         )
     theta = params.get("rope_theta", config.get("rope_theta", 10000.0))
     original = params.get("original_max_position_embeddings") or config.get("original_max_position_embeddings")

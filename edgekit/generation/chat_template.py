@@ -20,8 +20,9 @@ def _raise(message: str) -> None:
     raise ChatTemplateError(f"chat template: {message}")
 
 
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None,
-            sort_keys: bool = False) -> str:
+def _tojson(
+    value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False
+) -> str:
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
@@ -50,12 +51,15 @@ class ChatTemplate:
     def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **extra: Any) -> str:
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or "role" not in m:
-                raise ChatTemplateError(f"message {i} has no 'role'; messages look like {{'role': 'user', 'content': '...'}}")
+                raise ChatTemplateError(
+                    f"message {i} has no 'role'; messages look like {{'role': 'user', 'content': '...'}}"
+                )
         from jinja2 import TemplateError
 
         try:
-            return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         **self.special_tokens, **extra)
+            return self._template.render(
+                messages=messages, add_generation_prompt=add_generation_prompt, **self.special_tokens, **extra
+            )
         except ChatTemplateError:
             raise
         except TemplateError as exc:

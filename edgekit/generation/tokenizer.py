@@ -27,8 +27,12 @@ class TextTokenizer:
         if eos_id is not None and eos_id not in ids:
             ids.append(eos_id)
         self.eos_token_ids = tuple(ids)
-        specials = {"bos_token": self.bos_token, "eos_token": self.eos_token,
-                    "unk_token": _token_text(cfg.get("unk_token")), "pad_token": _token_text(cfg.get("pad_token"))}
+        specials = {
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "unk_token": _token_text(cfg.get("unk_token")),
+            "pad_token": _token_text(cfg.get("pad_token")),
+        }
         self.chat_template = ChatTemplate(files.chat_template, specials) if files.chat_template else None
 
     @property

@@ -172,7 +172,9 @@ def open_gguf(path: Path) -> Checkpoint:
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception as exc:  # the reader fails in many ways on a damaged file
-        raise SourceError(f"{path}: GGUF file is truncated or corrupt ({type(exc).__name__}: {exc}); re-download it") from None
+        raise SourceError(
+            f"{path}: GGUF file is truncated or corrupt ({type(exc).__name__}: {exc}); re-download it"
+        ) from None
     size = path.stat().st_size
     for t in reader.tensors:
         if int(t.data_offset) + int(t.n_bytes) > size or t.data.nbytes != int(t.n_bytes):

@@ -32,8 +32,14 @@ _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_SPLITS = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT,
-           "smaug-bpe": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT, "deepseek-r1-qwen": _QWEN2_SPLIT}
+_SPLITS = {
+    "llama-bpe": _LLAMA3_SPLIT,
+    "llama3": _LLAMA3_SPLIT,
+    "llama-v3": _LLAMA3_SPLIT,
+    "smaug-bpe": _LLAMA3_SPLIT,
+    "qwen2": _QWEN2_SPLIT,
+    "deepseek-r1-qwen": _QWEN2_SPLIT,
+}
 # StarCoder-style vocabularies (SmolLM among them) split every digit before the GPT-2 regex.
 _DIGIT_SPLIT = {"smollm", "starcoder", "refact", "codeshell"}
 _GPT2 = {None, "default", "gpt2", "gpt-2"}
@@ -58,7 +64,7 @@ def _byte_level_pre_tokenizer(pre: str | None) -> Any:
 def _add_special_tokens(tok: Tokenizer, tokens: list[str], types: list[int]) -> None:
     added = [
         AddedToken(t, special=ty in (CONTROL, UNKNOWN), normalized=False)
-        for t, ty in zip(tokens, types)
+        for t, ty in zip(tokens, types, strict=False)
         if ty in (CONTROL, USER_DEFINED, UNKNOWN)
     ]
     tok.add_special_tokens([a for a in added if a.special])
@@ -71,8 +77,9 @@ def _bos_eos_processor(tok: Tokenizer, bos: str | None, eos: str | None, add_bos
     single = ([f"{bos}:0"] if add_bos and bos else []) + ["$A:0"] + ([f"{eos}:0"] if add_eos and eos else [])
     pair = single + ([f"{bos}:1"] if add_bos and bos else []) + ["$B:1"] + ([f"{eos}:1"] if add_eos and eos else [])
     special = [(t, tok.token_to_id(t)) for t in {bos if add_bos else None, eos if add_eos else None} if t]
-    tok.post_processor = processors.TemplateProcessing(single=" ".join(single), pair=" ".join(pair),
-                                                       special_tokens=special)
+    tok.post_processor = processors.TemplateProcessing(
+        single=" ".join(single), pair=" ".join(pair), special_tokens=special
+    )
 
 
 def _byte_level_bpe(tokens: list[str], types: list[int], merges: list[str], pre: str | None) -> Tokenizer:
@@ -91,7 +98,7 @@ def spm_merges(tokens: list[str], scores: list[float], types: list[int]) -> list
     ranked by the score of the whole piece (higher first), ties by the left then right length."""
     vocab = {t: i for i, t in enumerate(tokens)}
     found: list[tuple[float, int, int, str, str]] = []
-    for piece, score, ty in zip(tokens, scores, types):
+    for piece, score, ty in zip(tokens, scores, types, strict=False):
         if ty not in (NORMAL, USER_DEFINED) or len(piece) < 2:
             continue
         splits = [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab]
@@ -101,11 +108,15 @@ def spm_merges(tokens: list[str], scores: list[float], types: list[int]) -> list
     return [(m[3], m[4]) for m in found]
 
 
-def _sentencepiece_bpe(tokens: list[str], scores: list[float], types: list[int], unk: str | None,
-                       add_space_prefix: bool) -> Tokenizer:
+def _sentencepiece_bpe(
+    tokens: list[str], scores: list[float], types: list[int], unk: str | None, add_space_prefix: bool
+) -> Tokenizer:
     vocab = {t: i for i, t in enumerate(tokens)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=spm_merges(tokens, scores, types), unk_token=unk,
-                               fuse_unk=True, byte_fallback=True))
+    tok = Tokenizer(
+        models.BPE(
+            vocab=vocab, merges=spm_merges(tokens, scores, types), unk_token=unk, fuse_unk=True, byte_fallback=True
+        )
+    )
     steps = [normalizers.Prepend("▁")] if add_space_prefix else []
     tok.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "▁")])
     decode = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
@@ -136,14 +147,20 @@ def tokenizer_from_gguf(reader: Any, path: Path, spec: ModelSpec) -> TokenizerFi
     if kind == "gpt2":
         merges = _get(reader, "tokenizer.ggml.merges")
         if not merges:
-            raise SourceError(f"{path}: byte-level GGUF vocabulary without tokenizer.ggml.merges; the file is incomplete")
+            raise SourceError(
+                f"{path}: byte-level GGUF vocabulary without tokenizer.ggml.merges; the file is incomplete"
+            )
         tok = _byte_level_bpe(tokens, types, merges, _get(reader, "tokenizer.ggml.pre"))
         add_bos = bool(_get(reader, "tokenizer.ggml.add_bos_token", False))
     elif kind == "llama":
         scores = _get(reader, "tokenizer.ggml.scores")
         if not scores:
-            raise SourceError(f"{path}: SentencePiece GGUF vocabulary without tokenizer.ggml.scores; the file is incomplete")
-        tok = _sentencepiece_bpe(tokens, scores, types, unk, bool(_get(reader, "tokenizer.ggml.add_space_prefix", True)))
+            raise SourceError(
+                f"{path}: SentencePiece GGUF vocabulary without tokenizer.ggml.scores; the file is incomplete"
+            )
+        tok = _sentencepiece_bpe(
+            tokens, scores, types, unk, bool(_get(reader, "tokenizer.ggml.add_space_prefix", True))
+        )
         add_bos = bool(_get(reader, "tokenizer.ggml.add_bos_token", True))
     else:
         raise SourceError(f"{path}: GGUF tokenizer model '{kind}' is not supported; supported: gpt2, llama")
@@ -155,9 +172,19 @@ def tokenizer_from_gguf(reader: Any, path: Path, spec: ModelSpec) -> TokenizerFi
         idx = _get(reader, f"tokenizer.ggml.{key}_token_id")
         if idx is not None and idx not in eos_ids:
             eos_ids.append(int(idx))
-    config = {"bos_token": bos, "eos_token": eos, "unk_token": unk, "pad_token": pad,
-              "add_bos_token": add_bos, "add_eos_token": add_eos,
-              "model_max_length": spec.max_position_embeddings}
+    config = {
+        "bos_token": bos,
+        "eos_token": eos,
+        "unk_token": unk,
+        "pad_token": pad,
+        "add_bos_token": add_bos,
+        "add_eos_token": add_eos,
+        "model_max_length": spec.max_position_embeddings,
+    }
     generation = {"bos_token_id": spec.bos_token_id, "eos_token_id": eos_ids[0] if len(eos_ids) == 1 else eos_ids}
-    return TokenizerFiles(tok.to_str(), {k: v for k, v in config.items() if v is not None},
-                          _get(reader, "tokenizer.chat_template"), generation)
+    return TokenizerFiles(
+        tok.to_str(),
+        {k: v for k, v in config.items() if v is not None},
+        _get(reader, "tokenizer.chat_template"),
+        generation,
+    )

@@ -56,9 +56,11 @@ def safetensors_files(folder: Path) -> list[Path]:
     found = sorted(folder.glob("*.safetensors"))
     if found:
         return found
-    hint = " (PyTorch .bin weights are not read: save the model with safe_serialization=True)" if any(
-        folder.glob("*.bin")
-    ) else ""
+    hint = (
+        " (PyTorch .bin weights are not read: save the model with safe_serialization=True)"
+        if any(folder.glob("*.bin"))
+        else ""
+    )
     raise SourceError(f"{folder}: no *.safetensors weights found{hint}")
 
 
@@ -91,9 +93,7 @@ def read_tokenizer_files(folder: Path) -> TokenizerFiles:
     except Exception as exc:
         raise SourceError(f"{path}: the tokenizers library cannot read it ({exc}); the file is corrupt") from None
     config = read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
-    generation = (
-        read_json(folder / "generation_config.json") if (folder / "generation_config.json").is_file() else {}
-    )
+    generation = read_json(folder / "generation_config.json") if (folder / "generation_config.json").is_file() else {}
     return TokenizerFiles(text, config, chat_template_of(folder, config), generation)
 
 

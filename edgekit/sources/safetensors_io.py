@@ -31,8 +31,17 @@ DTYPES: dict[str, tuple[str, int]] = {
     "U8": ("u1", 1),
     "BOOL": ("?", 1),
 }
-_NUMPY_TO_ST = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32",
-                "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+_NUMPY_TO_ST = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
 
 _MAX_HEADER = 100 * 1024 * 1024
 
@@ -131,8 +140,12 @@ class SafetensorsFile:
         return arr
 
 
-def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None,
-                      bf16: frozenset[str] = frozenset()) -> None:
+def write_safetensors(
+    path: Path,
+    tensors: dict[str, np.ndarray],
+    metadata: dict[str, str] | None = None,
+    bf16: frozenset[str] = frozenset(),
+) -> None:
     """Write tensors to one safetensors file. Names in `bf16` are stored as BF16."""
     header: dict[str, object] = {"__metadata__": {"format": "pt", **(metadata or {})}}
     blobs: list[bytes] = []

@@ -48,8 +48,7 @@ def spm_vocab(size: int) -> tuple[list[str], list[float], list[int]]:
 
     learned_size = size - 3 - 256
     trainer_tok = SentencePieceBPETokenizer()
-    trainer_tok.train_from_iterator([_CORPUS] * 4, vocab_size=learned_size + 40, show_progress=False,
-                                    special_tokens=[])
+    trainer_tok.train_from_iterator([_CORPUS] * 4, vocab_size=learned_size + 40, show_progress=False, special_tokens=[])
     vocab = trainer_tok.get_vocab()
     pieces = [p for p, _ in sorted(vocab.items(), key=lambda kv: kv[1]) if p not in ("<unk>",)][:learned_size]
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
@@ -102,6 +101,7 @@ def write_gguf(checkpoint: Checkpoint, path: Path, tensor_type: str = "F32", voc
         w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
         w.add_bos_token_id(tok.token_to_id("<|endoftext|>"))
         w.add_eos_token_id(tok.token_to_id("<|im_end|>"))
+        w.add_pad_token_id(tok.token_to_id("<|endoftext|>"))
         w.add_add_bos_token(False)
     else:
         tokens, scores, types = spm_vocab(spec.vocab_size)
@@ -113,6 +113,7 @@ def write_gguf(checkpoint: Checkpoint, path: Path, tensor_type: str = "F32", voc
         w.add_unk_token_id(0)
         w.add_bos_token_id(1)
         w.add_eos_token_id(2)
+        w.add_pad_token_id(0)
         w.add_add_bos_token(True)
     if checkpoint.tokenizer.chat_template:
         w.add_chat_template(checkpoint.tokenizer.chat_template)

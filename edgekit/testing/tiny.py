@@ -27,7 +27,7 @@ _CORPUS = """
 The quick brown fox jumps over the lazy dog. Edge devices run small language models.
 def add(a, b):\n    return a + b\n
 Paris is the capital of France. Berlin is the capital of Germany. Tokyo is in Japan.
-Caf\u00e9 cr\u00e8me, na\u00efve r\u00e9sum\u00e9, \u00fcber stra\u00dfe. \u4f60\u597d\u4e16\u754c. \U0001f600 \U0001f680 emoji!
+Café crème, naïve résumé, über straße. 你好世界. 😀 🚀 emoji!
 Numbers like 12345 and 3.14159 appear in text; so do URLs such as https://example.com/path?q=1.
 """
 
@@ -79,8 +79,14 @@ def tiny_config(family: str = "llama", **overrides: Any) -> dict[str, Any]:
     return config
 
 
-def write_checkpoint(folder: Path, config: dict[str, Any], tensors: dict[str, np.ndarray], tokenizer=None,
-                     bf16: bool = False, shards: int = 1) -> Path:
+def write_checkpoint(
+    folder: Path,
+    config: dict[str, Any],
+    tensors: dict[str, np.ndarray],
+    tokenizer=None,
+    bf16: bool = False,
+    shards: int = 1,
+) -> Path:
     """Write an HF model folder: config, safetensors (optionally sharded / bf16), tokenizer files."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -98,12 +104,22 @@ def write_checkpoint(folder: Path, config: dict[str, Any], tensors: dict[str, np
         (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     tok = tokenizer if tokenizer is not None else tiny_tokenizer(config["vocab_size"])
     tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "bos_token": "<|endoftext|>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-        "add_bos_token": False, "chat_template": CHATML_TEMPLATE, "model_max_length": config["max_position_embeddings"],
-    }, indent=2))
-    (folder / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": config.get("bos_token_id"), "eos_token_id": config.get("eos_token_id")}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token": "<|endoftext|>",
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|endoftext|>",
+                "add_bos_token": False,
+                "chat_template": CHATML_TEMPLATE,
+                "model_max_length": config["max_position_embeddings"],
+            },
+            indent=2,
+        )
+    )
+    (folder / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": config.get("bos_token_id"), "eos_token_id": config.get("eos_token_id")})
+    )
     return folder
 
 
@@ -124,8 +140,9 @@ def random_weights(config: dict[str, Any], seed: int = 0) -> dict[str, np.ndarra
     return tensors
 
 
-def write_tiny_checkpoint(folder: Path, family: str = "llama", *, seed: int = 0, bf16: bool = False,
-                          shards: int = 1, **config_overrides: Any) -> Path:
+def write_tiny_checkpoint(
+    folder: Path, family: str = "llama", *, seed: int = 0, bf16: bool = False, shards: int = 1, **config_overrides: Any
+) -> Path:
     """A tiny random checkpoint of `family` in `folder`; config keys can be overridden."""
     config = tiny_config(family, **config_overrides)
     return write_checkpoint(folder, config, random_weights(config, seed), bf16=bf16, shards=shards)

