@@ -1,0 +1,141 @@
+"""The backend-neutral quantized weight: block-wise along the input dimension K.
+
+    w[n, k] ~= (codes[n, k] - zeros[n, k // g]) * scales[n, k // g]
+
+Scales are float16 values (kept in float32 arrays), zero points are integers for every algorithm
+except HQQ, whose optimized zero points are float16 values too. With integer zero points every
+consumer's dequantization (ONNX Runtime's (q - z) * s, MLX's q * s + b) is exact in float32, so
+packed artifacts reproduce `dequantize()` bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import EdgekitError
+
+SUPPORTED_BITS = (4, 8)
+SUPPORTED_GROUPS = (32, 64, 128)
+
+
+def fp16(x: np.ndarray) -> np.ndarray:
+    """Round to the nearest float16 value, kept as float32."""
+    return np.asarray(x, dtype=np.float32).astype(np.float16).astype(np.float32)
+
+
+def check_bits_and_group(bits: int, group_size: int) -> None:
+    if bits not in SUPPORTED_BITS:
+        raise EdgekitError(f"bits={bits} is not supported; use one of {', '.join(map(str, SUPPORTED_BITS))}")
+    if group_size not in SUPPORTED_GROUPS:
+        raise EdgekitError(
+            f"group size {group_size} is not supported; use one of {', '.join(map(str, SUPPORTED_GROUPS))}"
+        )
+
+
+def layer_group(k: int, group_size: int) -> int:
+    """The group used for an input size k: the requested one when it divides k, else the largest
+    smaller supported group that does (a per-layer fallback), else the requested one with the last
+    group padded."""
+    if k % group_size == 0:
+        return group_size
+    for g in (64, 32, 16):
+        if g < group_size and k % g == 0:
+            return g
+    return group_size
+
+
+@dataclass
+class QuantizedTensor:
+    codes: np.ndarray  # uint8 [N, K padded to a multiple of group_size], 0 .. 2**bits - 1
+    scales: np.ndarray  # float32 [N, groups], float16-representable
+    zeros: np.ndarray | None  # float32 [N, groups]; None = symmetric (2**(bits-1))
+    bits: int
+    group_size: int
+    shape: tuple[int, int]  # (N, K) of the original weight
+    algorithm: str = "rtn"
+
+    @property
+    def n_groups(self) -> int:
+        return self.scales.shape[1]
+
+    @property
+    def symmetric(self) -> bool:
+        return self.zeros is None
+
+    @property
+    def integer_zeros(self) -> bool:
+        return self.zeros is None or bool(np.all(self.zeros == np.round(self.zeros)))
+
+    def zero_points(self) -> np.ndarray:
+        if self.zeros is None:
+            return np.full(self.scales.shape, 2 ** (self.bits - 1), dtype=np.float32)
+        return self.zeros
+
+    def dequantize(self) -> np.ndarray:
+        n, k = self.shape
+        g = self.group_size
+        q = self.codes.reshape(n, self.n_groups, g).astype(np.float32)
+        w = (q - self.zero_points()[:, :, None]) * self.scales[:, :, None]
+        return w.reshape(n, -1)[:, :k]
+
+    @property
+    def nbytes(self) -> int:
+        """Storage bytes: packed codes, float16 scales, zero points (packed integers or float16)."""
+        n = self.shape[0]
+        codes = n * self.codes.shape[1] * self.bits // 8
+        scales = self.scales.size * 2
+        if self.zeros is None:
+            zeros = 0
+        elif self.integer_zeros:
+            zeros = n * -(-self.n_groups * self.bits // 8)
+        else:
+            zeros = self.zeros.size * 2
+        return codes + scales + zeros
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.nbytes / (self.shape[0] * self.shape[1])
+
+
+def grouped(w: np.ndarray, group_size: int) -> np.ndarray:
+    """w [N, K] -> [N, groups, group_size], zero-padding K up to a multiple of the group."""
+    n, k = w.shape
+    pad = -k % group_size
+    if pad:
+        w = np.pad(w, ((0, 0), (0, pad)))
+    return np.ascontiguousarray(w, dtype=np.float32).reshape(n, -1, group_size)
+
+
+def encode(wg: np.ndarray, scales: np.ndarray, zeros: np.ndarray, bits: int) -> np.ndarray:
+    """Codes for grouped weights [N, G, g] with per-group scales and zero points [N, G]."""
+    qmax = 2**bits - 1
+    safe = np.where(scales == 0, 1.0, scales)[:, :, None]
+    q = np.rint(wg / safe + zeros[:, :, None])
+    return np.clip(q, 0, qmax).astype(np.uint8)
+
+
+def minmax_params(wg: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Round-to-nearest scales and zero points of grouped weights [N, G, g]."""
+    qmax = 2**bits - 1
+    if symmetric:
+        # the signed extreme maps to -2**(bits-1) exactly, so the full code range is used
+        idx = np.argmax(np.abs(wg), axis=-1)[..., None]
+        extreme = np.take_along_axis(wg, idx, axis=-1)[..., 0]
+        scales = fp16(extreme / -(2 ** (bits - 1)))  # may be negative: llama.cpp's Q4_0 does the same
+        return np.where(scales == 0, fp16(np.float32(1e-4)), scales), None
+    lo = np.minimum(wg.min(axis=-1), 0)
+    hi = np.maximum(wg.max(axis=-1), 0)
+    scales = fp16((hi - lo) / qmax)
+    scales = np.where(scales == 0, fp16(np.float32(1e-4)), scales)
+    zeros = np.clip(np.rint(-lo / scales), 0, qmax).astype(np.float32)
+    return scales, zeros
+
+
+def from_params(w: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None, bits: int, group_size: int,
+                algorithm: str) -> QuantizedTensor:
+    wg = grouped(w, group_size)
+    z = zeros if zeros is not None else np.full(scales.shape, 2 ** (bits - 1), np.float32)
+    codes = encode(wg, scales, z, bits).reshape(w.shape[0], -1)
+    return QuantizedTensor(codes, scales.astype(np.float32), zeros, bits, group_size, tuple(w.shape), algorithm)
