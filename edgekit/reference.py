@@ -44,16 +44,16 @@ class KVCache:
 
     spec: ModelSpec
     length: int = 0
-    keys: list[np.ndarray] = field(default_factory=list)
-    values: list[np.ndarray] = field(default_factory=list)
+    keys: dict[int, np.ndarray] = field(default_factory=dict)
+    values: dict[int, np.ndarray] = field(default_factory=dict)
 
     def append(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Store k/v [kv_heads, T, head_dim] after the current length; return everything so far."""
         start, t = self.length, k.shape[1]
-        if layer == len(self.keys):
-            shape = (self.spec.num_kv_heads, max(64, t), self.spec.head_dim)
-            self.keys.append(np.zeros(shape, np.float32))
-            self.values.append(np.zeros(shape, np.float32))
+        if layer not in self.keys:
+            shape = (self.spec.num_kv_heads, max(64, start + t), self.spec.head_dim)
+            self.keys[layer] = np.zeros(shape, np.float32)
+            self.values[layer] = np.zeros(shape, np.float32)
         if start + t > self.keys[layer].shape[1]:
             grow = max(start + t, 2 * self.keys[layer].shape[1]) - self.keys[layer].shape[1]
             pad = ((0, 0), (0, grow), (0, 0))
@@ -99,17 +99,21 @@ class ReferenceModel:
     """fp32 decoder forward. `weights` maps canonical HF names to arrays (a Checkpoint's tensors,
     or dequantized weights from a quantizer)."""
 
-    def __init__(self, spec: ModelSpec, weights: Mapping[str, np.ndarray]):
+    def __init__(self, spec: ModelSpec, weights: Mapping[str, np.ndarray], *, layers: bool = True, head: bool = True):
+        """layers/head=False leave the decoder layers / embedding and lm_head unloaded, for
+        callers that run single layers with `layer_forward(..., layer=build_layer(...))`."""
         self.spec = spec
         self.act = ACTIVATION_FNS[spec.hidden_act]
-        self.embed = _f32(weights["model.embed_tokens.weight"])
-        self.norm = _f32(weights["model.norm.weight"])
-        self.lm_head = self.embed if spec.tie_word_embeddings else _f32(weights["lm_head.weight"])
-        self.layers = [self._layer(weights, f"model.layers.{i}.") for i in range(spec.num_layers)]
+        if head:
+            self.embed = _f32(weights["model.embed_tokens.weight"])
+            self.norm = _f32(weights["model.norm.weight"])
+            self.lm_head = self.embed if spec.tie_word_embeddings else _f32(weights["lm_head.weight"])
+        self.layers = [self.build_layer(weights, i) for i in range(spec.num_layers)] if layers else []
         self._cos, self._sin = rope_tables(spec, 256)
 
-    def _layer(self, w: Mapping[str, np.ndarray], p: str) -> _Layer:
-        s = self.spec
+    def build_layer(self, w: Mapping[str, np.ndarray], n: int) -> _Layer:
+        """Layer n's weights from a name -> array mapping, converted and fused for the forward."""
+        s, p = self.spec, f"model.layers.{n}."
 
         def get(name: str) -> np.ndarray | None:
             return _f32(w[p + name]) if p + name in w else None
@@ -162,10 +166,29 @@ class ReferenceModel:
     ) -> np.ndarray:
         """Logits [T, vocab] for `ids` following what `cache` holds (or [1, vocab] for the last
         position when all_logits is False). The cache is extended by len(ids)."""
-        s = self.spec
         cache = cache if cache is not None else self.new_cache()
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        t, past = len(ids), cache.length
+        h = self.embed[ids]
+        for n in range(len(self.layers)):
+            h = self.layer_forward(n, h, cache, observe=observe)
+        cache.length += len(ids)
+        return self.logits(h if all_logits else h[-1:], observe)
+
+    def logits(self, h: np.ndarray, observe: Observer | None = None) -> np.ndarray:
+        x = rms_norm(h, self.norm, self.spec.rms_norm_eps)
+        if observe is not None:
+            observe("lm_head", x)
+        return x @ self.lm_head.T
+
+    def layer_forward(
+        self, n: int, h: np.ndarray, cache: KVCache, *, observe: Observer | None = None, layer: _Layer | None = None
+    ) -> np.ndarray:
+        """Decoder layer n (or `layer` in its place) on hidden states h [T, hidden] that follow
+        cache.length positions. Stores this layer's keys/values in the cache but leaves
+        cache.length to the caller."""
+        s, p = self.spec, f"model.layers.{n}."
+        layer = layer if layer is not None else self.layers[n]
+        t, past = h.shape[0], cache.length
         positions = np.arange(past, past + t)
         cos, sin = self._rope(positions)
         mask = positions[:, None] >= np.arange(past + t)[None, :]
@@ -173,41 +196,35 @@ class ReferenceModel:
             mask &= positions[:, None] - np.arange(past + t)[None, :] < s.sliding_window
         bias = np.where(mask, np.float32(0), np.float32(-np.inf)).astype(np.float32)
         group = s.num_heads // s.num_kv_heads
-        scale = np.float32(1.0 / np.sqrt(s.head_dim))
 
         def linear(name: str, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
             if observe is not None:
-                observe(name, x)
+                observe(p + name, x)
             y = x @ w.T
             return y + b if b is not None else y
 
-        h = self.embed[ids]
-        for n, layer in enumerate(self.layers):
-            p = f"model.layers.{n}."
-            x = rms_norm(h, layer.input_norm, s.rms_norm_eps)
-            qkv = linear(p + "self_attn.qkv", x, layer.qkv, layer.qkv_bias)
-            q = qkv[:, : s.q_size].reshape(t, s.num_heads, s.head_dim).transpose(1, 0, 2)
-            k = qkv[:, s.q_size : s.q_size + s.kv_size].reshape(t, s.num_kv_heads, s.head_dim).transpose(1, 0, 2)
-            v = qkv[:, s.q_size + s.kv_size :].reshape(t, s.num_kv_heads, s.head_dim).transpose(1, 0, 2)
-            if layer.q_norm is not None:
-                q = rms_norm(q, layer.q_norm, s.rms_norm_eps)
-                k = rms_norm(k, layer.k_norm, s.rms_norm_eps)
-            q = apply_rotary(q, cos, sin, s.rotary_dim)
-            k = apply_rotary(k, cos, sin, s.rotary_dim)
-            keys, values = cache.append(n, k, v)
-            qg = q.reshape(s.num_kv_heads, group, t, s.head_dim)
-            scores = (qg @ keys[:, None].transpose(0, 1, 3, 2)) * scale + bias
-            attn = (softmax(scores) @ values[:, None]).reshape(s.num_heads, t, s.head_dim)
-            attn = attn.transpose(1, 0, 2).reshape(t, s.q_size)
-            h = h + linear(p + "self_attn.o_proj", attn, layer.o, layer.o_bias)
-            x = rms_norm(h, layer.post_norm, s.rms_norm_eps)
-            gate_up = linear(p + "mlp.gate_up", x, layer.gate_up, layer.gate_up_bias)
-            inter = s.intermediate_size
-            mlp = self.act(gate_up[:, :inter]) * gate_up[:, inter:]
-            h = h + linear(p + "mlp.down_proj", mlp, layer.down, layer.down_bias)
-        cache.length = past + t
-        h = rms_norm(h if all_logits else h[-1:], self.norm, s.rms_norm_eps)
-        return linear("lm_head", h, self.lm_head, None)
+        x = rms_norm(h, layer.input_norm, s.rms_norm_eps)
+        qkv = linear("self_attn.qkv", x, layer.qkv, layer.qkv_bias)
+        q = qkv[:, : s.q_size].reshape(t, s.num_heads, s.head_dim).transpose(1, 0, 2)
+        k = qkv[:, s.q_size : s.q_size + s.kv_size].reshape(t, s.num_kv_heads, s.head_dim).transpose(1, 0, 2)
+        v = qkv[:, s.q_size + s.kv_size :].reshape(t, s.num_kv_heads, s.head_dim).transpose(1, 0, 2)
+        if layer.q_norm is not None:
+            q = rms_norm(q, layer.q_norm, s.rms_norm_eps)
+            k = rms_norm(k, layer.k_norm, s.rms_norm_eps)
+        q = apply_rotary(q, cos, sin, s.rotary_dim)
+        k = apply_rotary(k, cos, sin, s.rotary_dim)
+        keys, values = cache.append(n, k, v)
+        qg = q.reshape(s.num_kv_heads, group, t, s.head_dim)
+        scores = (qg @ keys[:, None].transpose(0, 1, 3, 2)) * np.float32(1.0 / np.sqrt(s.head_dim)) + bias
+        attn = (softmax(scores) @ values[:, None]).reshape(s.num_heads, t, s.head_dim)
+        attn = attn.transpose(1, 0, 2).reshape(t, s.q_size)
+        h = h + linear("self_attn.o_proj", attn, layer.o, layer.o_bias)
+        x = rms_norm(h, layer.post_norm, s.rms_norm_eps)
+        gate_up = linear("mlp.gate_up", x, layer.gate_up, layer.gate_up_bias)
+        inter = s.intermediate_size
+        return h + linear(
+            "mlp.down_proj", self.act(gate_up[:, :inter]) * gate_up[:, inter:], layer.down, layer.down_bias
+        )
 
     def greedy(self, ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()) -> list[int]:
         """Greedy continuation of `ids` (without them), stopping after a stop id."""

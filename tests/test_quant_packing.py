@@ -39,13 +39,28 @@ def run_matmulnbits(qt, scale_dtype=np.float32):
     if packed.zero_points is not None:
         inits.append(numpy_helper.from_array(packed.zero_points, "zp"))
         inputs.append("zp")
-    node = helper.make_node("MatMulNBits", inputs, ["Y"], domain="com.microsoft", K=packed.K, N=packed.N,
-                            bits=packed.bits, block_size=packed.block_size, accuracy_level=0)
+    node = helper.make_node(
+        "MatMulNBits",
+        inputs,
+        ["Y"],
+        domain="com.microsoft",
+        K=packed.K,
+        N=packed.N,
+        bits=packed.bits,
+        block_size=packed.block_size,
+        accuracy_level=0,
+    )
     elem = TensorProto.FLOAT
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("A", elem, [None, packed.K])],
-                              [helper.make_tensor_value_info("Y", elem, [None, packed.N])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
-                                                    helper.make_opsetid("com.microsoft", 1)])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("A", elem, [None, packed.K])],
+        [helper.make_tensor_value_info("Y", elem, [None, packed.N])],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    )
     model.ir_version = 10
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     eye = np.eye(packed.K, dtype=np.float32)
@@ -81,8 +96,13 @@ def test_mlx_dequantize_reproduces_dequantize(shape, group, symmetric, bits):
         return
     qt = quantize_rtn(weights(*shape), bits, g, symmetric)
     packed = to_mlx(qt, np.float32)
-    got = mx.dequantize(mx.array(packed.weight), mx.array(packed.scales), mx.array(packed.biases),
-                        group_size=packed.group_size, bits=packed.bits)
+    got = mx.dequantize(
+        mx.array(packed.weight),
+        mx.array(packed.scales),
+        mx.array(packed.biases),
+        group_size=packed.group_size,
+        bits=packed.bits,
+    )
     assert np.array_equal(np.array(got), qt.dequantize())
 
 

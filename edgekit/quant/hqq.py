@@ -18,8 +18,17 @@ def _shrink(x: np.ndarray, beta: float, p: float) -> np.ndarray:
     return np.sign(x) * np.maximum(magnitude - (1.0 / beta) * np.power(magnitude + 1e-12, p - 1), 0)
 
 
-def quantize_hqq(w: np.ndarray, bits: int = 4, group_size: int = 32, symmetric: bool = False, *,
-                 iterations: int = 20, p: float = 0.7, beta: float = 10.0, kappa: float = 1.01) -> QuantizedTensor:
+def quantize_hqq(
+    w: np.ndarray,
+    bits: int = 4,
+    group_size: int = 32,
+    symmetric: bool = False,
+    *,
+    iterations: int = 20,
+    p: float = 0.7,
+    beta: float = 10.0,
+    kappa: float = 1.01,
+) -> QuantizedTensor:
     wg = grouped(w, group_size)
     scales, zeros = minmax_params(wg, bits, symmetric)
     mid = np.float32(2 ** (bits - 1))

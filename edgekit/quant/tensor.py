@@ -133,8 +133,9 @@ def minmax_params(wg: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndarra
     return scales, zeros
 
 
-def from_params(w: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None, bits: int, group_size: int,
-                algorithm: str) -> QuantizedTensor:
+def from_params(
+    w: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None, bits: int, group_size: int, algorithm: str
+) -> QuantizedTensor:
     wg = grouped(w, group_size)
     z = zeros if zeros is not None else np.full(scales.shape, 2 ** (bits - 1), np.float32)
     codes = encode(wg, scales, z, bits).reshape(w.shape[0], -1)

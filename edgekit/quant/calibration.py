@@ -1,0 +1,60 @@
+"""Calibration data: token windows from a text file, or text sampled from the model itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgekitError
+
+
+def read_text(path: str | Path) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise EdgekitError(f"{path}: calibration/evaluation text not found; pass a UTF-8 text file")
+    data = path.read_bytes()
+    if b"\0" in data[:65536]:
+        raise EdgekitError(f"{path}: this is not a text file (it contains NUL bytes); pass a UTF-8 text file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EdgekitError(f"{path}: not UTF-8 text (byte {exc.start}); pass a UTF-8 text file") from None
+    if not text.strip():
+        raise EdgekitError(f"{path}: the file is empty; pass a text with some paragraphs of prose")
+    return text
+
+
+def token_windows(ids: list[int], window: int, count: int | None = None) -> list[list[int]]:
+    """Consecutive non-overlapping windows of `window` tokens (the last partial one dropped unless
+    it is the only one), at most `count`, spread evenly over the text."""
+    windows = [ids[i : i + window] for i in range(0, max(len(ids) - window, 0) + 1, window)] or [ids]
+    if count is not None and len(windows) > count:
+        pick = np.linspace(0, len(windows) - 1, count).round().astype(int)
+        windows = [windows[i] for i in pick]
+    return windows
+
+
+SEEDS = ("The", "In", "Once upon a time", "def ", "The history of", "Scientists", "# ", "When", "A", "It")
+
+
+def self_generated(
+    model, tokenizer, samples: int, length: int, seed: int = 0, temperature: float = 1.0, top_k: int = 50
+) -> list[list[int]]:
+    """Token sequences sampled from the model (the fp32 reference) after short seed prompts, so
+    quantization can be calibrated without any dataset."""
+    rng = np.random.default_rng(seed)
+    sequences = []
+    for i in range(samples):
+        ids = tokenizer.encode(SEEDS[i % len(SEEDS)])
+        cache = model.new_cache()
+        logits = model.forward(ids, cache, all_logits=False)[-1]
+        while len(ids) < length:
+            top = np.argpartition(logits, -top_k)[-top_k:]
+            z = logits[top] / temperature
+            p = np.exp(z - z.max())
+            token = int(top[rng.choice(top_k, p=p / p.sum())])
+            ids.append(token)
+            logits = model.forward([token], cache, all_logits=False)[-1]
+        sequences.append(ids)
+    return sequences

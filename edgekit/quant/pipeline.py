@@ -1,0 +1,246 @@
+"""Quantize a checkpoint layer by layer.
+
+Only one decoder layer is held in float32 at a time. For calibrated algorithms, the calibration
+hidden states are pushed through each layer twice: once with the float weights to collect the
+Hessian H = X^T X of every projection input, then, after quantizing, through the quantized layer
+so the next layer is calibrated on what it will really see (as GPTQ does).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..reference import KVCache, ReferenceModel, rms_norm
+from ..sources.checkpoint import Checkpoint
+from ..spec import ModelSpec, weight_shapes
+from .awq import quantize_clipped, search_scales
+from .gptq import quantize_gptq
+from .hqq import quantize_hqq
+from .recipe import SCALED, Recipe, TensorRecipe
+from .rtn import quantize_rtn
+from .tensor import QuantizedTensor, layer_group
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class QuantizedModel:
+    spec: ModelSpec
+    quantized: dict[str, QuantizedTensor]
+    dense: dict[str, np.ndarray]  # norms (rescaled where AWQ folded scales into them), biases
+    recipe: Recipe
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)  # per weight: what it got
+    seconds: float = 0.0
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(int(np.prod(q.shape)) for q in self.quantized.values()) + sum(a.size for a in self.dense.values())
+
+    @property
+    def nbytes(self) -> int:
+        """Quantized weights as stored plus the remaining tensors at 2 bytes (float16)."""
+        return sum(q.nbytes for q in self.quantized.values()) + 2 * sum(a.size for a in self.dense.values())
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.nbytes / self.parameter_count
+
+    def weights(self) -> DequantizedWeights:
+        return DequantizedWeights(self)
+
+
+class DequantizedWeights(Mapping[str, np.ndarray]):
+    """The quantized model as float32 tensors under canonical names, dequantized on access."""
+
+    def __init__(self, model: QuantizedModel):
+        self.model = model
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self.model.quantized:
+            return self.model.quantized[name].dequantize()
+        return self.model.dense[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.model.quantized
+        yield from self.model.dense
+
+    def __len__(self) -> int:
+        return len(self.model.quantized) + len(self.model.dense)
+
+
+def quantize_tensor(w: np.ndarray, how: TensorRecipe, hessian: np.ndarray | None) -> QuantizedTensor:
+    group = layer_group(w.shape[1], how.group_size)
+    if how.algorithm in ("gptq", "awq-gptq") and hessian is not None:
+        qt = quantize_gptq(w, hessian, how.bits, group, how.symmetric)
+        qt.algorithm = how.algorithm
+        return qt
+    if how.algorithm == "awq" and hessian is not None:
+        return quantize_clipped(w, hessian, how.bits, group, how.symmetric)
+    if how.algorithm == "hqq":
+        return quantize_hqq(w, how.bits, group, how.symmetric)
+    return quantize_rtn(w, how.bits, group, how.symmetric)
+
+
+def _points(spec: ModelSpec, n: int) -> dict[str, list[str]]:
+    """Projection inputs of layer n (as the reference names them) -> the weights reading them."""
+    p = f"model.layers.{n}."
+    qkv = ["qkv_proj"] if spec.fused_qkv else ["q_proj", "k_proj", "v_proj"]
+    mlp = ["gate_up_proj"] if spec.fused_gate_up else ["gate_proj", "up_proj"]
+    return {
+        p + "self_attn.qkv": [f"{p}self_attn.{x}.weight" for x in qkv],
+        p + "self_attn.o_proj": [p + "self_attn.o_proj.weight"],
+        p + "mlp.gate_up": [f"{p}mlp.{x}.weight" for x in mlp],
+        p + "mlp.down_proj": [p + "mlp.down_proj.weight"],
+    }
+
+
+class _Hessians:
+    """Accumulates X^T X per projection input over calibration sequences."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, np.ndarray] = {}
+        self.count = 0
+
+    def __call__(self, name: str, x: np.ndarray) -> None:
+        x = x.astype(np.float32)
+        h = (x.T @ x).astype(np.float64)
+        self.sums[name] = self.sums[name] + h if name in self.sums else h
+
+    def get(self, name: str) -> np.ndarray | None:
+        return None if name not in self.sums else (self.sums[name] / max(self.count, 1)).astype(np.float32)
+
+
+def _fold_awq(spec: ModelSpec, n: int, w: dict[str, np.ndarray], point: str, s: np.ndarray) -> None:
+    """Scale the columns of the weights reading `point` by s and divide whatever produces that
+    input by s, so the layer computes the same function."""
+    p = f"model.layers.{n}."
+    for name in _points(spec, n)[point]:
+        w[name] = w[name] * s[None, :]
+    if point.endswith("self_attn.qkv"):
+        w[p + "input_layernorm.weight"] = w[p + "input_layernorm.weight"] / s
+    elif point.endswith("mlp.gate_up"):
+        w[p + "post_attention_layernorm.weight"] = w[p + "post_attention_layernorm.weight"] / s
+    elif point.endswith("self_attn.o_proj"):  # attention output = probs @ v: scale v's rows
+        s_kv = s.reshape(spec.num_kv_heads, -1, spec.head_dim)[:, 0].reshape(-1)
+        rows = slice(spec.q_size + spec.kv_size, None)
+        name = p + ("self_attn.qkv_proj" if spec.fused_qkv else "self_attn.v_proj")
+        if spec.fused_qkv:
+            w[name + ".weight"][rows] /= s_kv[:, None]
+            if name + ".bias" in w:
+                w[name + ".bias"][rows] /= s_kv
+        else:
+            w[name + ".weight"] = w[name + ".weight"] / s_kv[:, None]
+            if name + ".bias" in w:
+                w[name + ".bias"] = w[name + ".bias"] / s_kv
+    elif point.endswith("mlp.down_proj"):  # silu(gate) * up: scale up's rows
+        i = spec.intermediate_size
+        if spec.fused_gate_up:
+            w[p + "mlp.gate_up_proj.weight"][i:] /= s[:, None]
+            if p + "mlp.gate_up_proj.bias" in w:
+                w[p + "mlp.gate_up_proj.bias"][i:] /= s
+        else:
+            w[p + "mlp.up_proj.weight"] = w[p + "mlp.up_proj.weight"] / s[:, None]
+            if p + "mlp.up_proj.bias" in w:
+                w[p + "mlp.up_proj.bias"] = w[p + "mlp.up_proj.bias"] / s
+
+
+def _awq_rms(spec: ModelSpec, point: str, hessian: np.ndarray) -> np.ndarray | None:
+    """For o_proj the scale must be shared by the heads reading one kv head (it is folded into v)."""
+    if not point.endswith("self_attn.o_proj"):
+        return None
+    d = np.diag(hessian).reshape(spec.num_kv_heads, -1, spec.head_dim).mean(axis=1)
+    return np.repeat(d[:, None, :], spec.num_heads // spec.num_kv_heads, axis=1).reshape(-1)
+
+
+def quantize_checkpoint(
+    checkpoint: Checkpoint, recipe: Recipe, calibration: list[list[int]] | None = None, progress: Progress | None = None
+) -> QuantizedModel:
+    spec, store = checkpoint.spec, checkpoint.tensors
+    start = time.perf_counter()
+    names = weight_shapes(spec)
+    calibrate = recipe.needs_calibration and bool(calibration)
+    runner = ReferenceModel(spec, store, layers=False, head=False)
+    hidden: list[np.ndarray] = []
+    if calibrate:
+        embed = store.get("model.embed_tokens.weight")
+        hidden = [np.asarray(embed[np.asarray(ids)], np.float32) for ids in calibration]
+        del embed
+    quantized: dict[str, QuantizedTensor] = {}
+    dense: dict[str, np.ndarray] = {}
+    records: dict[str, dict[str, Any]] = {}
+
+    def put(name: str, w: np.ndarray, hessian: np.ndarray | None) -> None:
+        how = recipe.for_tensor(name)
+        qt = quantize_tensor(w, how, hessian)
+        quantized[name] = qt
+        records[name] = {
+            "bits": qt.bits,
+            "group_size": qt.group_size,
+            "algorithm": qt.algorithm,
+            "symmetric": qt.symmetric,
+        }
+        if qt.group_size != how.group_size:
+            records[name]["fallback"] = f"input size {w.shape[1]} is not a multiple of {how.group_size}"
+        elif w.shape[1] % qt.group_size:
+            records[name]["fallback"] = f"last group padded (input size {w.shape[1]})"
+
+    steps = spec.num_layers + 2
+    for n in range(spec.num_layers):
+        if progress:
+            progress(n, steps, f"layer {n}")
+        p = f"model.layers.{n}."
+        w = {k: np.array(store.get(k), dtype=np.float32) for k in names if k.startswith(p)}
+        points = _points(spec, n)
+        hessians = _Hessians()
+        if calibrate:
+            layer = runner.build_layer(w, n)
+            for h in hidden:
+                runner.layer_forward(n, h, KVCache(spec), observe=hessians, layer=layer)
+            hessians.count = sum(len(h) for h in hidden)
+        for point, targets in points.items():
+            hessian = hessians.get(point)
+            if hessian is not None and any(recipe.for_tensor(t).algorithm in SCALED for t in targets):
+                how = recipe.for_tensor(targets[0])
+                group = layer_group(hessian.shape[0], how.group_size)
+                s = search_scales(
+                    [w[t] for t in targets],
+                    hessian,
+                    lambda m, how=how, group=group: quantize_rtn(m, how.bits, group, how.symmetric),
+                    rms=_awq_rms(spec, point, hessian),
+                )
+                _fold_awq(spec, n, w, point, s)
+                hessians.sums[point] /= np.outer(s, s)
+        for point, targets in points.items():
+            for t in targets:
+                put(t, w[t], hessians.get(point))
+        for k in w:
+            if k not in quantized:
+                dense[k] = w[k]
+        if calibrate:
+            qlayer = runner.build_layer(DequantizedWeights(QuantizedModel(spec, quantized, dense, recipe)), n)
+            hidden = [runner.layer_forward(n, h, KVCache(spec), layer=qlayer) for h in hidden]
+
+    if progress:
+        progress(spec.num_layers, steps, "embedding / lm_head")
+    norm = np.array(store.get("model.norm.weight"), dtype=np.float32)
+    if not spec.tie_word_embeddings:
+        lm_head = np.array(store.get("lm_head.weight"), dtype=np.float32)
+        hessian = None
+        if calibrate:
+            hs = _Hessians()
+            for h in hidden:
+                hs("lm_head", rms_norm(h, norm, spec.rms_norm_eps))
+            hs.count = sum(len(h) for h in hidden)
+            hessian = hs.get("lm_head")
+        put("lm_head.weight", lm_head, hessian)
+        del lm_head
+    dense["model.norm.weight"] = norm
+    put("model.embed_tokens.weight", np.array(store.get("model.embed_tokens.weight"), dtype=np.float32), None)
+    if progress:
+        progress(steps, steps, "done")
+    return QuantizedModel(spec, quantized, dense, recipe, records, time.perf_counter() - start)

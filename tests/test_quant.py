@@ -1,0 +1,192 @@
+"""Quantization algorithms, recipes and the layer-by-layer pipeline on tiny random models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import ALL_FAMILIES, rel_err
+
+from edgekit.errors import EdgekitError
+from edgekit.evaluate import evaluate
+from edgekit.quant.awq import output_error, quantize_clipped, search_scales
+from edgekit.quant.calibration import read_text, token_windows
+from edgekit.quant.gptq import quantize_gptq
+from edgekit.quant.hqq import quantize_hqq
+from edgekit.quant.pipeline import _fold_awq, _points, quantize_checkpoint
+from edgekit.quant.recipe import Recipe
+from edgekit.quant.rtn import quantize_rtn
+from edgekit.quant.tensor import layer_group
+from edgekit.reference import KVCache, ReferenceModel
+from edgekit.sources import open_checkpoint
+from edgekit.testing.offgrid import off_grid_copy
+
+RNG = np.random.default_rng(0)
+PROMPT = [int(i) for i in RNG.integers(3, 380, 48)]
+
+
+@pytest.fixture(scope="module")
+def layer_problem():
+    """A weight and calibration inputs with correlated channels of very different magnitudes."""
+    rng = np.random.default_rng(1)
+    k, n = 256, 96
+    mix = rng.standard_normal((k, k)) / np.sqrt(k) + np.eye(k)
+    x = (rng.standard_normal((2048, k)) @ mix * np.exp(rng.standard_normal(k))).astype(np.float32)
+    w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
+    return w, (x.T.astype(np.float64) @ x / len(x)).astype(np.float32)
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_calibrated_algorithms_beat_rtn_on_output_error(layer_problem, group, symmetric):
+    w, h = layer_problem
+    rtn = output_error(w, quantize_rtn(w, 4, group, symmetric).dequantize(), h)
+    gptq = output_error(w, quantize_gptq(w, h, 4, group, symmetric).dequantize(), h)
+    s = search_scales([w], h, lambda m: quantize_rtn(m, 4, group, symmetric))
+    awq_qt = quantize_clipped(w * s, h / np.outer(s, s), 4, group, symmetric)
+    awq = output_error(w, awq_qt.dequantize() / s, h)
+    assert gptq < 0.9 * rtn
+    assert awq < 0.9 * rtn
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_hqq_beats_rtn_on_its_objective(group):
+    w = np.random.default_rng(2).standard_t(3, (64, 256)).astype(np.float32)  # heavy tails
+    for symmetric in (False, True):
+        rtn = np.abs(quantize_rtn(w, 4, group, symmetric).dequantize() - w).sum()
+        hqq = np.abs(quantize_hqq(w, 4, group, symmetric).dequantize() - w).sum()
+        assert hqq < rtn
+
+
+def test_codes_scales_and_sizes():
+    w = np.random.default_rng(3).standard_normal((10, 96)).astype(np.float32)
+    qt = quantize_rtn(w, 4, 32)
+    assert qt.codes.dtype == np.uint8 and qt.codes.max() <= 15 and qt.scales.shape == (10, 3)
+    assert np.array_equal(qt.scales, qt.scales.astype(np.float16).astype(np.float32))
+    assert qt.bits_per_weight == pytest.approx(4 + 16 / 32 + 4 / 32 + 4 / 96)  # odd group count pads a nibble
+    assert quantize_rtn(w, 8, 32, symmetric=True).bits_per_weight == pytest.approx(8.5)
+    assert np.abs(quantize_rtn(w, 8, 32).dequantize() - w).max() < 0.02
+
+
+def test_group_fallback():
+    assert layer_group(576, 128) == 64 and layer_group(96, 64) == 32 and layer_group(200, 64) == 64
+    qt = quantize_rtn(np.ones((2, 200), np.float32), 4, 64)  # no group divides 200: padded
+    assert qt.codes.shape == (2, 256) and qt.dequantize().shape == (2, 200)
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"algorithm": "magic"}, "unknown quantization algorithm 'magic'"),
+        ({"group_size": 48}, "group size 48"),
+        ({"bits": 3}, "bits=3"),
+        ({"overrides": {"*down_proj": {"bitz": 8}}}, "unknown keys"),
+    ],
+)
+def test_bad_recipes(bad, match):
+    with pytest.raises(EdgekitError, match=match):
+        Recipe(**bad)
+
+
+def test_recipe_classes_and_overrides():
+    r = Recipe(bits=4, embedding_bits=8, overrides={"model.layers.0.mlp.down_proj": {"bits": 8}})
+    assert r.for_tensor("model.embed_tokens.weight").bits == 8
+    assert r.for_tensor("model.embed_tokens.weight").algorithm == "hqq"  # no activations to calibrate on
+    assert r.for_tensor("model.layers.0.mlp.down_proj.weight").bits == 8
+    assert r.for_tensor("model.layers.1.mlp.down_proj.weight").bits == 4
+
+
+@pytest.mark.parametrize(
+    "content,match", [(b"", "empty"), (b"\x00\x01binary", "not a text"), (b"\xff\xfe caf\xe9", "not UTF-8")]
+)
+def test_bad_calibration_files(tmp_path, content, match):
+    path = tmp_path / "calib.txt"
+    path.write_bytes(content)
+    with pytest.raises(EdgekitError, match=match):
+        read_text(path)
+    with pytest.raises(EdgekitError, match="not found"):
+        read_text(tmp_path / "missing.txt")
+
+
+def test_token_windows():
+    assert token_windows(list(range(10)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert token_windows(list(range(3)), 4) == [[0, 1, 2]]
+    assert len(token_windows(list(range(100)), 4, count=5)) == 5
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_awq_folds_keep_the_layer_function(tiny_models, family):
+    checkpoint = open_checkpoint(tiny_models[family])
+    spec = checkpoint.spec
+    runner = ReferenceModel(spec, checkpoint.tensors, layers=False, head=False)
+    w = {k: np.array(checkpoint.tensors.get(k)) for k in checkpoint.tensors if k.startswith("model.layers.0.")}
+    h = np.random.default_rng(0).standard_normal((12, spec.hidden_size)).astype(np.float32)
+    before = runner.layer_forward(0, h, KVCache(spec), layer=runner.build_layer(w, 0))
+    rng = np.random.default_rng(1)
+    for point in _points(spec, 0):
+        size = (
+            spec.intermediate_size
+            if point.endswith("down_proj")
+            else (spec.q_size if point.endswith("o_proj") else spec.hidden_size)
+        )
+        s = np.exp(rng.standard_normal(size)).astype(np.float32)
+        if point.endswith("o_proj"):  # shared by the heads of one kv head
+            s = np.repeat(
+                s.reshape(spec.num_kv_heads, -1, spec.head_dim)[:, :1], spec.num_heads // spec.num_kv_heads, axis=1
+            ).reshape(-1)
+        _fold_awq(spec, 0, w, point, s)
+    after = runner.layer_forward(0, h, KVCache(spec), layer=runner.build_layer(w, 0))
+    assert rel_err(after, before) < 1e-5
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_off_grid_copy_computes_the_same_function(tiny_models, family):
+    checkpoint = open_checkpoint(tiny_models[family])
+    copy = off_grid_copy(checkpoint)
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert not np.allclose(copy.tensors.get(name), checkpoint.tensors.get(name))
+    ours = ReferenceModel.from_checkpoint(copy).forward(PROMPT)
+    assert rel_err(ours, ReferenceModel.from_checkpoint(checkpoint).forward(PROMPT)) < 1e-4
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+@pytest.mark.parametrize("algorithm", ["rtn", "hqq", "awq", "gptq", "awq-gptq"])
+def test_pipeline_every_family_and_algorithm(tiny_models, family, algorithm):
+    checkpoint = open_checkpoint(tiny_models[family])
+    source = ReferenceModel.from_checkpoint(checkpoint)
+    calibration = [PROMPT[:32], PROMPT[16:]]
+    steps = []
+    qm = quantize_checkpoint(
+        checkpoint,
+        Recipe(algorithm=algorithm, group_size=32),
+        calibration,
+        progress=lambda i, total, what: steps.append(what),
+    )
+    assert steps[0] == "layer 0" and steps[-1] == "done"
+    assert set(qm.quantized) | set(qm.dense) == set(checkpoint.tensors)
+    assert qm.records["model.layers.1.mlp.down_proj.weight"]["algorithm"] == algorithm
+    assert qm.records["model.embed_tokens.weight"]["bits"] == 8
+    quality = evaluate([PROMPT], ReferenceModel(checkpoint.spec, qm.weights()).forward, source.forward)
+    assert quality.top1 > 0.7 and quality.kl < 0.2
+    # 8-bit everywhere is close to lossless
+    q8 = quantize_checkpoint(checkpoint, Recipe(algorithm=algorithm, bits=8, group_size=32), calibration)
+    assert rel_err(ReferenceModel(checkpoint.spec, q8.weights()).forward(PROMPT), source.forward(PROMPT)) < 3e-2
+
+
+def test_fallback_is_recorded(tmp_path):
+    from edgekit.testing import write_tiny_checkpoint
+
+    folder = write_tiny_checkpoint(
+        tmp_path / "m", "llama", hidden_size=96, intermediate_size=160, num_attention_heads=4, num_key_value_heads=2
+    )
+    qm = quantize_checkpoint(open_checkpoint(folder), Recipe(algorithm="rtn", group_size=64))
+    assert qm.records["model.layers.0.self_attn.q_proj.weight"]["group_size"] == 32
+    assert "not a multiple of 64" in qm.records["model.layers.0.self_attn.q_proj.weight"]["fallback"]
+    assert qm.records["model.layers.0.mlp.down_proj.weight"]["group_size"] == 32  # 160 = 5 x 32
+
+
+def test_evaluate_against_itself():
+    logits = np.random.default_rng(0).standard_normal((6, 11)).astype(np.float32)
+    q = evaluate([[1, 2, 3, 4, 5, 6]], lambda ids: logits, lambda ids: logits)
+    assert q.kl == pytest.approx(0, abs=1e-9) and q.top1 == 1.0 and q.tokens == 5
+    uniform = evaluate([[1, 2, 3]], lambda ids: np.zeros((3, 11), np.float32))
+    assert uniform.perplexity == pytest.approx(11)
