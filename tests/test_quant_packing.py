@@ -29,7 +29,7 @@ def test_pack_unpack_round_trip():
 
 
 def run_matmulnbits(qt, scale_dtype=np.float32):
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
