@@ -58,3 +58,20 @@ def self_generated(
             logits = model.forward([token], cache, all_logits=False)[-1]
         sequences.append(ids)
     return sequences
+
+
+def calibration_sequences(checkpoint, window: int, samples: int, path: str | Path | None = None,
+                          model=None) -> list[list[int]]:
+    """Calibration token windows from a text file, or sampled from the model when no file is given.
+    `model` (a ReferenceModel of the checkpoint) is built when needed and not passed."""
+    tokenizer = checkpoint.tokenizer.load()
+    if path is not None:
+        ids = tokenizer.encode(read_text(path)).ids
+        if len(ids) < 16:
+            raise EdgekitError(f"{path}: only {len(ids)} tokens; calibration needs at least a paragraph of text")
+        return token_windows(ids, window, samples)
+    from ..generation.tokenizer import TextTokenizer
+    from ..reference import ReferenceModel
+
+    model = model if model is not None else ReferenceModel.from_checkpoint(checkpoint)
+    return self_generated(model, TextTokenizer(checkpoint.tokenizer), samples, window)

@@ -36,10 +36,14 @@ class TensorRecipe:
 
 @dataclass(frozen=True)
 class Recipe:
-    algorithm: str = "gptq"
+    """Defaults: the recipe measured best on SmolLM2-135M within onnxruntime-genai's int4 size
+    (bench/quant_quality.py): AWQ scaling + GPTQ rounding, 4-bit symmetric blocks of 64, and an
+    8-bit embedding (shared with the tied lm_head) in blocks of 128."""
+
+    algorithm: str = "awq-gptq"
     bits: int = 4
-    group_size: int = 32
-    symmetric: bool = False
+    group_size: int = 64
+    symmetric: bool = True
     # per tensor class; None = `bits`. The tied embedding doubles as the lm_head and uses embedding_bits.
     embedding_bits: int | None = 8
     lm_head_bits: int | None = 8
@@ -96,3 +100,6 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+DEFAULT_RECIPE = Recipe()

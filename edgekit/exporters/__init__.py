@@ -1,0 +1,1 @@
+"""Exporters: quantized checkpoint -> artifact directory for one device."""

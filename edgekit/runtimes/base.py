@@ -1,0 +1,27 @@
+"""The Runtime protocol: what every backend provides to the generation layer above it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+
+class Runtime(Protocol):
+    max_context: int
+    length: int  # positions held in the KV cache
+
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        """Run the prompt (after what the cache holds); logits of its last position [vocab]."""
+
+    def decode(self, token: int) -> np.ndarray:
+        """One cached step; logits [vocab]."""
+
+    def logits_all(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits for every position of ids [T, vocab], from an empty cache (for evaluation)."""
+
+    def reset(self) -> None: ...
+
+    def trim(self, length: int) -> None:
+        """Forget every position from `length` on."""

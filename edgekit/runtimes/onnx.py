@@ -1,0 +1,86 @@
+"""ONNX Runtime backend for edgekit's decoder graphs.
+
+The KV cache is allocated once for the session's max context, and each layer's past and present
+are bound to the same buffer with IO binding, so no cache is copied per token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgekitError
+from ..spec import ModelSpec
+
+
+def make_session(model_path: Path, providers: Sequence[str | tuple[str, dict]] = ("CPUExecutionProvider",),
+                 threads: int | None = None):
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    names = [p if isinstance(p, str) else p[0] for p in providers]
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise EdgekitError(f"execution provider {', '.join(missing)} is not installed; "
+                           f"available here: {', '.join(available)}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    return ort.InferenceSession(str(model_path), options, providers=list(providers))
+
+
+class OnnxRuntime:
+    def __init__(self, model_path: Path, spec: ModelSpec, max_context: int, *,
+                 providers: Sequence[str | tuple[str, dict]] = ("CPUExecutionProvider",),
+                 threads: int | None = None, kv_dtype=np.float32):
+        import onnxruntime as ort
+
+        self.spec = spec
+        self.max_context = max_context
+        self.length = 0
+        self.session = make_session(model_path, providers, threads)
+        device = "cuda" if any("CUDA" in (p if isinstance(p, str) else p[0]) for p in providers) else "cpu"
+        shape = [1, spec.num_kv_heads, max_context, spec.head_dim]
+        self.cache = [(ort.OrtValue.ortvalue_from_shape_and_type(shape, kv_dtype, device),
+                       ort.OrtValue.ortvalue_from_shape_and_type(shape, kv_dtype, device))
+                      for _ in range(spec.num_layers)]
+        self._logits_index = [o.name for o in self.session.get_outputs()].index("logits")
+        self.binding = self.session.io_binding()
+        for n, (k, v) in enumerate(self.cache):
+            self.binding.bind_ortvalue_input(f"past_key_values.{n}.key", k)
+            self.binding.bind_ortvalue_input(f"past_key_values.{n}.value", v)
+            self.binding.bind_ortvalue_output(f"present.{n}.key", k)
+            self.binding.bind_ortvalue_output(f"present.{n}.value", v)
+
+    def _run(self, ids: Sequence[int]) -> np.ndarray:
+        total = self.length + len(ids)
+        if total > self.max_context:
+            raise EdgekitError(f"the sequence needs {total} positions but the session's context is "
+                               f"{self.max_context}; start a new conversation or load with a larger max_context")
+        self.binding.bind_cpu_input("input_ids", np.asarray(ids, dtype=np.int64).reshape(1, -1))
+        self.binding.bind_cpu_input("attention_mask", np.ones((1, total), dtype=np.int64))
+        self.binding.bind_output("logits", "cpu")
+        self.session.run_with_iobinding(self.binding)
+        self.length = total
+        return self.binding.get_outputs()[self._logits_index].numpy()[0]
+
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        return self._run(ids)[-1]
+
+    def decode(self, token: int) -> np.ndarray:
+        return self._run([token])[-1]
+
+    def logits_all(self, ids: Sequence[int]) -> np.ndarray:
+        self.reset()
+        return self._run(ids)
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def trim(self, length: int) -> None:
+        self.length = min(self.length, length)
