@@ -113,46 +113,49 @@ def inspect(source: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("source")
+@click.argument("model")
 @click.option("-p", "--prompt", required=True, help="The prompt; '-' reads it from stdin.")
 @click.option("-s", "--system", default=None, help="A system message (chat models).")
-@click.option("-n", "--max-new-tokens", default=64, show_default=True, type=click.IntRange(1))
+@click.option("-n", "--max-new-tokens", default=128, show_default=True, type=click.IntRange(1))
 @click.option("--raw", is_flag=True, help="Do not apply the chat template.")
-def run(source: str, prompt: str, system: str | None, max_new_tokens: int, raw: bool) -> None:
-    """Answer one prompt greedily with the numpy reference (fp32) of a checkpoint.
+@click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads [default: ONNX Runtime's].")
+@click.option("--max-context", default=None, type=click.IntRange(16), help="KV cache length for this session.")
+def run(
+    model: str,
+    prompt: str,
+    system: str | None,
+    max_new_tokens: int,
+    raw: bool,
+    threads: int | None,
+    max_context: int | None,
+) -> None:
+    """Answer one prompt greedily, streaming to stdout; token counts and tokens/s go to stderr.
 
-    Streams the answer to stdout and prints token counts and tokens/s to stderr.
+    MODEL is an exported artifact (runs on ONNX Runtime) or a source checkpoint (runs on the numpy
+    reference in fp32: slow, for checking).
     """
-    from .generation import TextTokenizer
-    from .reference import ReferenceModel
-    from .sources import open_checkpoint
+    from .runtimes.loader import load_runtime
 
     if prompt == "-":
         prompt = sys.stdin.read()
-    checkpoint = open_checkpoint(source)
-    tokenizer = TextTokenizer(checkpoint.tokenizer, checkpoint.eos_token_ids)
-    click.echo(f"loading {checkpoint.name} ({checkpoint.parameter_count / 1e6:.0f} M parameters) ...", err=True)
-    model = ReferenceModel.from_checkpoint(checkpoint)
+    loaded = load_runtime(model, max_context=max_context, threads=threads)
+    tokenizer, runtime = loaded.tokenizer, loaded.runtime
     if raw or tokenizer.chat_template is None:
         ids = tokenizer.encode(prompt)
     else:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         ids = tokenizer.apply_chat_template(messages)
-    if len(ids) >= checkpoint.spec.max_position_embeddings:
-        raise EdgekitError(
-            f"the prompt has {len(ids)} tokens but the model's context is {checkpoint.spec.max_position_embeddings}; "
-            "shorten it"
-        )
-    max_new_tokens = min(max_new_tokens, checkpoint.spec.max_position_embeddings - len(ids))
-    cache = model.new_cache()
+    if len(ids) >= runtime.max_context:
+        raise EdgekitError(f"the prompt has {len(ids)} tokens but the context is {runtime.max_context}; shorten it")
+    max_new_tokens = min(max_new_tokens, runtime.max_context - len(ids))
     start = time.perf_counter()
-    logits = model.forward(ids, cache, all_logits=False)
+    logits = runtime.prefill(ids)
     prefill_s = time.perf_counter() - start
     out: list[int] = []
     shown = ""
     start = time.perf_counter()
     while len(out) < max_new_tokens:
-        token = int(logits[-1].argmax())
+        token = int(logits.argmax())
         if token in tokenizer.eos_token_ids:
             break
         out.append(token)
@@ -160,34 +163,160 @@ def run(source: str, prompt: str, system: str | None, max_new_tokens: int, raw: 
         if not text.endswith("\ufffd"):  # hold back a character split across tokens
             click.echo(text[len(shown) :], nl=False)
             shown = text
-        logits = model.forward([token], cache, all_logits=False)
+        if len(out) < max_new_tokens:
+            logits = runtime.decode(token)
     decode_s = time.perf_counter() - start
     click.echo()
     click.echo(
         f"prompt: {len(ids)} tokens, {len(ids) / prefill_s:.1f} tokens/s | "
-        f"generation: {len(out)} tokens, {len(out) / max(decode_s, 1e-9):.1f} tokens/s (numpy reference, fp32)",
+        f"generation: {len(out)} tokens, {len(out) / max(decode_s, 1e-9):.1f} tokens/s ({loaded.backend})",
         err=True,
+    )
+
+
+@cli.command()
+@click.argument("source")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Artifact folder to create.")
+@click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(["onnx"]))
+@click.option("--flavor", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("-a", "--algorithm", default=None, help="rtn, hqq, awq, gptq or awq-gptq [default: the recipe's].")
+@click.option("--bits", default=None, type=int, help="Bits of the transformer blocks [default: 4].")
+@click.option("-g", "--group-size", default=None, type=int, help="Block size along K: 32, 64 or 128.")
+@click.option("--symmetric/--asymmetric", default=None, help="Zero points or not.")
+@click.option("--embedding-bits", default=None, type=int, help="Bits of the embedding / tied lm_head (4 or 8).")
+@click.option(
+    "--calibration",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Calibration text; without it, text sampled from the model itself.",
+)
+@click.option(
+    "--max-context",
+    default=4096,
+    show_default=True,
+    type=click.IntRange(16),
+    help="Longest sequence the artifact supports (rotary tables and KV cache).",
+)
+@click.option(
+    "--accuracy-level",
+    default=4,
+    show_default=True,
+    type=click.IntRange(0, 4),
+    help="MatMulNBits compute: 4 = int8 activations (fast on CPU), 0 = float32.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def export(
+    source: str,
+    output: str,
+    fmt: str,
+    flavor: str,
+    algorithm: str | None,
+    bits: int | None,
+    group_size: int | None,
+    symmetric: bool | None,
+    embedding_bits: int | None,
+    calibration: str | None,
+    max_context: int,
+    accuracy_level: int,
+    overwrite: bool,
+    as_json: bool,
+) -> None:
+    """Quantize SOURCE and write a verified artifact folder for one device."""
+    from dataclasses import replace
+
+    from .exporters.pipeline import export as run_export
+    from .exporters.pipeline import export_result_dict
+    from .quant.recipe import DEFAULT_RECIPE
+
+    changes = {
+        "algorithm": algorithm,
+        "bits": bits,
+        "group_size": group_size,
+        "symmetric": symmetric,
+        "embedding_bits": embedding_bits,
+    }
+    recipe = replace(DEFAULT_RECIPE, **{k: v for k, v in changes.items() if v is not None})
+    with click.progressbar(length=1, label="quantizing", file=sys.stderr, item_show_func=lambda w: w) as bar:
+
+        def progress(i: int, total: int, what: str) -> None:
+            bar.length = total
+            bar.update(i - bar.pos, what)
+
+        result = run_export(
+            source,
+            output,
+            format=fmt,
+            flavor=flavor,
+            recipe=recipe,
+            calibration=calibration,
+            max_context=max_context,
+            accuracy_level=accuracy_level,
+            overwrite=overwrite,
+            progress=progress,
+            stage=lambda message: click.echo(f"\n{message}", err=True),
+        )
+    if as_json:
+        click.echo(json.dumps(export_result_dict(result), indent=2))
+        return
+    verify = result.verify
+    checked = (
+        (
+            f"logits within {verify['max_rel_error']:.1e} of the reference (tolerance {verify['tolerance']:.0e}), "
+            f"top-1 agreement {verify['top1_agreement']:.0%}"
+        )
+        if verify.get("checked")
+        else verify.get("reason")
+    )
+    click.echo(
+        f"wrote {result.output}: {result.megabytes:.1f} MB, {result.bits_per_weight:.2f} bits/weight, "
+        f"{result.seconds:.0f} s\nverify: {checked}"
     )
 
 
 @cli.command("eval")
 @click.argument("source")
-@click.option("--text", "text_path", required=True, type=click.Path(dir_okay=False),
-              help="Text to measure perplexity on (UTF-8), not used for calibration.")
-@click.option("-a", "--algorithm", default="awq-gptq", show_default=True,
-              help="rtn, hqq, awq, gptq, awq-gptq, or 'none' to evaluate the source alone.")
+@click.option(
+    "--text",
+    "text_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Text to measure perplexity on (UTF-8), not used for calibration.",
+)
+@click.option(
+    "-a",
+    "--algorithm",
+    default="awq-gptq",
+    show_default=True,
+    help="rtn, hqq, awq, gptq, awq-gptq, or 'none' to evaluate the source alone.",
+)
 @click.option("--bits", default=4, show_default=True, type=int)
 @click.option("-g", "--group-size", default=None, type=int, help="Block size along K [default: the recipe's].")
 @click.option("--symmetric/--asymmetric", default=None, help="Zero points or not [default: the recipe's].")
 @click.option("--embedding-bits", default=None, type=int, help="Bits of the embedding (and a tied lm_head).")
-@click.option("--calibration", "calibration_path", default=None, type=click.Path(dir_okay=False),
-              help="Calibration text; without it, text sampled from the model itself.")
+@click.option(
+    "--calibration",
+    "calibration_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Calibration text; without it, text sampled from the model itself.",
+)
 @click.option("--window", default=256, show_default=True, type=click.IntRange(8), help="Tokens per window.")
 @click.option("--max-windows", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def eval_command(source: str, text_path: str, algorithm: str, bits: int, group_size: int | None,
-                 symmetric: bool | None, embedding_bits: int | None, calibration_path: str | None, window: int,
-                 max_windows: int, as_json: bool) -> None:
+def eval_command(
+    source: str,
+    text_path: str,
+    algorithm: str,
+    bits: int,
+    group_size: int | None,
+    symmetric: bool | None,
+    embedding_bits: int | None,
+    calibration_path: str | None,
+    window: int,
+    max_windows: int,
+    as_json: bool,
+) -> None:
     """Perplexity of SOURCE on a text, and of its INT4 quantization: KL divergence and top-1
     agreement against the source, bits per weight, size. Evaluated with the numpy reference."""
     from dataclasses import replace
@@ -203,30 +332,50 @@ def eval_command(source: str, text_path: str, algorithm: str, bits: int, group_s
     windows = token_windows(checkpoint.tokenizer.load().encode(read_text(text_path)).ids, window, max_windows)
     recipe = None
     if algorithm != "none":
-        changes = {"algorithm": algorithm, "bits": bits, "group_size": group_size, "symmetric": symmetric,
-                   "embedding_bits": embedding_bits}
+        changes = {
+            "algorithm": algorithm,
+            "bits": bits,
+            "group_size": group_size,
+            "symmetric": symmetric,
+            "embedding_bits": embedding_bits,
+        }
         recipe = replace(DEFAULT_RECIPE, **{k: v for k, v in changes.items() if v is not None})
     click.echo(f"evaluating {checkpoint.name} on {sum(len(w) for w in windows)} tokens of {text_path}", err=True)
     reference = ReferenceModel.from_checkpoint(checkpoint)
-    rows = [{"model": "source", **evaluate(windows, reference.forward).to_dict(),
-             "bits_per_weight": 8 * checkpoint.size_on_disk / checkpoint.parameter_count,
-             "megabytes": checkpoint.size_on_disk / 1e6}]
+    rows = [
+        {
+            "model": "source",
+            **evaluate(windows, reference.forward).to_dict(),
+            "bits_per_weight": 8 * checkpoint.size_on_disk / checkpoint.parameter_count,
+            "megabytes": checkpoint.size_on_disk / 1e6,
+        }
+    ]
     if recipe is not None:
         calibration = None
         if recipe.needs_calibration:
             where = calibration_path or "samples generated by the model"
             click.echo(f"calibrating on {where} ...", err=True)
-            calibration = calibration_sequences(checkpoint, recipe.calibration_window, recipe.calibration_samples,
-                                                calibration_path, reference)
-        with click.progressbar(length=checkpoint.spec.num_layers + 2, label="quantizing", file=sys.stderr,
-                               item_show_func=lambda what: what) as bar:
-            quantized = quantize_checkpoint(checkpoint, recipe, calibration,
-                                            progress=lambda i, total, what: (bar.update(i - bar.pos, what)))
+            calibration = calibration_sequences(
+                checkpoint, recipe.calibration_window, recipe.calibration_samples, calibration_path, reference
+            )
+        with click.progressbar(
+            length=checkpoint.spec.num_layers + 2, label="quantizing", file=sys.stderr, item_show_func=lambda what: what
+        ) as bar:
+            quantized = quantize_checkpoint(
+                checkpoint, recipe, calibration, progress=lambda i, total, what: bar.update(i - bar.pos, what)
+            )
         model = ReferenceModel(checkpoint.spec, quantized.weights())
         quality = evaluate(windows, model.forward, reference.forward)
-        rows.append({"model": f"{recipe.algorithm} {recipe.bits}-bit g{recipe.group_size}", **quality.to_dict(),
-                     "bits_per_weight": quantized.bits_per_weight, "megabytes": quantized.nbytes / 1e6,
-                     "quantize_seconds": quantized.seconds, "recipe": recipe.to_dict()})
+        rows.append(
+            {
+                "model": f"{recipe.algorithm} {recipe.bits}-bit g{recipe.group_size}",
+                **quality.to_dict(),
+                "bits_per_weight": quantized.bits_per_weight,
+                "megabytes": quantized.nbytes / 1e6,
+                "quantize_seconds": quantized.seconds,
+                "recipe": recipe.to_dict(),
+            }
+        )
     base = rows[0]["perplexity"]
     for row in rows:
         row["perplexity_ratio"] = row["perplexity"] / base
@@ -238,8 +387,10 @@ def eval_command(source: str, text_path: str, algorithm: str, bits: int, group_s
     for row in rows:
         kl = "" if row["kl"] is None else f"{row['kl']:.4f}"
         top1 = "" if row["top1"] is None else f"{row['top1']:.3f}"
-        click.echo(f"| {row['model']} | {row['perplexity']:.3f} | {row['perplexity_ratio']:.3f} | {kl} | {top1} | "
-                   f"{row['bits_per_weight']:.2f} | {row['megabytes']:.1f} |")
+        click.echo(
+            f"| {row['model']} | {row['perplexity']:.3f} | {row['perplexity_ratio']:.3f} | {kl} | {top1} | "
+            f"{row['bits_per_weight']:.2f} | {row['megabytes']:.1f} |"
+        )
 
 
 def main() -> None:

@@ -37,14 +37,26 @@ class OnnxOptions:
 def concat_rows(parts: list[QuantizedTensor]) -> QuantizedTensor | None:
     """One quantized tensor stacking the output rows of several, when they were quantized alike."""
     first = parts[0]
-    same = all(p.bits == first.bits and p.group_size == first.group_size and p.symmetric == first.symmetric
-               and p.shape[1] == first.shape[1] and p.integer_zeros == first.integer_zeros for p in parts)
+    same = all(
+        p.bits == first.bits
+        and p.group_size == first.group_size
+        and p.symmetric == first.symmetric
+        and p.shape[1] == first.shape[1]
+        and p.integer_zeros == first.integer_zeros
+        for p in parts
+    )
     if not same:
         return None
     zeros = None if first.zeros is None else np.concatenate([p.zeros for p in parts])
-    return QuantizedTensor(np.concatenate([p.codes for p in parts]), np.concatenate([p.scales for p in parts]),
-                           zeros, first.bits, first.group_size,
-                           (sum(p.shape[0] for p in parts), first.shape[1]), first.algorithm)
+    return QuantizedTensor(
+        np.concatenate([p.codes for p in parts]),
+        np.concatenate([p.scales for p in parts]),
+        zeros,
+        first.bits,
+        first.group_size,
+        (sum(p.shape[0] for p in parts), first.shape[1]),
+        first.algorithm,
+    )
 
 
 class DecoderBuilder:
@@ -66,8 +78,17 @@ class DecoderBuilder:
         if bias is not None:
             inputs = (inputs + [""] * 4)[:3] + ["", bias]  # zero_points, g_idx, bias
         n, k = qt.shape
-        (y,) = self.g.op("MatMulNBits", [x, *inputs], scope, domain=MS_DOMAIN, K=k, N=n, bits=qt.bits,
-                         block_size=qt.group_size, accuracy_level=self.opt.accuracy_level)
+        (y,) = self.g.op(
+            "MatMulNBits",
+            [x, *inputs],
+            scope,
+            domain=MS_DOMAIN,
+            K=k,
+            N=n,
+            bits=qt.bits,
+            block_size=qt.group_size,
+            accuracy_level=self.opt.accuracy_level,
+        )
         return y
 
     def embedding(self, ids: str) -> str:
@@ -77,10 +98,15 @@ class DecoderBuilder:
         qweight = self.g.const("model.embed_tokens.weight.qweight", to_matmulnbits(qt, self.float).B)
         (blocks,) = self.g.op("Gather", [qweight, ids], scope, axis=0)  # [1, S, G, blob]
         if qt.bits == 4:
-            (low,) = self.g.op("BitwiseAnd", [blocks, self.g.const("const/u8_15", np.array(15, np.uint8))],
-                               scope + "/low")
-            (high,) = self.g.op("BitShift", [blocks, self.g.const("const/u8_4", np.array(4, np.uint8))],
-                                scope + "/high", direction="RIGHT")
+            (low,) = self.g.op(
+                "BitwiseAnd", [blocks, self.g.const("const/u8_15", np.array(15, np.uint8))], scope + "/low"
+            )
+            (high,) = self.g.op(
+                "BitShift",
+                [blocks, self.g.const("const/u8_4", np.array(4, np.uint8))],
+                scope + "/high",
+                direction="RIGHT",
+            )
             axis = self.g.const("const/axes_last", np.array([-1], np.int64))
             (low,) = self.g.op("Unsqueeze", [low, axis], scope + "/low_unsqueeze")
             (high,) = self.g.op("Unsqueeze", [high, axis], scope + "/high_unsqueeze")
@@ -94,26 +120,39 @@ class DecoderBuilder:
         if qt.zeros is None:
             z = self.g.const("model.embed_tokens.weight.zero", np.array(zeros.flat[0], self.float))
         else:
-            (z,) = self.g.op("Gather", [self.g.const("model.embed_tokens.weight.zeros2d", zeros[:, :, None]), ids],
-                             scope + "/zeros", axis=0)
+            (z,) = self.g.op(
+                "Gather",
+                [self.g.const("model.embed_tokens.weight.zeros2d", zeros[:, :, None]), ids],
+                scope + "/zeros",
+                axis=0,
+            )
         (centered,) = self.g.op("Sub", [codes, z], scope + "/center")
         (values,) = self.g.op("Mul", [centered, s], scope + "/scale")
         flat = self.g.const("const/embed_flat_shape", np.array([1, -1, qt.n_groups * qt.group_size], np.int64))
         (values,) = self.g.op("Reshape", [values, flat], scope + "/flatten")
         if qt.codes.shape[1] != qt.shape[1]:  # padded last block
             starts, ends = np.array([0], np.int64), np.array([qt.shape[1]], np.int64)
-            (values,) = self.g.op("Slice", [values, self.g.const("const/embed_pad_start", starts),
-                                            self.g.const("const/embed_pad_end", ends),
-                                            self.g.const("const/axes_last", np.array([-1], np.int64))], scope + "/unpad")
+            (values,) = self.g.op(
+                "Slice",
+                [
+                    values,
+                    self.g.const("const/embed_pad_start", starts),
+                    self.g.const("const/embed_pad_end", ends),
+                    self.g.const("const/axes_last", np.array([-1], np.int64)),
+                ],
+                scope + "/unpad",
+            )
         return values
 
     def matmul_prepare(self, weight: str, qt: QuantizedTensor) -> None:
         if weight not in self._packed:
             packed = to_matmulnbits(qt, self.float)
             qweight = weight + ".qweight"  # the embedding may have put it there already
-            names = [qweight if qweight in self.g.initializers else self.g.const(qweight, packed.B),
-                     self.g.const(weight + ".scales", packed.scales),
-                     self.g.const(weight + ".qzeros", packed.zero_points) if packed.zero_points is not None else ""]
+            names = [
+                qweight if qweight in self.g.initializers else self.g.const(qweight, packed.B),
+                self.g.const(weight + ".scales", packed.scales),
+                self.g.const(weight + ".qzeros", packed.zero_points) if packed.zero_points is not None else "",
+            ]
             self._packed[weight] = ",".join(names)
 
     def projection(self, x: str, names: list[str], scope: str) -> list[str]:
@@ -127,8 +166,10 @@ class DecoderBuilder:
             key = names[0] if len(names) == 1 else scope + "/fused.weight"
             bias = None
             if any(has_bias):
-                parts = [self.qm.dense[b] if h else np.zeros(q[n].shape[0], np.float32)
-                         for n, b, h in zip(names, biases, has_bias, strict=True)]
+                parts = [
+                    self.qm.dense[b] if h else np.zeros(q[n].shape[0], np.float32)
+                    for n, b, h in zip(names, biases, has_bias, strict=True)
+                ]
                 bias = self.g.const(key.removesuffix(".weight") + ".bias", np.concatenate(parts).astype(self.float))
             y = self.matmul(x, key, fused, scope + "/MatMul", bias)
             if len(names) == 1:
@@ -147,16 +188,27 @@ class DecoderBuilder:
         if skip is None:
             (y,) = self.g.op("SimplifiedLayerNormalization", [x, self.dense(weight)], scope, axis=-1, epsilon=eps)
             return y, x
-        y, _, _, residual = self.g.op("SkipSimplifiedLayerNormalization", [x, skip, self.dense(weight)], scope,
-                                      outputs=4, domain=MS_DOMAIN, epsilon=eps)
+        y, _, _, residual = self.g.op(
+            "SkipSimplifiedLayerNormalization",
+            [x, skip, self.dense(weight)],
+            scope,
+            outputs=4,
+            domain=MS_DOMAIN,
+            epsilon=eps,
+        )
         return y, residual
 
     def head_norm(self, x: str, weight: str, heads: int, scope: str) -> str:
         """qwen3's RMS norm over each head of q or k."""
         shape = self.g.const(scope + "/heads_shape", np.array([1, -1, heads, self.spec.head_dim], np.int64))
         (y,) = self.g.op("Reshape", [x, shape], scope + "/split_heads")
-        (y,) = self.g.op("SimplifiedLayerNormalization", [y, self.dense(weight)], scope,
-                         axis=-1, epsilon=float(self.spec.rms_norm_eps))
+        (y,) = self.g.op(
+            "SimplifiedLayerNormalization",
+            [y, self.dense(weight)],
+            scope,
+            axis=-1,
+            epsilon=float(self.spec.rms_norm_eps),
+        )
         flat = self.g.const(scope + "/flat_shape", np.array([1, -1, heads * self.spec.head_dim], np.int64))
         (y,) = self.g.op("Reshape", [y, flat], scope + "/merge_heads")
         return y
@@ -167,13 +219,23 @@ class DecoderBuilder:
         s, g, opt = self.spec, self.g, self.opt
         ids = g.input("input_ids", TensorProto.INT64, ["batch", "sequence"])
         mask = g.input("attention_mask", TensorProto.INT64, ["batch", "total_sequence"])
-        (seqlen,) = g.op("ReduceSum", [mask, g.const("const/axes_1", np.array([1], np.int64))],
-                         "/model/attn_mask_reformat/seqlens", keepdims=0)
-        (seqlen,) = g.op("Sub", [seqlen, g.const("const/one_i64", np.array(1, np.int64))], "/model/attn_mask_reformat/minus_one")
+        (seqlen,) = g.op(
+            "ReduceSum",
+            [mask, g.const("const/axes_1", np.array([1], np.int64))],
+            "/model/attn_mask_reformat/seqlens",
+            keepdims=0,
+        )
+        (seqlen,) = g.op(
+            "Sub", [seqlen, g.const("const/one_i64", np.array(1, np.int64))], "/model/attn_mask_reformat/minus_one"
+        )
         (seqlens_k,) = g.op("Cast", [seqlen], "/model/attn_mask_reformat/seqlens_k", to=TensorProto.INT32)
         (shape,) = g.op("Shape", [mask], "/model/attn_mask_reformat/shape")
-        (total,) = g.op("Gather", [shape, g.const("const/index_1", np.array(1, np.int64))],
-                        "/model/attn_mask_reformat/total", axis=0)
+        (total,) = g.op(
+            "Gather",
+            [shape, g.const("const/index_1", np.array(1, np.int64))],
+            "/model/attn_mask_reformat/total",
+            axis=0,
+        )
         (total,) = g.op("Cast", [total], "/model/attn_mask_reformat/total_sequence_length", to=TensorProto.INT32)
         cos, sin = rope_tables(s, opt.max_context)
         cos_cache = g.const("cos_cache", cos.astype(self.float))
@@ -186,8 +248,9 @@ class DecoderBuilder:
         for n in range(s.num_layers):
             p, scope = f"model.layers.{n}.", f"/model/layers.{n}"
             normed, residual = self.norm(delta, p + "input_layernorm.weight", scope + "/input_layernorm", residual)
-            attn_names = ([p + "self_attn.qkv_proj.weight"] if s.fused_qkv else
-                          [p + f"self_attn.{x}_proj.weight" for x in "qkv"])
+            attn_names = (
+                [p + "self_attn.qkv_proj.weight"] if s.fused_qkv else [p + f"self_attn.{x}_proj.weight" for x in "qkv"]
+            )
             outs = self.projection(normed, attn_names, scope + "/attn/qkv_proj")
             if s.qk_norm or len(outs) == 3:
                 if len(outs) == 1:
@@ -203,18 +266,26 @@ class DecoderBuilder:
             past_v = g.input(f"past_key_values.{n}.value", self.elem, kv_shape)
             present_k = g.output(f"present.{n}.key", self.elem, kv_shape)
             present_v = g.output(f"present.{n}.value", self.elem, kv_shape)
-            attrs = {"num_heads": s.num_heads, "kv_num_heads": s.num_kv_heads, "do_rotary": 1,
-                     "rotary_interleaved": 0}
+            attrs = {"num_heads": s.num_heads, "kv_num_heads": s.num_kv_heads, "do_rotary": 1, "rotary_interleaved": 0}
             if s.sliding_window:
                 attrs["local_window_size"] = int(s.sliding_window)
-            attn = g.op("GroupQueryAttention", [q, k, v, past_k, past_v, seqlens_k, total, cos_cache, sin_cache],
-                        scope + "/attn", outputs=[scope + "/attn/output", present_k, present_v], domain=MS_DOMAIN,
-                        **attrs)[0]
+            attn = g.op(
+                "GroupQueryAttention",
+                [q, k, v, past_k, past_v, seqlens_k, total, cos_cache, sin_cache],
+                scope + "/attn",
+                outputs=[scope + "/attn/output", present_k, present_v],
+                domain=MS_DOMAIN,
+                **attrs,
+            )[0]
             (delta,) = self.projection(attn, [p + "self_attn.o_proj.weight"], scope + "/attn/o_proj")
-            normed, residual = self.norm(delta, p + "post_attention_layernorm.weight",
-                                         scope + "/post_attention_layernorm", residual)
-            mlp_names = ([p + "mlp.gate_up_proj.weight"] if s.fused_gate_up else
-                         [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"])
+            normed, residual = self.norm(
+                delta, p + "post_attention_layernorm.weight", scope + "/post_attention_layernorm", residual
+            )
+            mlp_names = (
+                [p + "mlp.gate_up_proj.weight"]
+                if s.fused_gate_up
+                else [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]
+            )
             outs = self.projection(normed, mlp_names, scope + "/mlp/gate_up_proj")
             if len(outs) == 1:
                 outs = g.op("Split", [outs[0]], scope + "/mlp/gate_up_split", outputs=2, axis=-1, num_outputs=2)
@@ -225,9 +296,16 @@ class DecoderBuilder:
             (delta,) = self.projection(prod, [p + "mlp.down_proj.weight"], scope + "/mlp/down_proj")
         normed, _ = self.norm(delta, "model.norm.weight", "/model/norm", residual)
         if not opt.all_logits:
-            (normed,) = g.op("Slice", [normed, g.const("const/last_start", np.array([-1], np.int64)),
-                                       g.const("const/last_end", np.array([np.iinfo(np.int64).max], np.int64)),
-                                       g.const("const/axes_1", np.array([1], np.int64))], "/model/last_position")
+            (normed,) = g.op(
+                "Slice",
+                [
+                    normed,
+                    g.const("const/last_start", np.array([-1], np.int64)),
+                    g.const("const/last_end", np.array([np.iinfo(np.int64).max], np.int64)),
+                    g.const("const/axes_1", np.array([1], np.int64)),
+                ],
+                "/model/last_position",
+            )
         head = "model.embed_tokens.weight" if s.tie_word_embeddings else "lm_head.weight"
         logits = self.matmul(normed, head, self.qm.quantized[head], "/lm_head/MatMul")
         if self.float is np.float16:

@@ -26,14 +26,14 @@ class Graph:
         self.initializers[name] = np.ascontiguousarray(value)
         return name
 
-    def op(self, op_type: str, inputs: list[str], scope: str, outputs: int | list[str] = 1,
-           domain: str = "", **attrs: Any) -> list[str]:
+    def op(
+        self, op_type: str, inputs: list[str], scope: str, outputs: int | list[str] = 1, domain: str = "", **attrs: Any
+    ) -> list[str]:
         """Add a node named `{scope}/{op_type}`; outputs default to `{scope}/{op_type}/output_i`."""
         name = f"{scope}/{op_type}"
         if isinstance(outputs, int):
             outputs = [f"{name}/output_{i}" for i in range(outputs)]
-        self.nodes.append(self.helper.make_node(op_type, inputs, outputs, name=name, domain=domain or None,
-                                                **attrs))
+        self.nodes.append(self.helper.make_node(op_type, inputs, outputs, name=name, domain=domain or None, **attrs))
         return outputs
 
     def input(self, name: str, elem_type: int, shape: list[Any]) -> str:
@@ -58,8 +58,9 @@ class Graph:
                 data.write(b"\0" * (-data.tell() % 64))  # aligned, so the runtime can map it in place
                 offset = data.tell()
                 data.write(array.tobytes())
-                tensor = TensorProto(name=name, dims=list(array.shape),
-                                     data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
+                tensor = TensorProto(
+                    name=name, dims=list(array.shape), data_type=helper.np_dtype_to_tensor_dtype(array.dtype)
+                )
                 tensor.data_location = TensorProto.EXTERNAL
                 for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(array.nbytes))):
                     entry = tensor.external_data.add()
@@ -74,8 +75,10 @@ class Graph:
         if inits is None:
             inits = [numpy_helper.from_array(v, k) for k, v in self.initializers.items()]
         graph = self.helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, inits)
-        model = self.helper.make_model(graph, opset_imports=[self.helper.make_opsetid("", OPSET),
-                                                             self.helper.make_opsetid(MS_DOMAIN, 1)],
-                                       producer_name="edgekit")
+        model = self.helper.make_model(
+            graph,
+            opset_imports=[self.helper.make_opsetid("", OPSET), self.helper.make_opsetid(MS_DOMAIN, 1)],
+            producer_name="edgekit",
+        )
         model.ir_version = 10
         return model

@@ -60,8 +60,9 @@ def self_generated(
     return sequences
 
 
-def calibration_sequences(checkpoint, window: int, samples: int, path: str | Path | None = None,
-                          model=None) -> list[list[int]]:
+def calibration_sequences(
+    checkpoint, window: int, samples: int, path: str | Path | None = None, model=None
+) -> list[list[int]]:
     """Calibration token windows from a text file, or sampled from the model when no file is given.
     `model` (a ReferenceModel of the checkpoint) is built when needed and not passed."""
     tokenizer = checkpoint.tokenizer.load()

@@ -15,16 +15,20 @@ from ..errors import EdgekitError
 from ..spec import ModelSpec
 
 
-def make_session(model_path: Path, providers: Sequence[str | tuple[str, dict]] = ("CPUExecutionProvider",),
-                 threads: int | None = None):
+def make_session(
+    model_path: Path,
+    providers: Sequence[str | tuple[str, dict]] = ("CPUExecutionProvider",),
+    threads: int | None = None,
+):
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     names = [p if isinstance(p, str) else p[0] for p in providers]
     missing = [n for n in names if n not in available]
     if missing:
-        raise EdgekitError(f"execution provider {', '.join(missing)} is not installed; "
-                           f"available here: {', '.join(available)}")
+        raise EdgekitError(
+            f"execution provider {', '.join(missing)} is not installed; available here: {', '.join(available)}"
+        )
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
@@ -35,9 +39,16 @@ def make_session(model_path: Path, providers: Sequence[str | tuple[str, dict]] =
 
 
 class OnnxRuntime:
-    def __init__(self, model_path: Path, spec: ModelSpec, max_context: int, *,
-                 providers: Sequence[str | tuple[str, dict]] = ("CPUExecutionProvider",),
-                 threads: int | None = None, kv_dtype=np.float32):
+    def __init__(
+        self,
+        model_path: Path,
+        spec: ModelSpec,
+        max_context: int,
+        *,
+        providers: Sequence[str | tuple[str, dict]] = ("CPUExecutionProvider",),
+        threads: int | None = None,
+        kv_dtype=np.float32,
+    ):
         import onnxruntime as ort
 
         self.spec = spec
@@ -46,9 +57,13 @@ class OnnxRuntime:
         self.session = make_session(model_path, providers, threads)
         device = "cuda" if any("CUDA" in (p if isinstance(p, str) else p[0]) for p in providers) else "cpu"
         shape = [1, spec.num_kv_heads, max_context, spec.head_dim]
-        self.cache = [(ort.OrtValue.ortvalue_from_shape_and_type(shape, kv_dtype, device),
-                       ort.OrtValue.ortvalue_from_shape_and_type(shape, kv_dtype, device))
-                      for _ in range(spec.num_layers)]
+        self.cache = [
+            (
+                ort.OrtValue.ortvalue_from_shape_and_type(shape, kv_dtype, device),
+                ort.OrtValue.ortvalue_from_shape_and_type(shape, kv_dtype, device),
+            )
+            for _ in range(spec.num_layers)
+        ]
         self._logits_index = [o.name for o in self.session.get_outputs()].index("logits")
         self.binding = self.session.io_binding()
         for n, (k, v) in enumerate(self.cache):
@@ -60,8 +75,10 @@ class OnnxRuntime:
     def _run(self, ids: Sequence[int]) -> np.ndarray:
         total = self.length + len(ids)
         if total > self.max_context:
-            raise EdgekitError(f"the sequence needs {total} positions but the session's context is "
-                               f"{self.max_context}; start a new conversation or load with a larger max_context")
+            raise EdgekitError(
+                f"the sequence needs {total} positions but the session's context is "
+                f"{self.max_context}; start a new conversation or load with a larger max_context"
+            )
         self.binding.bind_cpu_input("input_ids", np.asarray(ids, dtype=np.int64).reshape(1, -1))
         self.binding.bind_cpu_input("attention_mask", np.ones((1, total), dtype=np.int64))
         self.binding.bind_output("logits", "cpu")

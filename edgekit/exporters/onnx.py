@@ -1,0 +1,115 @@
+"""Emit an ONNX artifact (cpu / cuda flavor) and verify it against the numpy reference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import EdgekitError
+from ..quant.pipeline import QuantizedModel
+from ..reference import ReferenceModel
+from ..sources.checkpoint import Checkpoint
+from .onnx_decoder import DecoderBuilder, OnnxOptions
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+
+
+def genai_config(checkpoint: Checkpoint, options: OnnxOptions) -> dict[str, Any]:
+    """onnxruntime-genai's genai_config.json, so its runtime loads the same folder."""
+    s = checkpoint.spec
+    eos = list(checkpoint.eos_token_ids)
+    provider = [{"cuda": {}}] if options.flavor == "cuda" else []
+    return {
+        "model": {
+            "bos_token_id": s.bos_token_id,
+            "context_length": options.max_context,
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": provider},
+                "filename": MODEL_FILE,
+                "head_size": s.head_dim,
+                "hidden_size": s.hidden_size,
+                "inputs": {
+                    "input_ids": "input_ids",
+                    "attention_mask": "attention_mask",
+                    "past_key_names": "past_key_values.%d.key",
+                    "past_value_names": "past_key_values.%d.value",
+                },
+                "outputs": {
+                    "logits": "logits",
+                    "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value",
+                },
+                "num_attention_heads": s.num_heads,
+                "num_hidden_layers": s.num_layers,
+                "num_key_value_heads": s.num_kv_heads,
+            },
+            "eos_token_id": eos[0] if len(eos) == 1 else eos,
+            "pad_token_id": s.pad_token_id if s.pad_token_id is not None else (eos[0] if eos else 0),
+            "type": s.family if s.family in ("llama", "mistral", "qwen2", "qwen3", "phi3") else "decoder",
+            "vocab_size": s.vocab_size,
+        },
+        "search": {
+            "diversity_penalty": 0.0,
+            "do_sample": False,
+            "early_stopping": True,
+            "length_penalty": 1.0,
+            "max_length": options.max_context,
+            "min_length": 0,
+            "no_repeat_ngram_size": 0,
+            "num_beams": 1,
+            "num_return_sequences": 1,
+            "past_present_share_buffer": True,
+            "repetition_penalty": 1.0,
+            "temperature": 1.0,
+            "top_k": 1,
+            "top_p": 1.0,
+        },
+    }
+
+
+def write_onnx(folder: Path, checkpoint: Checkpoint, qm: QuantizedModel, options: OnnxOptions) -> None:
+    DecoderBuilder(qm, options).build().save(folder / MODEL_FILE, DATA_FILE)
+    checkpoint.tokenizer.write(folder)
+    (folder / "genai_config.json").write_text(json.dumps(genai_config(checkpoint, options), indent=2))
+
+
+def verify_onnx(
+    folder: Path, checkpoint: Checkpoint, qm: QuantizedModel, options: OnnxOptions, prompt: list[int], steps: int = 4
+) -> dict[str, Any]:
+    """Prefill + cached decode steps through ONNX Runtime against the numpy reference on the same
+    dequantized weights. Raises when they disagree beyond the flavor's tolerance."""
+    from ..runtimes.onnx import OnnxRuntime
+
+    if options.flavor == "cuda":
+        return {"checked": False, "reason": "the cuda flavor is verified on a machine with an NVIDIA GPU"}
+    runtime = OnnxRuntime(folder / MODEL_FILE, checkpoint.spec, min(options.max_context, len(prompt) + steps + 1))
+    reference = ReferenceModel(checkpoint.spec, qm.weights())
+    ids = list(prompt)
+    got = [runtime.prefill(ids)]
+    for _ in range(steps):
+        token = int(np.argmax(got[-1]))
+        ids.append(token)
+        got.append(runtime.decode(token))
+    expected = reference.forward(ids)[len(prompt) - 1 :]
+    got_arr = np.stack(got)
+    error = float(np.abs(got_arr - expected).max() / np.abs(expected).max())
+    agree = float(np.mean(got_arr.argmax(-1) == expected.argmax(-1)))
+    # int8 activations (accuracy_level 4) round every matmul input; float paths must match closely
+    tolerance = 1e-3 if options.accuracy_level in (0, 1) else 5e-2
+    result = {
+        "checked": True,
+        "max_rel_error": error,
+        "tolerance": tolerance,
+        "top1_agreement": agree,
+        "positions": len(got),
+    }
+    if error > tolerance or (options.accuracy_level in (0, 1) and agree < 1):
+        raise EdgekitError(
+            f"verification failed: ONNX logits differ from the reference by {error:.2e} "
+            f"(tolerance {tolerance:.0e}); nothing was written"
+        )
+    return result

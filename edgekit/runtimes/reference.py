@@ -1,0 +1,36 @@
+"""The numpy reference behind the Runtime protocol, so unexported checkpoints run too (slowly)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..reference import ReferenceModel
+
+
+class ReferenceRuntime:
+    def __init__(self, model: ReferenceModel, max_context: int):
+        self.model = model
+        self.max_context = max_context
+        self.cache = model.new_cache()
+
+    @property
+    def length(self) -> int:
+        return self.cache.length
+
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        return self.model.forward(ids, self.cache, all_logits=False)[-1]
+
+    def decode(self, token: int) -> np.ndarray:
+        return self.model.forward([token], self.cache, all_logits=False)[-1]
+
+    def logits_all(self, ids: Sequence[int]) -> np.ndarray:
+        self.reset()
+        return self.model.forward(ids, self.cache)
+
+    def reset(self) -> None:
+        self.cache.reset()
+
+    def trim(self, length: int) -> None:
+        self.cache.trim(length)
