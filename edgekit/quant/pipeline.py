@@ -81,7 +81,9 @@ def quantize_tensor(w: np.ndarray, how: TensorRecipe, hessian: np.ndarray | None
         return qt
     if how.algorithm == "awq" and hessian is not None:
         return quantize_clipped(w, hessian, how.bits, group, how.symmetric)
-    if how.algorithm == "hqq":
+    # 8-bit HQQ falls back to rounding: it is near lossless at 8 bits anyway, and HQQ's float zero
+    # points are not accepted for 8-bit weights by ONNX Runtime's CPU kernel
+    if how.algorithm == "hqq" and how.bits == 4:
         return quantize_hqq(w, how.bits, group, how.symmetric)
     return quantize_rtn(w, how.bits, group, how.symmetric)
 

@@ -1,0 +1,166 @@
+"""ONNX artifacts: parity with the numpy reference on the same dequantized weights, the artifact
+folder and its manifest, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers import rel_err
+
+from edgekit.cli import cli
+from edgekit.errors import EdgekitError
+from edgekit.exporters.onnx import MODEL_FILE, write_onnx
+from edgekit.exporters.onnx_decoder import OnnxOptions
+from edgekit.exporters.pipeline import export
+from edgekit.quant.pipeline import quantize_checkpoint
+from edgekit.quant.recipe import Recipe
+from edgekit.reference import ReferenceModel
+from edgekit.runtimes.loader import load_runtime
+from edgekit.runtimes.onnx import OnnxRuntime
+from edgekit.sources import open_checkpoint
+from edgekit.testing import write_tiny_checkpoint
+
+pytest.importorskip("onnx")
+
+PROMPT = [int(i) for i in np.random.default_rng(3).integers(3, 380, 20)]
+CASES = {
+    "llama": {},
+    "mistral-sliding-window": {"sliding_window": 12},
+    "qwen2": {},
+    "qwen3": {},
+    "phi3-partial-rotary": {"partial_rotary_factor": 0.5, "hidden_size": 128},
+    "llama-tied-llama3-rope": {"tie_word_embeddings": True,
+                               "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 64}},
+    "qwen2-yarn": {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("recipe", [
+    Recipe(algorithm="rtn", group_size=32, symmetric=False, embedding_bits=8),
+    Recipe(algorithm="hqq", group_size=32, symmetric=False, embedding_bits=4, embedding_group_size=32),
+], ids=["rtn-asym-8bit-embedding", "hqq-float-zeros-4bit-embedding"])
+def test_onnx_matches_reference_prompt_and_32_decode_steps(tmp_path, case, recipe):
+    family = case.split("-")[0]
+    checkpoint = open_checkpoint(write_tiny_checkpoint(tmp_path / "hf", family, **CASES[case]))
+    qm = quantize_checkpoint(checkpoint, recipe)
+    write_onnx(tmp_path, checkpoint, qm, OnnxOptions(max_context=64, accuracy_level=0))
+    runtime = OnnxRuntime(tmp_path / MODEL_FILE, checkpoint.spec, 64)
+    reference = ReferenceModel(checkpoint.spec, qm.weights())
+    ids = list(PROMPT)
+    got = [runtime.prefill(ids)]
+    for _ in range(32):
+        ids.append(int(np.argmax(got[-1])))
+        got.append(runtime.decode(ids[-1]))
+    expected = reference.forward(ids)[len(PROMPT) - 1 :]
+    assert rel_err(np.stack(got), expected) < 1e-3
+    assert runtime.length == len(ids)
+    # every position at once, from an empty cache
+    (tmp_path / "all").mkdir()
+    write_onnx(tmp_path / "all", checkpoint, qm, OnnxOptions(max_context=64, accuracy_level=0, all_logits=True))
+    everything = OnnxRuntime(tmp_path / "all" / MODEL_FILE, checkpoint.spec, 64).logits_all(PROMPT)
+    assert rel_err(everything, reference.forward(PROMPT)) < 1e-3
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    root = tmp_path_factory.mktemp("art")
+    folder = write_tiny_checkpoint(root / "hf", "qwen2")
+    export(folder, root / "out", recipe=Recipe(algorithm="rtn"), max_context=128)
+    return root / "out"
+
+
+def test_artifact_layout_and_manifest(artifact):
+    names = sorted(p.name for p in artifact.iterdir())
+    assert names == sorted(["chat_template.jinja", "edgekit.json", "genai_config.json", "generation_config.json",
+                            "model.onnx", "model.onnx.data", "tokenizer.json", "tokenizer_config.json"])
+    manifest = json.loads((artifact / "edgekit.json").read_text())
+    assert manifest["format"] == "onnx" and manifest["flavor"] == "cpu" and manifest["max_context"] == 128
+    assert set(manifest["files"]) == set(names) - {"edgekit.json"}
+    assert manifest["quantization"]["layers"]["model.layers.0.mlp.down_proj.weight"]["bits"] == 4
+    assert manifest["verify"]["checked"] and manifest["verify"]["top1_agreement"] == 1.0
+    genai = json.loads((artifact / "genai_config.json").read_text())
+    assert genai["model"]["decoder"]["num_key_value_heads"] == 2 and genai["search"]["past_present_share_buffer"]
+
+
+def test_load_and_generate(artifact):
+    loaded = load_runtime(artifact, max_context=64)
+    assert loaded.backend == "onnx" and loaded.runtime.max_context == 64
+    logits = loaded.runtime.prefill(loaded.tokenizer.encode("hello there"))
+    assert logits.shape == (384,)
+
+
+def test_changed_or_missing_file_is_caught(artifact, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact, copy)
+    with open(copy / "model.onnx.data", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x01\x02")
+    with pytest.raises(EdgekitError, match="sha256 differs"):
+        load_runtime(copy)
+    (copy / "tokenizer.json").unlink()
+    with pytest.raises(EdgekitError, match="missing"):
+        load_runtime(copy)
+
+
+def test_unknown_format_version(artifact, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact, copy)
+    manifest = json.loads((copy / "edgekit.json").read_text())
+    manifest["format_version"] = 99
+    (copy / "edgekit.json").write_text(json.dumps(manifest))
+    with pytest.raises(EdgekitError, match="format version 99"):
+        load_runtime(copy)
+
+
+def test_context_longer_than_artifact(artifact):
+    with pytest.raises(EdgekitError, match="longer than the artifact's 128"):
+        load_runtime(artifact, max_context=1024)
+    runtime = load_runtime(artifact, max_context=16).runtime
+    with pytest.raises(EdgekitError, match="context is 16"):
+        runtime.prefill(list(range(3, 23)))
+
+
+def test_provider_not_installed(artifact):
+    with pytest.raises(EdgekitError, match="not installed; available here: .*CPUExecutionProvider"):
+        load_runtime(artifact, providers=["NoSuchExecutionProvider"])
+
+
+def test_failed_verification_leaves_nothing(tmp_path, monkeypatch):
+    import edgekit.exporters.pipeline as pipeline
+
+    def broken(*args, **kwargs):
+        raise EdgekitError("verification failed: simulated")
+
+    monkeypatch.setattr(pipeline, "verify_onnx", broken)
+    folder = write_tiny_checkpoint(tmp_path / "hf", "llama")
+    with pytest.raises(EdgekitError, match="simulated"):
+        export(folder, tmp_path / "out", recipe=Recipe(algorithm="rtn"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no output, no temporary folder
+
+
+def test_existing_output_needs_overwrite(artifact, tmp_path):
+    folder = write_tiny_checkpoint(tmp_path / "hf", "llama")
+    with pytest.raises(EdgekitError, match="already exists"):
+        export(folder, artifact)
+
+
+def test_cli_export_and_run(tmp_path):
+    folder = write_tiny_checkpoint(tmp_path / "hf", "phi3")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["export", str(folder), "-o", str(tmp_path / "art"), "-a", "rtn", "--max-context", "64"])
+    assert result.exit_code == 0, result.output
+    assert "verify: logits within" in result.output
+    result = runner.invoke(cli, ["run", str(tmp_path / "art"), "-p", "Hello", "-n", "4"])
+    assert result.exit_code == 0, result.output
+    assert "tokens/s (onnx)" in result.output
+    result = runner.invoke(cli, ["export", str(folder), "-o", str(tmp_path / "art2"), "-g", "48"])
+    assert result.exit_code == 2 and "group size 48" in result.output
+    assert not (tmp_path / "art2").exists()
