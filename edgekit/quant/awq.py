@@ -39,7 +39,7 @@ def search_scales(
     # a row sample keeps the search cheap on wide matrices; the error estimate stays unbiased
     sample = [w[rng.choice(w.shape[0], max_rows, replace=False)] if w.shape[0] > max_rows else w for w in weights]
     best, best_err = np.ones(hessian.shape[0], np.float32), None
-    for alpha in np.linspace(0, 1, grid, endpoint=False):
+    for alpha in np.linspace(0, 1, grid + 1):
         s = rms**alpha
         s = (s / np.sqrt(s.max() * s.min())).astype(np.float32)
         err = sum(output_error(w, quantize(w * s).dequantize() / s, hessian) for w in sample)

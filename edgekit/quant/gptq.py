@@ -1,8 +1,10 @@
 """GPTQ: quantize one input column at a time and push its rounding error onto the columns not yet
 quantized, weighted by the inverse Hessian H = X^T X of the layer's calibration inputs.
 
-Group parameters are taken from the already-updated weights when a group starts, as in the
-reference implementation (static groups, no activation reordering).
+Columns are visited in order of decreasing H diagonal (activation order), so the inputs that
+matter most are rounded first while every other column can still absorb their error. Group
+parameters are therefore fixed before the sweep ("static groups"), each group's range shrunk by
+the factor that minimizes its rounding error (an MSE grid search).
 """
 
 from __future__ import annotations
@@ -25,16 +27,29 @@ def _inverse_cholesky_upper(h: np.ndarray, damp: float) -> np.ndarray:
     raise np.linalg.LinAlgError("calibration Hessian is not positive definite")
 
 
-def quantize_gptq(
-    w: np.ndarray,
-    hessian: np.ndarray,
-    bits: int = 4,
-    group_size: int = 32,
-    symmetric: bool = False,
-    *,
-    damp: float = 0.01,
-    block: int = 128,
-) -> QuantizedTensor:
+def mse_params(wg: np.ndarray, bits: int, symmetric: bool, grid: int = 12, max_shrink: float = 0.3,
+               norm: float = 2.4) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group scale and zero point whose range, shrunk by a searched factor, minimizes
+    sum |w - q(w)|^norm over the group. Zero points are returned filled in when symmetric."""
+    mid = np.float32(2 ** (bits - 1))
+    best_err = np.full(wg.shape[:2], np.inf, np.float32)
+    best_s = np.zeros(wg.shape[:2], np.float32)
+    best_z = np.zeros(wg.shape[:2], np.float32)
+    for shrink in np.linspace(1.0, 1.0 - max_shrink, grid):
+        s, z = minmax_params(wg * np.float32(shrink), bits, symmetric)
+        z = np.full(s.shape, mid, np.float32) if z is None else z
+        q = encode(wg, s, z, bits).astype(np.float32)
+        err = np.sum(np.abs((q - z[..., None]) * s[..., None] - wg) ** norm, axis=-1)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_s = np.where(better, s, best_s)
+        best_z = np.where(better, z, best_z)
+    return best_s, best_z
+
+
+def quantize_gptq(w: np.ndarray, hessian: np.ndarray, bits: int = 4, group_size: int = 32,
+                  symmetric: bool = False, *, damp: float = 0.01, block: int = 128,
+                  act_order: bool = True) -> QuantizedTensor:
     n, k = w.shape
     g = group_size
     kp = -(-k // g) * g
@@ -45,31 +60,29 @@ def quantize_gptq(
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     weights[:, dead] = 0.0
-    hinv = _inverse_cholesky_upper(h, damp).astype(np.float32)
 
-    groups = kp // g
-    scales = np.zeros((n, groups), np.float32)
-    zeros = np.zeros((n, groups), np.float32)
-    mid = np.float32(2 ** (bits - 1))
+    scales, zeros = mse_params(grouped(weights, g), bits, symmetric)  # static groups, [n, groups]
+    order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(kp)
+    weights = weights[:, order]
+    hinv = _inverse_cholesky_upper(h[np.ix_(order, order)], damp).astype(np.float32)
+    col_scale = scales[:, order // g]  # [n, kp] in visiting order
+    col_zero = zeros[:, order // g]
+
     codes = np.zeros((n, kp), np.uint8)
-    block = max(block // g, 1) * g  # groups never straddle blocks
+    qmax = 2**bits - 1
     for b0 in range(0, kp, block):
         b1 = min(b0 + block, kp)
         w_blk = weights[:, b0:b1].copy()
         err_blk = np.zeros_like(w_blk)
         h_blk = hinv[b0:b1, b0:b1]
         for i in range(b1 - b0):
-            col = b0 + i
-            if col % g == 0:
-                s, z = minmax_params(grouped(w_blk[:, i : i + g], g), bits, symmetric)
-                scales[:, col // g] = s[:, 0]
-                zeros[:, col // g] = z[:, 0] if z is not None else mid
-            s_col, z_col = scales[:, col // g], zeros[:, col // g]
-            q = encode(w_blk[:, i, None, None], s_col[:, None], z_col[:, None], bits)[:, 0, 0]
-            codes[:, col] = q
-            deq = (q.astype(np.float32) - z_col) * s_col
-            err = (w_blk[:, i] - deq) / h_blk[i, i]
+            s_col, z_col = col_scale[:, b0 + i], col_zero[:, b0 + i]
+            q = np.clip(np.rint(w_blk[:, i] / s_col + z_col), 0, qmax)
+            codes[:, b0 + i] = q
+            err = (w_blk[:, i] - (q - z_col) * s_col) / h_blk[i, i]
             w_blk[:, i:] -= err[:, None] * h_blk[i, i:][None, :]
             err_blk[:, i] = err
         weights[:, b1:] -= err_blk @ hinv[b0:b1, b1:]
-    return QuantizedTensor(codes, fp16(scales), None if symmetric else zeros, bits, g, (n, k), "gptq")
+    restored = np.empty_like(codes)
+    restored[:, order] = codes
+    return QuantizedTensor(restored, fp16(scales), None if symmetric else zeros, bits, g, (n, k), "gptq")
