@@ -61,32 +61,58 @@ def main() -> None:
     calibration_text, eval_text = texts()
     source = open_checkpoint(smollm2_gguf())
     tokenizer = source.tokenizer.load()
-    calibration = token_windows(tokenizer.encode(calibration_text).ids, DEFAULT_RECIPE.calibration_window,
-                                DEFAULT_RECIPE.calibration_samples)
+    calibration = token_windows(
+        tokenizer.encode(calibration_text).ids, DEFAULT_RECIPE.calibration_window, DEFAULT_RECIPE.calibration_samples
+    )
     windows = token_windows(tokenizer.encode(eval_text).ids, 256, args.eval_windows)
-    results = {"machine": f"{platform.machine()} {platform.processor()}, {__import__('os').cpu_count()} cores",
-               "date": time.strftime("%Y-%m-%d"), "eval_tokens": sum(len(w) - 1 for w in windows), "rows": []}
+    results = {
+        "machine": f"{platform.machine()} {platform.processor()}, {__import__('os').cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d"),
+        "eval_tokens": sum(len(w) - 1 for w in windows),
+        "rows": [],
+    }
     for model_name in args.models.split(","):
         checkpoint = source if model_name == "smollm2" else off_grid_copy(source)
         reference = ReferenceModel.from_checkpoint(checkpoint)
         base = evaluate(windows, reference.forward)
         print(f"\n## {model_name}: source perplexity {base.perplexity:.3f}", flush=True)
-        results["rows"].append({"model": model_name, "recipe": "source", "perplexity": base.perplexity,
-                                "ratio": 1.0, "kl": 0.0, "top1": 1.0, "bits_per_weight": 32.0,
-                                "megabytes": checkpoint.parameter_count * 4 / 1e6, "seconds": 0.0})
+        results["rows"].append(
+            {
+                "model": model_name,
+                "recipe": "source",
+                "perplexity": base.perplexity,
+                "ratio": 1.0,
+                "kl": 0.0,
+                "top1": 1.0,
+                "bits_per_weight": 32.0,
+                "megabytes": checkpoint.parameter_count * 4 / 1e6,
+                "seconds": 0.0,
+            }
+        )
         print("| recipe | bits/weight | MB | perplexity | x source | KL | top-1 | quantize s |")
         print("|---|---|---|---|---|---|---|---|")
-        for label, changes in (QUICK if args.quick else TABLE):
+        for label, changes in QUICK if args.quick else TABLE:
             recipe = replace(DEFAULT_RECIPE, **changes)
             qm = quantize_checkpoint(checkpoint, recipe, calibration if recipe.needs_calibration else None)
             q = evaluate(windows, ReferenceModel(checkpoint.spec, qm.weights()).forward, reference.forward)
-            row = {"model": model_name, "recipe": label, "perplexity": q.perplexity,
-                   "ratio": q.perplexity / base.perplexity, "kl": q.kl, "top1": q.top1,
-                   "bits_per_weight": qm.bits_per_weight, "megabytes": qm.nbytes / 1e6, "seconds": qm.seconds,
-                   "details": recipe.to_dict()}
+            row = {
+                "model": model_name,
+                "recipe": label,
+                "perplexity": q.perplexity,
+                "ratio": q.perplexity / base.perplexity,
+                "kl": q.kl,
+                "top1": q.top1,
+                "bits_per_weight": qm.bits_per_weight,
+                "megabytes": qm.nbytes / 1e6,
+                "seconds": qm.seconds,
+                "details": recipe.to_dict(),
+            }
             results["rows"].append(row)
-            print(f"| {label} | {row['bits_per_weight']:.2f} | {row['megabytes']:.1f} | {q.perplexity:.2f} | "
-                  f"{row['ratio']:.3f} | {q.kl:.4f} | {q.top1:.3f} | {qm.seconds:.1f} |", flush=True)
+            print(
+                f"| {label} | {row['bits_per_weight']:.2f} | {row['megabytes']:.1f} | {q.perplexity:.2f} | "
+                f"{row['ratio']:.3f} | {q.kl:.4f} | {q.top1:.3f} | {qm.seconds:.1f} |",
+                flush=True,
+            )
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(results, indent=2))
     print(f"\nwritten {args.output}", file=sys.stderr)

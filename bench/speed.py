@@ -62,8 +62,13 @@ def run_edgekit(args) -> dict:
 def run_llamacpp(args) -> dict:
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(args.gguf), n_ctx=args.prompt_tokens + args.gen_tokens + 8, n_threads=args.threads,
-                n_batch=512, verbose=False)
+    llm = Llama(
+        model_path=str(args.gguf),
+        n_ctx=args.prompt_tokens + args.gen_tokens + 8,
+        n_threads=args.threads,
+        n_batch=512,
+        verbose=False,
+    )
     ids = prompt_ids(args.prompt_tokens)
     pp, tg, ttft = [], [], []
     for _ in range(args.repeat + 1):
@@ -130,8 +135,12 @@ def run_transformers(args) -> dict:
     return {"pp": pp, "tg": tg, "ttft": ttft}
 
 
-ENGINES = {"edgekit": run_edgekit, "llama.cpp": run_llamacpp, "onnxruntime-genai": run_genai,
-           "transformers": run_transformers}
+ENGINES = {
+    "edgekit": run_edgekit,
+    "llama.cpp": run_llamacpp,
+    "onnxruntime-genai": run_genai,
+    "transformers": run_transformers,
+}
 
 
 def measure_in_subprocess(engine: str, argv: list[str]) -> dict | None:
@@ -160,17 +169,35 @@ def main() -> None:
         result["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(result))
         return
-    argv = ["--artifact", str(args.artifact), "--gguf", str(args.gguf), "--threads", str(args.threads),
-            "--prompt-tokens", str(args.prompt_tokens), "--gen-tokens", str(args.gen_tokens),
-            "--repeat", str(args.repeat)]
+    argv = [
+        "--artifact",
+        str(args.artifact),
+        "--gguf",
+        str(args.gguf),
+        "--threads",
+        str(args.threads),
+        "--prompt-tokens",
+        str(args.prompt_tokens),
+        "--gen-tokens",
+        str(args.gen_tokens),
+        "--repeat",
+        str(args.repeat),
+    ]
     rows = {}
     for engine in args.engines.split(","):
         r = measure_in_subprocess(engine, argv)
         if r:
-            rows[engine] = {"pp": statistics.median(r["pp"]), "tg": statistics.median(r["tg"]),
-                            "ttft_ms": 1000 * statistics.median(r["ttft"]), "peak_rss_mb": r["peak_rss_mb"], "runs": r}
-    print(f"\nSmolLM2-135M, {args.threads} threads, pp{args.prompt_tokens} / tg{args.gen_tokens}, "
-          f"median of {args.repeat}\n")
+            rows[engine] = {
+                "pp": statistics.median(r["pp"]),
+                "tg": statistics.median(r["tg"]),
+                "ttft_ms": 1000 * statistics.median(r["ttft"]),
+                "peak_rss_mb": r["peak_rss_mb"],
+                "runs": r,
+            }
+    print(
+        f"\nSmolLM2-135M, {args.threads} threads, pp{args.prompt_tokens} / tg{args.gen_tokens}, "
+        f"median of {args.repeat}\n"
+    )
     print("| engine | prefill tok/s | decode tok/s | TTFT ms | peak RSS MB |")
     print("|---|---|---|---|---|")
     for engine, r in rows.items():
@@ -178,13 +205,24 @@ def main() -> None:
     if "edgekit" in rows:
         for engine, r in rows.items():
             if engine != "edgekit":
-                print(f"edgekit / {engine}: prefill x{rows['edgekit']['pp'] / r['pp']:.2f}, "
-                      f"decode x{rows['edgekit']['tg'] / r['tg']:.2f}")
+                print(
+                    f"edgekit / {engine}: prefill x{rows['edgekit']['pp'] / r['pp']:.2f}, "
+                    f"decode x{rows['edgekit']['tg'] / r['tg']:.2f}"
+                )
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
-                                       "date": time.strftime("%Y-%m-%d"), "threads": args.threads,
-                                       "prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens,
-                                       "rows": rows}, indent=2))
+    args.output.write_text(
+        json.dumps(
+            {
+                "machine": platform.processor() or platform.machine(),
+                "date": time.strftime("%Y-%m-%d"),
+                "threads": args.threads,
+                "prompt_tokens": args.prompt_tokens,
+                "gen_tokens": args.gen_tokens,
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -32,17 +32,23 @@ CASES = {
     "qwen2": {},
     "qwen3": {},
     "phi3-partial-rotary": {"partial_rotary_factor": 0.5, "hidden_size": 128},
-    "llama-tied-llama3-rope": {"tie_word_embeddings": True,
-                               "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 64}},
+    "llama-tied-llama3-rope": {
+        "tie_word_embeddings": True,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 64},
+    },
     "qwen2-yarn": {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}},
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("recipe", [
-    Recipe(algorithm="rtn", group_size=32, symmetric=False, embedding_bits=8),
-    Recipe(algorithm="hqq", group_size=32, symmetric=False, embedding_bits=4, embedding_group_size=32),
-], ids=["rtn-asym-8bit-embedding", "hqq-float-zeros-4bit-embedding"])
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        Recipe(algorithm="rtn", group_size=32, symmetric=False, embedding_bits=8),
+        Recipe(algorithm="hqq", group_size=32, symmetric=False, embedding_bits=4, embedding_group_size=32),
+    ],
+    ids=["rtn-asym-8bit-embedding", "hqq-float-zeros-4bit-embedding"],
+)
 def test_onnx_matches_reference_prompt_and_32_decode_steps(tmp_path, case, recipe):
     family = case.split("-")[0]
     checkpoint = open_checkpoint(write_tiny_checkpoint(tmp_path / "hf", family, **CASES[case]))
@@ -75,8 +81,18 @@ def artifact(tmp_path_factory):
 
 def test_artifact_layout_and_manifest(artifact):
     names = sorted(p.name for p in artifact.iterdir())
-    assert names == sorted(["chat_template.jinja", "edgekit.json", "genai_config.json", "generation_config.json",
-                            "model.onnx", "model.onnx.data", "tokenizer.json", "tokenizer_config.json"])
+    assert names == sorted(
+        [
+            "chat_template.jinja",
+            "edgekit.json",
+            "genai_config.json",
+            "generation_config.json",
+            "model.onnx",
+            "model.onnx.data",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ]
+    )
     manifest = json.loads((artifact / "edgekit.json").read_text())
     assert manifest["format"] == "onnx" and manifest["flavor"] == "cpu" and manifest["max_context"] == 128
     assert set(manifest["files"]) == set(names) - {"edgekit.json"}
@@ -155,7 +171,9 @@ def test_existing_output_needs_overwrite(artifact, tmp_path):
 def test_cli_export_and_run(tmp_path):
     folder = write_tiny_checkpoint(tmp_path / "hf", "phi3")
     runner = CliRunner()
-    result = runner.invoke(cli, ["export", str(folder), "-o", str(tmp_path / "art"), "-a", "rtn", "--max-context", "64"])
+    result = runner.invoke(
+        cli, ["export", str(folder), "-o", str(tmp_path / "art"), "-a", "rtn", "--max-context", "64"]
+    )
     assert result.exit_code == 0, result.output
     assert "verify: logits within" in result.output
     result = runner.invoke(cli, ["run", str(tmp_path / "art"), "-p", "Hello", "-n", "4"])

@@ -27,8 +27,9 @@ def _inverse_cholesky_upper(h: np.ndarray, damp: float) -> np.ndarray:
     raise np.linalg.LinAlgError("calibration Hessian is not positive definite")
 
 
-def mse_params(wg: np.ndarray, bits: int, symmetric: bool, grid: int = 12, max_shrink: float = 0.3,
-               norm: float = 2.4) -> tuple[np.ndarray, np.ndarray]:
+def mse_params(
+    wg: np.ndarray, bits: int, symmetric: bool, grid: int = 12, max_shrink: float = 0.3, norm: float = 2.4
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-group scale and zero point whose range, shrunk by a searched factor, minimizes
     sum |w - q(w)|^norm over the group. Zero points are returned filled in when symmetric."""
     mid = np.float32(2 ** (bits - 1))
@@ -47,9 +48,17 @@ def mse_params(wg: np.ndarray, bits: int, symmetric: bool, grid: int = 12, max_s
     return best_s, best_z
 
 
-def quantize_gptq(w: np.ndarray, hessian: np.ndarray, bits: int = 4, group_size: int = 32,
-                  symmetric: bool = False, *, damp: float = 0.01, block: int = 128,
-                  act_order: bool = True) -> QuantizedTensor:
+def quantize_gptq(
+    w: np.ndarray,
+    hessian: np.ndarray,
+    bits: int = 4,
+    group_size: int = 32,
+    symmetric: bool = False,
+    *,
+    damp: float = 0.01,
+    block: int = 128,
+    act_order: bool = True,
+) -> QuantizedTensor:
     n, k = w.shape
     g = group_size
     kp = -(-k // g) * g
