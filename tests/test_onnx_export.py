@@ -12,7 +12,7 @@ from helpers import rel_err
 
 from edgekit.cli import cli
 from edgekit.errors import EdgekitError
-from edgekit.exporters.onnx import MODEL_FILE, write_onnx
+from edgekit.exporters.onnx import ALL_LOGITS_FILE, MODEL_FILE, write_onnx
 from edgekit.exporters.onnx_decoder import OnnxOptions
 from edgekit.exporters.pipeline import export
 from edgekit.quant.pipeline import quantize_checkpoint
@@ -64,10 +64,8 @@ def test_onnx_matches_reference_prompt_and_32_decode_steps(tmp_path, case, recip
     expected = reference.forward(ids)[len(PROMPT) - 1 :]
     assert rel_err(np.stack(got), expected) < 1e-3
     assert runtime.length == len(ids)
-    # every position at once, from an empty cache
-    (tmp_path / "all").mkdir()
-    write_onnx(tmp_path / "all", checkpoint, qm, OnnxOptions(max_context=64, accuracy_level=0, all_logits=True))
-    everything = OnnxRuntime(tmp_path / "all" / MODEL_FILE, checkpoint.spec, 64).logits_all(PROMPT)
+    # every position at once, from an empty cache, through the second graph over the same weights
+    everything = OnnxRuntime(tmp_path / ALL_LOGITS_FILE, checkpoint.spec, 64).logits_all(PROMPT)
     assert rel_err(everything, reference.forward(PROMPT)) < 1e-3
 
 
@@ -88,6 +86,7 @@ def test_artifact_layout_and_manifest(artifact):
             "genai_config.json",
             "generation_config.json",
             "model.onnx",
+            "model.all_logits.onnx",
             "model.onnx.data",
             "tokenizer.json",
             "tokenizer_config.json",
@@ -182,3 +181,24 @@ def test_cli_export_and_run(tmp_path):
     result = runner.invoke(cli, ["export", str(folder), "-o", str(tmp_path / "art2"), "-g", "48"])
     assert result.exit_code == 2 and "group size 48" in result.output
     assert not (tmp_path / "art2").exists()
+
+
+def test_onnxruntime_genai_generates_the_same_tokens(artifact):
+    """onnxruntime-genai is a bench peer, not a test dependency: this runs where it is installed."""
+    og = pytest.importorskip("onnxruntime_genai")
+    model = og.Model(str(artifact))
+    ids = [5, 17, 33, 100, 7, 250, 9, 12]
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + 16, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids)
+    theirs = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        theirs.append(int(generator.get_next_tokens()[0]))
+    runtime = load_runtime(artifact).runtime
+    logits, ours = runtime.prefill(ids), []
+    for _ in theirs:
+        ours.append(int(logits.argmax()))
+        logits = runtime.decode(ours[-1])
+    assert ours == theirs

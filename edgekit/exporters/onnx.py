@@ -14,7 +14,8 @@ from ..reference import ReferenceModel
 from ..sources.checkpoint import Checkpoint
 from .onnx_decoder import DecoderBuilder, OnnxOptions
 
-MODEL_FILE = "model.onnx"
+MODEL_FILE = "model.onnx"  # logits of the last position only: what generation needs
+ALL_LOGITS_FILE = "model.all_logits.onnx"  # every position (evaluation, onnxruntime-genai), same weights
 DATA_FILE = "model.onnx.data"
 
 
@@ -29,7 +30,7 @@ def genai_config(checkpoint: Checkpoint, options: OnnxOptions) -> dict[str, Any]
             "context_length": options.max_context,
             "decoder": {
                 "session_options": {"log_id": "onnxruntime-genai", "provider_options": provider},
-                "filename": MODEL_FILE,
+                "filename": ALL_LOGITS_FILE,  # onnxruntime-genai reads logits for every prompt position
                 "head_size": s.head_dim,
                 "hidden_size": s.hidden_size,
                 "inputs": {
@@ -72,7 +73,11 @@ def genai_config(checkpoint: Checkpoint, options: OnnxOptions) -> dict[str, Any]
 
 
 def write_onnx(folder: Path, checkpoint: Checkpoint, qm: QuantizedModel, options: OnnxOptions) -> None:
-    DecoderBuilder(qm, options).build().save(folder / MODEL_FILE, DATA_FILE)
+    """model.onnx and model.all_logits.onnx, two small graphs over one external weight file."""
+    from dataclasses import replace
+
+    written = DecoderBuilder(qm, replace(options, all_logits=False)).build().save(folder / MODEL_FILE, DATA_FILE)
+    DecoderBuilder(qm, replace(options, all_logits=True)).build().save(folder / ALL_LOGITS_FILE, DATA_FILE, written)
     checkpoint.tokenizer.write(folder)
     (folder / "genai_config.json").write_text(json.dumps(genai_config(checkpoint, options), indent=2))
 

@@ -44,30 +44,35 @@ class Graph:
         self.outputs.append(self.helper.make_tensor_value_info(name, elem_type, shape))
         return name
 
-    def save(self, path: Path, data_name: str) -> list[str]:
-        """Write model.onnx with every initializer over 1 KB in one external data file, streamed
-        tensor by tensor so the weights are never held twice. Returns the file names written."""
+    def save(self, path: Path, data_name: str, written: dict[str, tuple[int, int]] | None = None
+             ) -> dict[str, tuple[int, int]]:
+        """Write the graph to `path` with every initializer over 1 KB in the external data file
+        `data_name`, streamed tensor by tensor so the weights are never held twice. `written`
+        (what an earlier save returned) makes this graph point at the tensors already in that
+        file instead of writing them again. Returns name -> (offset, length) in the data file."""
         from onnx import TensorProto, helper, numpy_helper
 
+        written = dict(written or {})
         inits = []
-        with open(path.parent / data_name, "wb") as data:
+        with open(path.parent / data_name, "ab") as data:
             for name, array in self.initializers.items():
                 if array.nbytes < 1024:
                     inits.append(numpy_helper.from_array(array, name))
                     continue
-                data.write(b"\0" * (-data.tell() % 64))  # aligned, so the runtime can map it in place
-                offset = data.tell()
-                data.write(array.tobytes())
-                tensor = TensorProto(
-                    name=name, dims=list(array.shape), data_type=helper.np_dtype_to_tensor_dtype(array.dtype)
-                )
+                if name not in written:
+                    data.write(b"\0" * (-data.tell() % 64))  # aligned, so the runtime can map it in place
+                    written[name] = (data.tell(), array.nbytes)
+                    data.write(array.tobytes())
+                offset, length = written[name]
+                tensor = TensorProto(name=name, dims=list(array.shape),
+                                     data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
                 tensor.data_location = TensorProto.EXTERNAL
-                for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(array.nbytes))):
+                for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
                     entry = tensor.external_data.add()
                     entry.key, entry.value = key, value
                 inits.append(tensor)
         path.write_bytes(self.model(inits).SerializeToString())
-        return [path.name, data_name]
+        return written
 
     def model(self, inits=None):
         from onnx import numpy_helper
