@@ -114,7 +114,7 @@ class DecoderBuilder:
         shape = self.g.const("const/embed_block_shape", np.array([1, -1, qt.n_groups, qt.group_size], np.int64))
         (codes,) = self.g.op("Reshape", [blocks, shape], scope + "/codes")
         (codes,) = self.g.op("Cast", [codes], scope + "/cast", to=self.elem)
-        scales = self.g.const("model.embed_tokens.weight.scales2d", qt.scales.astype(self.float)[:, :, None])
+        scales = self.stored_half("model.embed_tokens.weight.scales2d", qt.scales[:, :, None])
         (s,) = self.g.op("Gather", [scales, ids], scope + "/scales", axis=0)  # [1, S, G, 1]
         zeros = qt.zero_points().astype(self.float)
         if qt.zeros is None:
@@ -146,14 +146,29 @@ class DecoderBuilder:
 
     def matmul_prepare(self, weight: str, qt: QuantizedTensor) -> None:
         if weight not in self._packed:
-            packed = to_matmulnbits(qt, self.float)
+            packed = to_matmulnbits(qt, np.float16)
             qweight = weight + ".qweight"  # the embedding may have put it there already
             names = [
                 qweight if qweight in self.g.initializers else self.g.const(qweight, packed.B),
-                self.g.const(weight + ".scales", packed.scales),
-                self.g.const(weight + ".qzeros", packed.zero_points) if packed.zero_points is not None else "",
+                self.stored_half(weight + ".scales", packed.scales),
+                (
+                    self.stored_half(weight + ".qzeros", packed.zero_points)
+                    if packed.zero_points is not None and packed.zero_points.dtype != np.uint8
+                    else self.g.const(weight + ".qzeros", packed.zero_points)
+                    if packed.zero_points is not None
+                    else ""
+                ),
             ]
             self._packed[weight] = ",".join(names)
+
+    def stored_half(self, name: str, values: np.ndarray) -> str:
+        """Float16 in the file; float32 flavors cast it once at load (ONNX Runtime folds the Cast),
+        so scales cost 2 bytes on disk whatever the activation type."""
+        stored = self.g.const(name, values.astype(np.float16))
+        if self.float is np.float16:
+            return stored
+        (cast,) = self.g.op("Cast", [stored], "/model/constants/" + name, to=self.elem)
+        return cast
 
     def projection(self, x: str, names: list[str], scope: str) -> list[str]:
         """Outputs of the projections `names` (weights) applied to x: fused into one MatMulNBits when

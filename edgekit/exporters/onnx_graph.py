@@ -44,8 +44,9 @@ class Graph:
         self.outputs.append(self.helper.make_tensor_value_info(name, elem_type, shape))
         return name
 
-    def save(self, path: Path, data_name: str, written: dict[str, tuple[int, int]] | None = None
-             ) -> dict[str, tuple[int, int]]:
+    def save(
+        self, path: Path, data_name: str, written: dict[str, tuple[int, int]] | None = None
+    ) -> dict[str, tuple[int, int]]:
         """Write the graph to `path` with every initializer over 1 KB in the external data file
         `data_name`, streamed tensor by tensor so the weights are never held twice. `written`
         (what an earlier save returned) makes this graph point at the tensors already in that
@@ -64,8 +65,9 @@ class Graph:
                     written[name] = (data.tell(), array.nbytes)
                     data.write(array.tobytes())
                 offset, length = written[name]
-                tensor = TensorProto(name=name, dims=list(array.shape),
-                                     data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
+                tensor = TensorProto(
+                    name=name, dims=list(array.shape), data_type=helper.np_dtype_to_tensor_dtype(array.dtype)
+                )
                 tensor.data_location = TensorProto.EXTERNAL
                 for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
                     entry = tensor.external_data.add()
