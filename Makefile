@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # project's machines; any other spec downloads gigabytes of CUDA wheels.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +26,25 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.demo
 
 SMOLLM2 = $$($(BIN)/python -c "from edgekit.testing.demo import smollm2_gguf; print(smollm2_gguf())")
 
+DEMO_ARTIFACT ?= out/smollm2-135m-cpu
+
 demo: $(VENV)/.demo
 	$(BIN)/edgekit inspect $(SMOLLM2)
-	$(BIN)/edgekit run $(SMOLLM2) -p "What is the capital of France?"
+	$(BIN)/edgekit export $(SMOLLM2) -o $(DEMO_ARTIFACT) --overwrite
+	$(BIN)/edgekit run $(DEMO_ARTIFACT) -p "What is the capital of France?"
+
+# Benchmarks against the peers (not part of `make test`): installs them into the same virtualenv.
+# llama-cpp-python compiles llama.cpp (about 6 minutes on 2 cores; pip caches the wheel).
+$(VENV)/.bench: $(VENV)/.dev
+	$(BIN)/pip install --quiet onnxruntime-genai onnx-ir
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(BIN)/pip install --quiet llama-cpp-python
+	command -v fortune >/dev/null || [ -d /usr/share/games/fortunes ] || apt-get install -y -qq fortunes
+	touch $@
+
+bench: $(VENV)/.bench $(VENV)/.demo
+	$(BIN)/edgekit export $(SMOLLM2) -o $(DEMO_ARTIFACT) --overwrite
+	$(BIN)/python bench/speed.py --artifact $(DEMO_ARTIFACT) --gguf $(SMOLLM2)
+	$(BIN)/python bench/quant_quality.py
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q tests

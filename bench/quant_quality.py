@@ -37,10 +37,11 @@ EVAL_FILES = ("literature", "science")
 
 # (label, changes to the default recipe)
 TABLE = [("default", {})]
-for g in (32, 64, 128):
-    for algorithm in ("rtn", "hqq", "awq", "gptq", "awq-gptq"):
-        TABLE.append((f"{algorithm} g{g}", {"algorithm": algorithm, "group_size": g, "symmetric": False}))
-QUICK = [("default", {}), ("rtn g32", {"algorithm": "rtn", "group_size": 32, "symmetric": False})]
+for g in (32, 64, 128):  # uniform recipes: every block asymmetric at one group size
+    for algorithm in ("rtn", "hqq", "awq", "gptq"):
+        TABLE.append((f"{algorithm} g{g}", {"algorithm": algorithm, "group_size": g, "symmetric": False,
+                                            "overrides": {}}))
+QUICK = [("default", {}), ("rtn g32", {"algorithm": "rtn", "group_size": 32, "symmetric": False, "overrides": {}})]
 
 
 def texts() -> tuple[str, str]:

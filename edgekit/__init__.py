@@ -1,8 +1,11 @@
 """edgekit: export decoder LLMs to small INT4 artifacts for edge devices, and run them."""
 
 from .errors import EdgekitError, MissingDependencyError, SourceError, UnsupportedArchitectureError
+from .exporters.pipeline import ExportResult, export
 from .generation import ChatTemplate, TextTokenizer
+from .quant import QuantizedModel, QuantizedTensor, Recipe, quantize_checkpoint
 from .reference import KVCache, ReferenceModel
+from .runtimes.loader import load_runtime
 from .sources import Checkpoint, TokenizerFiles, open_checkpoint
 from .spec import FAMILIES, ModelSpec, RopeSpec
 
@@ -10,6 +13,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FAMILIES",
+    "ExportResult",
+    "QuantizedModel",
+    "QuantizedTensor",
+    "Recipe",
+    "export",
+    "load_runtime",
+    "quantize_checkpoint",
     "ChatTemplate",
     "Checkpoint",
     "EdgekitError",

@@ -202,3 +202,20 @@ def test_onnxruntime_genai_generates_the_same_tokens(artifact):
         ours.append(int(logits.argmax()))
         logits = runtime.decode(ours[-1])
     assert ours == theirs
+
+
+def test_runtime_path_imports_no_heavy_packages(artifact):
+    """A Raspberry Pi install has numpy, onnxruntime, tokenizers, jinja2 and click only."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, edgekit\n"
+        f"loaded = edgekit.load_runtime({str(artifact)!r})\n"
+        "loaded.runtime.prefill(loaded.tokenizer.encode('hello'))\n"
+        "heavy = [m for m in ('torch', 'transformers', 'onnx', 'optimum', 'safetensors', 'gguf') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -14,6 +14,8 @@ ALGORITHMS = ("rtn", "hqq", "awq", "gptq", "awq-gptq")
 CALIBRATED = ("awq", "gptq", "awq-gptq")
 SCALED = ("awq", "awq-gptq")
 TENSOR_CLASSES = ("embedding", "lm_head", "attention", "mlp")
+# gate/up tolerate symmetric blocks best: dropping their zero points pays for asymmetric blocks elsewhere
+SYMMETRIC_GATE_UP = {p: {"symmetric": True} for p in ("*.mlp.gate_proj", "*.mlp.up_proj", "*.mlp.gate_up_proj")}
 
 
 def tensor_class(name: str) -> str:
@@ -36,22 +38,24 @@ class TensorRecipe:
 
 @dataclass(frozen=True)
 class Recipe:
-    """Defaults: the recipe measured best on SmolLM2-135M within onnxruntime-genai's int4 size
-    (bench/quant_quality.py): AWQ scaling + GPTQ rounding, 4-bit symmetric blocks of 64, and an
-    8-bit embedding (shared with the tied lm_head) in blocks of 128."""
+    """Defaults: the recipe measured best on SmolLM2-135M (and on its off-grid copy) within the
+    bytes of onnxruntime-genai's int4 export (bench/quant_quality.py): AWQ scaling + GPTQ rounding,
+    4-bit blocks of 64 with zero points except in the gate/up projections, and an 8-bit symmetric
+    embedding shared with the tied lm_head."""
 
     algorithm: str = "awq-gptq"
     bits: int = 4
     group_size: int = 64
-    symmetric: bool = True
+    symmetric: bool = False
     # per tensor class; None = `bits`. The tied embedding doubles as the lm_head and uses embedding_bits.
     embedding_bits: int | None = 8
     lm_head_bits: int | None = 8
     attention_bits: int | None = None
     mlp_bits: int | None = None
     embedding_group_size: int | None = 128
+    embedding_symmetric: bool = True
     # glob over weight names -> {"bits": .., "group_size": .., "algorithm": .., "symmetric": ..}
-    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(SYMMETRIC_GATE_UP))
     calibration_samples: int = 16
     calibration_window: int = 256
 
@@ -89,7 +93,8 @@ class Recipe:
         algorithm = self.algorithm
         if cls == "embedding" and algorithm in CALIBRATED:
             algorithm = "hqq"  # a lookup table has no input activations to calibrate on
-        chosen = TensorRecipe(bits, group, algorithm, self.symmetric)
+        symmetric = self.embedding_symmetric if cls == "embedding" else self.symmetric
+        chosen = TensorRecipe(bits, group, algorithm, symmetric)
         for pattern, values in self.overrides.items():
             if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name.removesuffix(".weight"), pattern):
                 chosen = replace(chosen, **values)
