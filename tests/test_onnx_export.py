@@ -73,7 +73,7 @@ def test_onnx_matches_reference_prompt_and_32_decode_steps(tmp_path, case, recip
 def artifact(tmp_path_factory):
     root = tmp_path_factory.mktemp("art")
     folder = write_tiny_checkpoint(root / "hf", "qwen2")
-    export(folder, root / "out", recipe=Recipe(algorithm="rtn"), max_context=128)
+    export(folder, root / "out", recipe=Recipe(algorithm="rtn"), max_context=128, accuracy_level=0)
     return root / "out"
 
 
