@@ -112,6 +112,61 @@ def inspect(source: str, as_json: bool) -> None:
         click.echo(f"{key:<{width}}  {value}")
 
 
+def recipe_options(command):
+    """The quantization options `export` and `eval` share; each defaults to the recipe's value."""
+    options = [
+        click.option(
+            "-a", "--algorithm", default=None, help="rtn, hqq, awq, gptq or awq-gptq [default: the recipe's]."
+        ),
+        click.option("--bits", default=None, type=int, help="Bits of the transformer blocks (4 or 8) [default: 4]."),
+        click.option("-g", "--group-size", default=None, type=int, help="Block size along K: 32, 64 or 128."),
+        click.option("--symmetric/--asymmetric", default=None, help="Zero points or not [default: the recipe's]."),
+        click.option("--embedding-bits", default=None, type=int, help="Bits of the embedding / tied lm_head."),
+        click.option(
+            "--calibration",
+            default=None,
+            type=click.Path(dir_okay=False),
+            help="Calibration text; without it, text sampled from the model itself.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _recipe(
+    algorithm: str | None, bits: int | None, group_size: int | None, symmetric: bool | None, embedding_bits: int | None
+):
+    from dataclasses import replace
+
+    from .quant.recipe import DEFAULT_RECIPE
+
+    changes = {
+        "algorithm": algorithm,
+        "bits": bits,
+        "group_size": group_size,
+        "symmetric": symmetric,
+        "embedding_bits": embedding_bits,
+    }
+    return replace(DEFAULT_RECIPE, **{k: v for k, v in changes.items() if v is not None})
+
+
+class _LayerProgress:
+    """A progress bar on stderr fed by the quantizer's (step, total, what) callback."""
+
+    def __enter__(self):
+        self.bar = click.progressbar(length=1, label="quantizing", file=sys.stderr, item_show_func=lambda w: w)
+        self.bar.__enter__()
+        return self
+
+    def __call__(self, step: int, total: int, what: str) -> None:
+        self.bar.length = total
+        self.bar.update(step - self.bar.pos, what)
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+
 @cli.command()
 @click.argument("model")
 @click.option("-p", "--prompt", required=True, help="The prompt; '-' reads it from stdin.")
@@ -179,17 +234,7 @@ def run(
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Artifact folder to create.")
 @click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(["onnx"]))
 @click.option("--flavor", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
-@click.option("-a", "--algorithm", default=None, help="rtn, hqq, awq, gptq or awq-gptq [default: the recipe's].")
-@click.option("--bits", default=None, type=int, help="Bits of the transformer blocks [default: 4].")
-@click.option("-g", "--group-size", default=None, type=int, help="Block size along K: 32, 64 or 128.")
-@click.option("--symmetric/--asymmetric", default=None, help="Zero points or not.")
-@click.option("--embedding-bits", default=None, type=int, help="Bits of the embedding / tied lm_head (4 or 8).")
-@click.option(
-    "--calibration",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="Calibration text; without it, text sampled from the model itself.",
-)
+@recipe_options
 @click.option(
     "--max-context",
     default=4096,
@@ -223,26 +268,11 @@ def export(
     as_json: bool,
 ) -> None:
     """Quantize SOURCE and write a verified artifact folder for one device."""
-    from dataclasses import replace
-
     from .exporters.pipeline import export as run_export
     from .exporters.pipeline import export_result_dict
-    from .quant.recipe import DEFAULT_RECIPE
 
-    changes = {
-        "algorithm": algorithm,
-        "bits": bits,
-        "group_size": group_size,
-        "symmetric": symmetric,
-        "embedding_bits": embedding_bits,
-    }
-    recipe = replace(DEFAULT_RECIPE, **{k: v for k, v in changes.items() if v is not None})
-    with click.progressbar(length=1, label="quantizing", file=sys.stderr, item_show_func=lambda w: w) as bar:
-
-        def progress(i: int, total: int, what: str) -> None:
-            bar.length = total
-            bar.update(i - bar.pos, what)
-
+    recipe = _recipe(algorithm, bits, group_size, symmetric, embedding_bits)
+    with _LayerProgress() as progress:
         result = run_export(
             source,
             output,
@@ -283,63 +313,36 @@ def export(
     type=click.Path(dir_okay=False),
     help="Text to measure perplexity on (UTF-8), not used for calibration.",
 )
-@click.option(
-    "-a",
-    "--algorithm",
-    default="awq-gptq",
-    show_default=True,
-    help="rtn, hqq, awq, gptq, awq-gptq, or 'none' to evaluate the source alone.",
-)
-@click.option("--bits", default=4, show_default=True, type=int)
-@click.option("-g", "--group-size", default=None, type=int, help="Block size along K [default: the recipe's].")
-@click.option("--symmetric/--asymmetric", default=None, help="Zero points or not [default: the recipe's].")
-@click.option("--embedding-bits", default=None, type=int, help="Bits of the embedding (and a tied lm_head).")
-@click.option(
-    "--calibration",
-    "calibration_path",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="Calibration text; without it, text sampled from the model itself.",
-)
+@click.option("--source-only", is_flag=True, help="Evaluate the source alone, without quantizing it.")
+@recipe_options
 @click.option("--window", default=256, show_default=True, type=click.IntRange(8), help="Tokens per window.")
 @click.option("--max-windows", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def eval_command(
     source: str,
     text_path: str,
-    algorithm: str,
-    bits: int,
+    source_only: bool,
+    algorithm: str | None,
+    bits: int | None,
     group_size: int | None,
     symmetric: bool | None,
     embedding_bits: int | None,
-    calibration_path: str | None,
+    calibration: str | None,
     window: int,
     max_windows: int,
     as_json: bool,
 ) -> None:
     """Perplexity of SOURCE on a text, and of its INT4 quantization: KL divergence and top-1
     agreement against the source, bits per weight, size. Evaluated with the numpy reference."""
-    from dataclasses import replace
-
     from .evaluate import evaluate
     from .quant.calibration import calibration_sequences, read_text, token_windows
     from .quant.pipeline import quantize_checkpoint
-    from .quant.recipe import DEFAULT_RECIPE
     from .reference import ReferenceModel
     from .sources import open_checkpoint
 
     checkpoint = open_checkpoint(source)
     windows = token_windows(checkpoint.tokenizer.load().encode(read_text(text_path)).ids, window, max_windows)
-    recipe = None
-    if algorithm != "none":
-        changes = {
-            "algorithm": algorithm,
-            "bits": bits,
-            "group_size": group_size,
-            "symmetric": symmetric,
-            "embedding_bits": embedding_bits,
-        }
-        recipe = replace(DEFAULT_RECIPE, **{k: v for k, v in changes.items() if v is not None})
+    recipe = None if source_only else _recipe(algorithm, bits, group_size, symmetric, embedding_bits)
     click.echo(f"evaluating {checkpoint.name} on {sum(len(w) for w in windows)} tokens of {text_path}", err=True)
     reference = ReferenceModel.from_checkpoint(checkpoint)
     rows = [
@@ -353,17 +356,13 @@ def eval_command(
     if recipe is not None:
         calibration = None
         if recipe.needs_calibration:
-            where = calibration_path or "samples generated by the model"
+            where = calibration or "samples generated by the model"
             click.echo(f"calibrating on {where} ...", err=True)
             calibration = calibration_sequences(
-                checkpoint, recipe.calibration_window, recipe.calibration_samples, calibration_path, reference
+                checkpoint, recipe.calibration_window, recipe.calibration_samples, calibration, reference
             )
-        with click.progressbar(
-            length=checkpoint.spec.num_layers + 2, label="quantizing", file=sys.stderr, item_show_func=lambda what: what
-        ) as bar:
-            quantized = quantize_checkpoint(
-                checkpoint, recipe, calibration, progress=lambda i, total, what: bar.update(i - bar.pos, what)
-            )
+        with _LayerProgress() as progress:
+            quantized = quantize_checkpoint(checkpoint, recipe, calibration, progress)
         model = ReferenceModel(checkpoint.spec, quantized.weights())
         quality = evaluate(windows, model.forward, reference.forward)
         rows.append(

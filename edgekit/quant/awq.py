@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .tensor import QuantizedTensor, from_params, grouped, minmax_params
+from .tensor import QuantizedTensor, from_params, grouped, searched_params
 
 Quantizer = Callable[[np.ndarray], QuantizedTensor]
 
@@ -57,21 +57,8 @@ def quantize_clipped(
     grid: int = 10,
     max_shrink: float = 0.5,
 ) -> QuantizedTensor:
-    """Round to nearest with each group's range shrunk by the factor that minimizes its weighted
-    error, using the diagonal of the Hessian as per-input weights."""
-    wg = grouped(w, group_size)
+    """Round to nearest with each group's range shrunk by the factor that minimizes its squared
+    error weighted by the Hessian's diagonal (the energy of each input channel)."""
     importance = grouped(np.diag(hessian)[None, :].astype(np.float32), group_size)[0]  # [G, g]
-    base_s, base_z = minmax_params(wg, bits, symmetric)
-    best_err = np.full(base_s.shape, np.inf, np.float32)
-    best_s, best_z = base_s.copy(), None if base_z is None else base_z.copy()
-    for shrink in np.linspace(1.0, 1.0 - max_shrink, grid):
-        s, z = minmax_params(wg * np.float32(shrink), bits, symmetric)
-        qt = from_params(w, s, z, bits, group_size, "awq")
-        diff = grouped(qt.dequantize() - w, group_size)
-        err = np.sum(diff * diff * importance[None], axis=-1)
-        better = err < best_err
-        best_err = np.where(better, err, best_err)
-        best_s = np.where(better, s, best_s)
-        if z is not None:
-            best_z = np.where(better, z, best_z)
-    return from_params(w, best_s, best_z, bits, group_size, "awq")
+    scales, zeros = searched_params(grouped(w, group_size), bits, symmetric, importance[None], 2.0, grid, max_shrink)
+    return from_params(w, scales, zeros, bits, group_size, "awq")

@@ -4,14 +4,14 @@ quantized, weighted by the inverse Hessian H = X^T X of the layer's calibration 
 Columns are visited in order of decreasing H diagonal (activation order), so the inputs that
 matter most are rounded first while every other column can still absorb their error. Group
 parameters are therefore fixed before the sweep ("static groups"), each group's range shrunk by
-the factor that minimizes its rounding error (an MSE grid search).
+the factor that minimizes its rounding error (a grid search).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .tensor import QuantizedTensor, encode, fp16, grouped, minmax_params
+from .tensor import QuantizedTensor, fp16, grouped, searched_params
 
 
 def _inverse_cholesky_upper(h: np.ndarray, damp: float) -> np.ndarray:
@@ -25,27 +25,6 @@ def _inverse_cholesky_upper(h: np.ndarray, damp: float) -> np.ndarray:
         except np.linalg.LinAlgError:
             h[diag, diag] += damp * np.mean(np.diag(h))
     raise np.linalg.LinAlgError("calibration Hessian is not positive definite")
-
-
-def mse_params(
-    wg: np.ndarray, bits: int, symmetric: bool, grid: int = 12, max_shrink: float = 0.3, norm: float = 2.4
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-group scale and zero point whose range, shrunk by a searched factor, minimizes
-    sum |w - q(w)|^norm over the group. Zero points are returned filled in when symmetric."""
-    mid = np.float32(2 ** (bits - 1))
-    best_err = np.full(wg.shape[:2], np.inf, np.float32)
-    best_s = np.zeros(wg.shape[:2], np.float32)
-    best_z = np.zeros(wg.shape[:2], np.float32)
-    for shrink in np.linspace(1.0, 1.0 - max_shrink, grid):
-        s, z = minmax_params(wg * np.float32(shrink), bits, symmetric)
-        z = np.full(s.shape, mid, np.float32) if z is None else z
-        q = encode(wg, s, z, bits).astype(np.float32)
-        err = np.sum(np.abs((q - z[..., None]) * s[..., None] - wg) ** norm, axis=-1)
-        better = err < best_err
-        best_err = np.where(better, err, best_err)
-        best_s = np.where(better, s, best_s)
-        best_z = np.where(better, z, best_z)
-    return best_s, best_z
 
 
 def quantize_gptq(
@@ -70,7 +49,10 @@ def quantize_gptq(
     h[dead, dead] = 1.0
     weights[:, dead] = 0.0
 
-    scales, zeros = mse_params(grouped(weights, g), bits, symmetric)  # static groups, [n, groups]
+    # static groups, [n, groups]; norm 2.4 as in GPTQ's own grid search
+    scales, zeros = searched_params(grouped(weights, g), bits, symmetric, norm=2.4)
+    if zeros is None:
+        zeros = np.full(scales.shape, 2 ** (bits - 1), np.float32)
     order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(kp)
     weights = weights[:, order]
     hinv = _inverse_cholesky_upper(h[np.ix_(order, order)], damp).astype(np.float32)

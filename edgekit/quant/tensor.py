@@ -140,3 +140,31 @@ def from_params(
     z = zeros if zeros is not None else np.full(scales.shape, 2 ** (bits - 1), np.float32)
     codes = encode(wg, scales, z, bits).reshape(w.shape[0], -1)
     return QuantizedTensor(codes, scales.astype(np.float32), zeros, bits, group_size, tuple(w.shape), algorithm)
+
+
+def searched_params(
+    wg: np.ndarray,
+    bits: int,
+    symmetric: bool,
+    importance: np.ndarray | None = None,
+    norm: float = 2.0,
+    grid: int = 12,
+    max_shrink: float = 0.3,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-group scale and zero point of the range shrunk by the factor (1 down to 1 - max_shrink)
+    that minimizes sum importance * |w - q(w)|^norm over each group of grouped weights [N, G, g]."""
+    mid = np.float32(2 ** (bits - 1))
+    best_err = np.full(wg.shape[:2], np.inf, np.float32)
+    best_s = np.zeros(wg.shape[:2], np.float32)
+    best_z = np.full(wg.shape[:2], mid, np.float32)
+    for shrink in np.linspace(1.0, 1.0 - max_shrink, grid):
+        s, z = minmax_params(wg * np.float32(shrink), bits, symmetric)
+        z_full = np.full(s.shape, mid, np.float32) if z is None else z
+        q = encode(wg, s, z_full, bits).astype(np.float32)
+        diff = np.abs((q - z_full[..., None]) * s[..., None] - wg) ** norm
+        err = np.sum(diff * importance if importance is not None else diff, axis=-1)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_s = np.where(better, s, best_s)
+        best_z = np.where(better, z_full, best_z)
+    return best_s, None if symmetric else best_z
