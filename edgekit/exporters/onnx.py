@@ -103,8 +103,10 @@ def verify_onnx(
     got_arr = np.stack(got)
     error = float(np.abs(got_arr - expected).max() / np.abs(expected).max())
     agree = float(np.mean(got_arr.argmax(-1) == expected.argmax(-1)))
-    # int8 activations (accuracy_level 4) round every matmul input; float paths must match closely
-    tolerance = 1e-3 if options.accuracy_level in (0, 1) else 5e-2
+    # int8 activations (accuracy_level 4) round every matmul input, a few percent of the largest
+    # logit on real models; a wrong graph (rotary, layout, weights) is off by order one
+    exact = options.accuracy_level in (0, 1)
+    tolerance = 1e-3 if exact else 0.15
     result = {
         "checked": True,
         "max_rel_error": error,
@@ -112,9 +114,9 @@ def verify_onnx(
         "top1_agreement": agree,
         "positions": len(got),
     }
-    if error > tolerance or (options.accuracy_level in (0, 1) and agree < 1):
+    if error > tolerance or agree < (1.0 if exact else 0.8):
         raise EdgekitError(
             f"verification failed: ONNX logits differ from the reference by {error:.2e} "
-            f"(tolerance {tolerance:.0e}); nothing was written"
+            f"(tolerance {tolerance:.0e}), top-1 agreement {agree:.0%}; nothing was written"
         )
     return result

@@ -95,7 +95,8 @@ class DecoderBuilder:
         """Gather rows of the quantized embedding's blocks and dequantize them in the graph."""
         qt = self.qm.quantized["model.embed_tokens.weight"]
         scope = "/model/embed_tokens"
-        qweight = self.g.const("model.embed_tokens.weight.qweight", to_matmulnbits(qt, self.float).B)
+        self.matmul_prepare("model.embed_tokens.weight", qt)
+        qweight = "model.embed_tokens.weight.qweight"
         (blocks,) = self.g.op("Gather", [qweight, ids], scope, axis=0)  # [1, S, G, blob]
         if qt.bits == 4:
             (low,) = self.g.op(
@@ -114,7 +115,11 @@ class DecoderBuilder:
         shape = self.g.const("const/embed_block_shape", np.array([1, -1, qt.n_groups, qt.group_size], np.int64))
         (codes,) = self.g.op("Reshape", [blocks, shape], scope + "/codes")
         (codes,) = self.g.op("Cast", [codes], scope + "/cast", to=self.elem)
-        scales = self.stored_half("model.embed_tokens.weight.scales2d", qt.scales[:, :, None])
+        # the lm_head's scales when tied; the Reshape is folded once at load, the file keeps one copy
+        self.matmul_prepare("model.embed_tokens.weight", qt)
+        flat_scales = self._packed["model.embed_tokens.weight"].split(",")[1]
+        shape3 = self.g.const("const/embed_scales_shape", np.array([qt.shape[0], qt.n_groups, 1], np.int64))
+        (scales,) = self.g.op("Reshape", [flat_scales, shape3], scope + "/scales_reshape")
         (s,) = self.g.op("Gather", [scales, ids], scope + "/scales", axis=0)  # [1, S, G, 1]
         zeros = qt.zero_points().astype(self.float)
         if qt.zeros is None:
