@@ -95,8 +95,13 @@ class DecoderBuilder:
         """Gather rows of the quantized embedding's blocks and dequantize them in the graph."""
         qt = self.qm.quantized["model.embed_tokens.weight"]
         scope = "/model/embed_tokens"
-        self.matmul_prepare("model.embed_tokens.weight", qt)
-        qweight = "model.embed_tokens.weight.qweight"
+        if self.spec.tie_word_embeddings:  # share the lm_head's blocks and scales
+            self.matmul_prepare("model.embed_tokens.weight", qt)
+            qweight, flat_scales = self._packed["model.embed_tokens.weight"].split(",")[:2]
+        else:
+            packed = to_matmulnbits(qt, np.float16)
+            qweight = self.g.const("model.embed_tokens.weight.qweight", packed.B)
+            flat_scales = self.stored_half("model.embed_tokens.weight.scales", packed.scales)
         (blocks,) = self.g.op("Gather", [qweight, ids], scope, axis=0)  # [1, S, G, blob]
         if qt.bits == 4:
             (low,) = self.g.op(
@@ -115,9 +120,7 @@ class DecoderBuilder:
         shape = self.g.const("const/embed_block_shape", np.array([1, -1, qt.n_groups, qt.group_size], np.int64))
         (codes,) = self.g.op("Reshape", [blocks, shape], scope + "/codes")
         (codes,) = self.g.op("Cast", [codes], scope + "/cast", to=self.elem)
-        # the lm_head's scales when tied; the Reshape is folded once at load, the file keeps one copy
-        self.matmul_prepare("model.embed_tokens.weight", qt)
-        flat_scales = self._packed["model.embed_tokens.weight"].split(",")[1]
+        # the Reshape is folded once at load; the file keeps one copy of the scales
         shape3 = self.g.const("const/embed_scales_shape", np.array([qt.shape[0], qt.n_groups, 1], np.int64))
         (scales,) = self.g.op("Reshape", [flat_scales, shape3], scope + "/scales_reshape")
         (s,) = self.g.op("Gather", [scales, ids], scope + "/scales", axis=0)  # [1, S, G, 1]
