@@ -43,7 +43,9 @@ $(VENV)/.bench: $(VENV)/.dev
 
 bench: $(VENV)/.bench $(VENV)/.demo
 	$(BIN)/edgekit export $(SMOLLM2) -o $(DEMO_ARTIFACT) --overwrite
-	$(BIN)/python bench/speed.py --artifact $(DEMO_ARTIFACT) --gguf $(SMOLLM2)
+	$(BIN)/python bench/peer_exports.py --out out/peers
+	$(BIN)/python bench/speed.py --artifact $(DEMO_ARTIFACT) --gguf $(SMOLLM2) \
+		--genai-artifact out/peers/smollm2-genai-int4
 	$(BIN)/python bench/quant_quality.py
 
 test: $(VENV)/.dev

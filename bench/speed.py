@@ -3,7 +3,8 @@
 Engines (each measured in its own process, so peak RSS is its own):
 - edgekit: an ONNX artifact exported by edgekit (ONNX Runtime, IO-bound KV cache);
 - llama.cpp: llama-cpp-python on the same model as GGUF (skipped when not installed);
-- onnxruntime-genai: its own runtime on edgekit's artifact folder (skipped when not installed);
+- onnxruntime-genai: its own runtime on its own builder's int4 export (--genai-artifact; made by
+  bench/peer_exports.py; skipped when not installed);
 - transformers: fp32 PyTorch on the source checkpoint (skipped when not installed).
 
 Protocol as llama-bench: a prompt of --prompt-tokens tokens (pp), then --gen-tokens tokens
@@ -90,7 +91,7 @@ def run_llamacpp(args) -> dict:
 def run_genai(args) -> dict:
     import onnxruntime_genai as og
 
-    config = og.Config(str(args.artifact))
+    config = og.Config(str(args.genai_artifact or args.artifact))
     config.clear_providers()
     model = og.Model(config)
     ids = prompt_ids(args.prompt_tokens)
@@ -156,6 +157,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifact", type=Path, required=True)
     parser.add_argument("--gguf", type=Path, required=True)
+    parser.add_argument("--genai-artifact", type=Path, default=None,
+                        help="onnxruntime-genai's own export [default: edgekit's artifact, which it also loads]")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--gen-tokens", type=int, default=128)
