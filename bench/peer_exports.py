@@ -28,8 +28,24 @@ def main() -> None:
         save_hf_folder(open_checkpoint(smollm2_gguf()), hf)
     genai = args.out / "smollm2-genai-int4"
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(genai),
-                    "-p", "int4", "-e", "cpu", "-c", str(args.out / "genai-cache")], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onnxruntime_genai.models.builder",
+            "-i",
+            str(hf),
+            "-o",
+            str(genai),
+            "-p",
+            "int4",
+            "-e",
+            "cpu",
+            "-c",
+            str(args.out / "genai-cache"),
+        ],
+        check=True,
+    )
     size = sum(p.stat().st_size for p in genai.iterdir() if p.suffix in (".onnx", ".data"))
     print(f"onnxruntime-genai int4: {genai} ({size / 1e6:.1f} MB of model files, {time.perf_counter() - start:.0f} s)")
 

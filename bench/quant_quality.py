@@ -39,8 +39,9 @@ EVAL_FILES = ("literature", "science")
 TABLE = [("default", {})]
 for g in (32, 64, 128):  # uniform recipes: every block asymmetric at one group size
     for algorithm in ("rtn", "hqq", "awq", "gptq"):
-        TABLE.append((f"{algorithm} g{g}", {"algorithm": algorithm, "group_size": g, "symmetric": False,
-                                            "overrides": {}}))
+        TABLE.append(
+            (f"{algorithm} g{g}", {"algorithm": algorithm, "group_size": g, "symmetric": False, "overrides": {}})
+        )
 QUICK = [("default", {}), ("rtn g32", {"algorithm": "rtn", "group_size": 32, "symmetric": False, "overrides": {}})]
 
 

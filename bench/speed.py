@@ -157,8 +157,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifact", type=Path, required=True)
     parser.add_argument("--gguf", type=Path, required=True)
-    parser.add_argument("--genai-artifact", type=Path, default=None,
-                        help="onnxruntime-genai's own export [default: edgekit's artifact, which it also loads]")
+    parser.add_argument(
+        "--genai-artifact",
+        type=Path,
+        default=None,
+        help="onnxruntime-genai's own export [default: edgekit's artifact, which it also loads]",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--gen-tokens", type=int, default=128)

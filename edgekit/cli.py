@@ -292,7 +292,7 @@ def export(
     verify = result.verify
     checked = (
         (
-            f"logits within {verify['max_rel_error']:.1e} of the reference (tolerance {verify['tolerance']:.0e}), "
+            f"logits within {verify['max_rel_error']:.1e} of the reference (tolerance {verify['tolerance']:.2g}), "
             f"top-1 agreement {verify['top1_agreement']:.0%}"
         )
         if verify.get("checked")

@@ -117,6 +117,6 @@ def verify_onnx(
     if error > tolerance or agree < (1.0 if exact else 0.8):
         raise EdgekitError(
             f"verification failed: ONNX logits differ from the reference by {error:.2e} "
-            f"(tolerance {tolerance:.0e}), top-1 agreement {agree:.0%}; nothing was written"
+            f"(tolerance {tolerance:.2g}), top-1 agreement {agree:.0%}; nothing was written"
         )
     return result
