@@ -190,3 +190,8 @@ def test_evaluate_against_itself():
     assert q.kl == pytest.approx(0, abs=1e-9) and q.top1 == 1.0 and q.tokens == 5
     uniform = evaluate([[1, 2, 3]], lambda ids: np.zeros((3, 11), np.float32))
     assert uniform.perplexity == pytest.approx(11)
+
+
+def test_calibrated_algorithm_without_calibration_is_an_error(tiny_models):
+    with pytest.raises(EdgekitError, match="needs calibration token sequences"):
+        quantize_checkpoint(open_checkpoint(tiny_models["llama"]), Recipe(algorithm="gptq"))

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import EdgekitError
 from ..reference import KVCache, ReferenceModel, rms_norm
 from ..sources.checkpoint import Checkpoint
 from ..spec import ModelSpec, weight_shapes
@@ -165,7 +166,12 @@ def quantize_checkpoint(
     spec, store = checkpoint.spec, checkpoint.tensors
     start = time.perf_counter()
     names = weight_shapes(spec)
-    calibrate = recipe.needs_calibration and bool(calibration)
+    calibrate = recipe.needs_calibration
+    if calibrate and not calibration:
+        raise EdgekitError(
+            f"the {recipe.algorithm} algorithm needs calibration token sequences; pass calibration= "
+            "(edgekit.quant.calibration.calibration_sequences makes them from a text or from the model)"
+        )
     runner = ReferenceModel(spec, store, layers=False, head=False)
     hidden: list[np.ndarray] = []
     if calibrate:
