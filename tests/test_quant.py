@@ -90,7 +90,8 @@ def test_bad_recipes(bad, match):
 def test_recipe_classes_and_overrides():
     r = Recipe(bits=4, embedding_bits=8, overrides={"model.layers.0.mlp.down_proj": {"bits": 8}})
     assert r.for_tensor("model.embed_tokens.weight").bits == 8
-    assert r.for_tensor("model.embed_tokens.weight").algorithm == "hqq"  # no activations to calibrate on
+    assert r.for_tensor("model.embed_tokens.weight").algorithm == "gptq"  # on the tied lm_head's inputs
+    assert Recipe(algorithm="rtn").for_tensor("model.embed_tokens.weight").algorithm == "rtn"
     assert r.for_tensor("model.layers.0.mlp.down_proj.weight").bits == 8
     assert r.for_tensor("model.layers.1.mlp.down_proj.weight").bits == 4
 
@@ -164,11 +165,11 @@ def test_pipeline_every_family_and_algorithm(tiny_models, family, algorithm):
     assert steps[0] == "layer 0" and steps[-1] == "done"
     assert set(qm.quantized) | set(qm.dense) == set(checkpoint.tensors)
     assert qm.records["model.layers.1.mlp.down_proj.weight"]["algorithm"] == algorithm
-    assert qm.records["model.embed_tokens.weight"]["bits"] == 8
+    assert qm.records["model.embed_tokens.weight"]["bits"] == 4
     quality = evaluate([PROMPT], ReferenceModel(checkpoint.spec, qm.weights()).forward, source.forward)
     assert quality.kl < 0.05 and quality.top1 > 0.5  # random tiny models have many near-ties
     # 8-bit everywhere is close to lossless
-    q8 = quantize_checkpoint(checkpoint, Recipe(algorithm=algorithm, bits=8, group_size=32), calibration)
+    q8 = quantize_checkpoint(checkpoint, Recipe(algorithm=algorithm, bits=8, group_size=32, embedding_bits=8), calibration)
     assert rel_err(ReferenceModel(checkpoint.spec, q8.weights()).forward(PROMPT), source.forward(PROMPT)) < 3e-2
 
 

@@ -22,7 +22,7 @@ from ..spec import ModelSpec, weight_shapes
 from .awq import quantize_clipped, search_scales
 from .gptq import quantize_gptq
 from .hqq import quantize_hqq
-from .recipe import SCALED, Recipe, TensorRecipe
+from .recipe import CALIBRATED, SCALED, Recipe, TensorRecipe
 from .rtn import quantize_rtn
 from .tensor import QuantizedTensor, layer_group
 
@@ -82,9 +82,10 @@ def quantize_tensor(w: np.ndarray, how: TensorRecipe, hessian: np.ndarray | None
         return qt
     if how.algorithm == "awq" and hessian is not None:
         return quantize_clipped(w, hessian, how.bits, group, how.symmetric)
-    # 8-bit HQQ falls back to rounding: it is near lossless at 8 bits anyway, and HQQ's float zero
-    # points are not accepted for 8-bit weights by ONNX Runtime's CPU kernel
-    if how.algorithm == "hqq" and how.bits == 4:
+    # Without activations (an untied embedding) a calibrated algorithm becomes HQQ. 8-bit HQQ falls
+    # back to rounding: near lossless at 8 bits anyway, and HQQ's float zero points are not accepted
+    # for 8-bit weights by ONNX Runtime's CPU kernel.
+    if how.algorithm in ("hqq", *CALIBRATED) and how.bits == 4:
         return quantize_hqq(w, how.bits, group, how.symmetric)
     return quantize_rtn(w, how.bits, group, how.symmetric)
 
@@ -236,19 +237,18 @@ def quantize_checkpoint(
     if progress:
         progress(spec.num_layers, steps, "embedding / lm_head")
     norm = np.array(store.get("model.norm.weight"), dtype=np.float32)
+    head_hessian = None  # the lm_head's input: the final norm of the calibration states
+    if calibrate:
+        hs = _Hessians()
+        for h in hidden:
+            hs("lm_head", rms_norm(h, norm, spec.rms_norm_eps))
+        hs.count = sum(len(h) for h in hidden)
+        head_hessian = hs.get("lm_head")
     if not spec.tie_word_embeddings:
-        lm_head = np.array(store.get("lm_head.weight"), dtype=np.float32)
-        hessian = None
-        if calibrate:
-            hs = _Hessians()
-            for h in hidden:
-                hs("lm_head", rms_norm(h, norm, spec.rms_norm_eps))
-            hs.count = sum(len(h) for h in hidden)
-            hessian = hs.get("lm_head")
-        put("lm_head.weight", lm_head, hessian)
-        del lm_head
+        put("lm_head.weight", np.array(store.get("lm_head.weight"), dtype=np.float32), head_hessian)
     dense["model.norm.weight"] = norm
-    put("model.embed_tokens.weight", np.array(store.get("model.embed_tokens.weight"), dtype=np.float32), None)
+    embedding = np.array(store.get("model.embed_tokens.weight"), dtype=np.float32)
+    put("model.embed_tokens.weight", embedding, head_hessian if spec.tie_word_embeddings else None)
     if progress:
         progress(steps, steps, "done")
     return QuantizedModel(spec, quantized, dense, recipe, records, time.perf_counter() - start)

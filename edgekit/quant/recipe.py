@@ -14,8 +14,6 @@ ALGORITHMS = ("rtn", "hqq", "awq", "gptq", "awq-gptq")
 CALIBRATED = ("awq", "gptq", "awq-gptq")
 SCALED = ("awq", "awq-gptq")
 TENSOR_CLASSES = ("embedding", "lm_head", "attention", "mlp")
-# gate/up tolerate symmetric blocks best: dropping their zero points pays for asymmetric blocks elsewhere
-SYMMETRIC_GATE_UP = {p: {"symmetric": True} for p in ("*.mlp.gate_proj", "*.mlp.up_proj", "*.mlp.gate_up_proj")}
 
 
 def tensor_class(name: str) -> str:
@@ -40,22 +38,26 @@ class TensorRecipe:
 class Recipe:
     """Defaults: the recipe measured best on SmolLM2-135M (and on its off-grid copy) within the
     bytes of onnxruntime-genai's int4 export (bench/quant_quality.py): AWQ scaling + GPTQ rounding,
-    4-bit blocks of 64 with zero points except in the gate/up projections, and an 8-bit symmetric
-    embedding shared with the tied lm_head."""
+    4-bit blocks of 32 with zero points, and a 4-bit embedding shared with the tied lm_head,
+    rounded by GPTQ on the lm_head's calibration inputs."""
 
     algorithm: str = "awq-gptq"
     bits: int = 4
-    group_size: int = 64
+    group_size: int = 32
     symmetric: bool = False
     # per tensor class; None = `bits`. The tied embedding doubles as the lm_head and uses embedding_bits.
-    embedding_bits: int | None = 8
+    embedding_bits: int | None = 4
     lm_head_bits: int | None = 8
     attention_bits: int | None = None
     mlp_bits: int | None = None
-    embedding_group_size: int | None = 128
-    embedding_symmetric: bool = True
+    embedding_group_size: int | None = 32
+    embedding_symmetric: bool = False
+    # None: GPTQ under a calibrated recipe, on the lm_head's inputs, which a tied embedding serves
+    # too (an untied embedding, a lookup table with no input activations, then gets HQQ); else the
+    # recipe's algorithm.
+    embedding_algorithm: str | None = None
     # glob over weight names -> {"bits": .., "group_size": .., "algorithm": .., "symmetric": ..}
-    overrides: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(SYMMETRIC_GATE_UP))
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     calibration_samples: int = 16
     calibration_window: int = 256
 
@@ -79,7 +81,7 @@ class Recipe:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.algorithm in CALIBRATED or any(o.get("algorithm") in CALIBRATED for o in self.overrides.values())
+        return self.algorithm in CALIBRATED or self.embedding_algorithm in CALIBRATED or any(o.get("algorithm") in CALIBRATED for o in self.overrides.values())
 
     def for_tensor(self, name: str) -> TensorRecipe:
         cls = tensor_class(name)
@@ -91,8 +93,8 @@ class Recipe:
         }[cls] or self.bits
         group = self.embedding_group_size if cls == "embedding" and self.embedding_group_size else self.group_size
         algorithm = self.algorithm
-        if cls == "embedding" and algorithm in CALIBRATED:
-            algorithm = "hqq"  # a lookup table has no input activations to calibrate on
+        if cls == "embedding":
+            algorithm = self.embedding_algorithm or ("gptq" if algorithm in CALIBRATED else algorithm)
         symmetric = self.embedding_symmetric if cls == "embedding" else self.symmetric
         chosen = TensorRecipe(bits, group, algorithm, symmetric)
         for pattern, values in self.overrides.items():
