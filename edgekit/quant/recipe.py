@@ -81,7 +81,11 @@ class Recipe:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.algorithm in CALIBRATED or self.embedding_algorithm in CALIBRATED or any(o.get("algorithm") in CALIBRATED for o in self.overrides.values())
+        return (
+            self.algorithm in CALIBRATED
+            or self.embedding_algorithm in CALIBRATED
+            or any(o.get("algorithm") in CALIBRATED for o in self.overrides.values())
+        )
 
     def for_tensor(self, name: str) -> TensorRecipe:
         cls = tensor_class(name)

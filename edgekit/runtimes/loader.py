@@ -3,13 +3,15 @@ plus its tokenizer."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ..errors import EdgekitError
 from ..generation.tokenizer import TextTokenizer
-from ..sources.checkpoint import TokenizerFiles
+from ..sources.hf import read_tokenizer_files
 from ..spec import ModelSpec
 from .base import Runtime
 
@@ -24,17 +26,6 @@ class Loaded:
     manifest: dict[str, Any] | None = None
 
 
-def _artifact_tokenizer(folder: Path, eos: tuple[int, ...]) -> TextTokenizer:
-    config = (
-        json.loads((folder / "tokenizer_config.json").read_text())
-        if (folder / "tokenizer_config.json").is_file()
-        else {}
-    )
-    template = (folder / "chat_template.jinja").read_text() if (folder / "chat_template.jinja").is_file() else None
-    files = TokenizerFiles((folder / "tokenizer.json").read_text(encoding="utf-8"), config, template)
-    return TextTokenizer(files, eos)
-
-
 def load_runtime(
     path: str | Path, max_context: int | None = None, threads: int | None = None, providers: list[str] | None = None
 ) -> Loaded:
@@ -46,23 +37,21 @@ def load_runtime(
         spec = ModelSpec.from_dict(manifest["spec"])
         context = min(max_context or 4096, manifest["max_context"])
         if max_context and max_context > manifest["max_context"]:
-            from ..errors import EdgekitError
-
             raise EdgekitError(
                 f"{folder}: max context {max_context} is longer than the artifact's "
                 f"{manifest['max_context']}; re-export with --max-context {max_context}"
             )
+        from ..exporters.onnx import MODEL_FILE
         from .onnx import OnnxRuntime
 
         default = ["CUDAExecutionProvider"] if manifest["flavor"] == "cuda" else ["CPUExecutionProvider"]
-        import numpy as np
-
         kv = np.float16 if manifest["flavor"] == "cuda" else np.float32
         runtime = OnnxRuntime(
-            folder / "model.onnx", spec, context, providers=providers or default, threads=threads, kv_dtype=kv
+            folder / MODEL_FILE, spec, context, providers=providers or default, threads=threads, kv_dtype=kv
         )
         eos = tuple(manifest.get("eos_token_ids", spec.eos_token_ids))
-        return Loaded(runtime, _artifact_tokenizer(folder, eos), spec, manifest["source"]["name"], "onnx", manifest)
+        tokenizer = TextTokenizer(read_tokenizer_files(folder), eos)  # the artifact keeps HF's file layout
+        return Loaded(runtime, tokenizer, spec, manifest["source"]["name"], "onnx", manifest)
     from ..reference import ReferenceModel
     from ..sources import open_checkpoint
     from .reference import ReferenceRuntime
