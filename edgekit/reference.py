@@ -110,6 +110,7 @@ class ReferenceModel:
             self.lm_head = self.embed if spec.tie_word_embeddings else _f32(weights["lm_head.weight"])
         self.layers = [self.build_layer(weights, i) for i in range(spec.num_layers)] if layers else []
         self._cos, self._sin = rope_tables(spec, 256)
+        self._last_positions: tuple = ((-1, -1), None)
 
     def build_layer(self, w: Mapping[str, np.ndarray], n: int) -> _Layer:
         """Layer n's weights from a name -> array mapping, converted and fused for the forward."""
@@ -151,10 +152,22 @@ class ReferenceModel:
     def new_cache(self) -> KVCache:
         return KVCache(self.spec)
 
-    def _rope(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _positions(self, past: int, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """cos, sin [t, rotary_dim / 2] and the additive causal mask [t, past + t] of t new
+        positions after `past`; the same for every layer of one forward, so the last is kept."""
+        if self._last_positions[0] == (past, t):
+            return self._last_positions[1]
+        positions = np.arange(past, past + t)
         if positions[-1] >= len(self._cos):
             self._cos, self._sin = rope_tables(self.spec, max(2 * len(self._cos), int(positions[-1]) + 1))
-        return self._cos[positions], self._sin[positions]
+        keys = np.arange(past + t)[None, :]
+        mask = positions[:, None] >= keys
+        if self.spec.sliding_window:
+            mask &= positions[:, None] - keys < self.spec.sliding_window
+        bias = np.where(mask, np.float32(0), np.float32(-np.inf)).astype(np.float32)
+        result = (self._cos[positions], self._sin[positions], bias)
+        self._last_positions = ((past, t), result)
+        return result
 
     def forward(
         self,
@@ -188,13 +201,8 @@ class ReferenceModel:
         cache.length to the caller."""
         s, p = self.spec, f"model.layers.{n}."
         layer = layer if layer is not None else self.layers[n]
-        t, past = h.shape[0], cache.length
-        positions = np.arange(past, past + t)
-        cos, sin = self._rope(positions)
-        mask = positions[:, None] >= np.arange(past + t)[None, :]
-        if s.sliding_window:
-            mask &= positions[:, None] - np.arange(past + t)[None, :] < s.sliding_window
-        bias = np.where(mask, np.float32(0), np.float32(-np.inf)).astype(np.float32)
+        t = h.shape[0]
+        cos, sin, bias = self._positions(cache.length, t)
         group = s.num_heads // s.num_kv_heads
 
         def linear(name: str, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
