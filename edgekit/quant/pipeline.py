@@ -104,19 +104,20 @@ def _points(spec: ModelSpec, n: int) -> dict[str, list[str]]:
 
 
 class _Hessians:
-    """Accumulates X^T X per projection input over calibration sequences."""
+    """Accumulates the mean X^T X per projection input over calibration sequences."""
 
     def __init__(self) -> None:
         self.sums: dict[str, np.ndarray] = {}
-        self.count = 0
+        self.rows: dict[str, int] = {}
 
     def __call__(self, name: str, x: np.ndarray) -> None:
         x = x.astype(np.float32)
         h = (x.T @ x).astype(np.float64)
         self.sums[name] = self.sums[name] + h if name in self.sums else h
+        self.rows[name] = self.rows.get(name, 0) + len(x)
 
     def get(self, name: str) -> np.ndarray | None:
-        return None if name not in self.sums else (self.sums[name] / max(self.count, 1)).astype(np.float32)
+        return None if name not in self.sums else (self.sums[name] / self.rows[name]).astype(np.float32)
 
 
 def _fold_awq(spec: ModelSpec, n: int, w: dict[str, np.ndarray], point: str, s: np.ndarray) -> None:
@@ -210,7 +211,6 @@ def quantize_checkpoint(
             layer = runner.build_layer(w, n)
             for h in hidden:
                 runner.layer_forward(n, h, KVCache(spec), observe=hessians, layer=layer)
-            hessians.count = sum(len(h) for h in hidden)
         for point, targets in points.items():
             hessian = hessians.get(point)
             if hessian is not None and any(recipe.for_tensor(t).algorithm in SCALED for t in targets):
@@ -242,7 +242,6 @@ def quantize_checkpoint(
         hs = _Hessians()
         for h in hidden:
             hs("lm_head", rms_norm(h, norm, spec.rms_norm_eps))
-        hs.count = sum(len(h) for h in hidden)
         head_hessian = hs.get("lm_head")
     if not spec.tie_word_embeddings:
         put("lm_head.weight", np.array(store.get("lm_head.weight"), dtype=np.float32), head_hessian)
