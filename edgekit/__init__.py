@@ -1,8 +1,19 @@
 """edgekit: export decoder LLMs to small INT4 artifacts for edge devices, and run them."""
 
+from .device_profiles import DeviceProfile, detect, load_profile
 from .errors import EdgekitError, MissingDependencyError, SourceError, UnsupportedArchitectureError
 from .exporters.pipeline import ExportResult, export
-from .generation import ChatTemplate, TextTokenizer
+from .generation import (
+    ChatTemplate,
+    Chunk,
+    Completion,
+    Engine,
+    GenerationConfig,
+    SamplingParams,
+    Stats,
+    TextTokenizer,
+    load,
+)
 from .quant import QuantizedModel, QuantizedTensor, Recipe, quantize_checkpoint
 from .reference import KVCache, ReferenceModel
 from .runtimes.loader import load_runtime
@@ -12,6 +23,16 @@ from .spec import FAMILIES, ModelSpec, RopeSpec
 __version__ = "0.1.0"
 
 __all__ = [
+    "Chunk",
+    "Completion",
+    "DeviceProfile",
+    "Engine",
+    "GenerationConfig",
+    "SamplingParams",
+    "Stats",
+    "detect",
+    "load",
+    "load_profile",
     "FAMILIES",
     "ExportResult",
     "QuantizedModel",

@@ -27,3 +27,14 @@ def smollm2_gguf() -> Path:
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny")
     return {family: write_tiny_checkpoint(root / family, family) for family in ALL_FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny_models, tmp_path_factory) -> Path:
+    """A tiny llama exported to ONNX (round-to-nearest: no calibration, so it takes a second)."""
+    from edgekit import export
+    from edgekit.quant.recipe import Recipe
+
+    out = tmp_path_factory.mktemp("artifact") / "tiny-llama-onnx"
+    export(tiny_models["llama"], out, recipe=Recipe(algorithm="rtn"), max_context=128)
+    return out

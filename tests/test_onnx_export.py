@@ -177,7 +177,7 @@ def test_cli_export_and_run(tmp_path):
     assert "verify: logits within" in result.output
     result = runner.invoke(cli, ["run", str(tmp_path / "art"), "-p", "Hello", "-n", "4"])
     assert result.exit_code == 0, result.output
-    assert "tokens/s (onnx)" in result.output
+    assert "tokens/s" in result.output and "(onnx, profile generic-" in result.output
     result = runner.invoke(cli, ["export", str(folder), "-o", str(tmp_path / "art2"), "-g", "48"])
     assert result.exit_code == 2 and "group size 48" in result.output
     assert not (tmp_path / "art2").exists()
@@ -211,8 +211,9 @@ def test_runtime_path_imports_no_heavy_packages(artifact):
 
     code = (
         "import sys, edgekit\n"
-        f"loaded = edgekit.load_runtime({str(artifact)!r})\n"
-        "loaded.runtime.prefill(loaded.tokenizer.encode('hello'))\n"
+        f"engine = edgekit.load({str(artifact)!r})\n"
+        "engine.generate('hello', max_new_tokens=4, temperature=0.7, top_p=0.9, seed=0)\n"
+        "engine.chat([{'role': 'user', 'content': 'hi'}], max_new_tokens=4)\n"
         "heavy = [m for m in ('torch', 'transformers', 'onnx', 'optimum', 'safetensors', 'gguf') if m in sys.modules]\n"
         "print(heavy)\n"
     )

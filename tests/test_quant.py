@@ -169,7 +169,9 @@ def test_pipeline_every_family_and_algorithm(tiny_models, family, algorithm):
     quality = evaluate([PROMPT], ReferenceModel(checkpoint.spec, qm.weights()).forward, source.forward)
     assert quality.kl < 0.05 and quality.top1 > 0.5  # random tiny models have many near-ties
     # 8-bit everywhere is close to lossless
-    q8 = quantize_checkpoint(checkpoint, Recipe(algorithm=algorithm, bits=8, group_size=32, embedding_bits=8), calibration)
+    q8 = quantize_checkpoint(
+        checkpoint, Recipe(algorithm=algorithm, bits=8, group_size=32, embedding_bits=8), calibration
+    )
     assert rel_err(ReferenceModel(checkpoint.spec, q8.weights()).forward(PROMPT), source.forward(PROMPT)) < 3e-2
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..device_profiles import DeviceProfile, ExportSettings, load_profile
 from ..errors import EdgekitError
 from ..quant.calibration import calibration_sequences
 from ..quant.pipeline import Progress, quantize_checkpoint
@@ -28,21 +29,48 @@ class ExportResult:
     verify: dict[str, Any] = field(default_factory=dict)
 
 
+def profile_recipe(settings: ExportSettings) -> Recipe:
+    """The quantization recipe a device profile's [export] table asks for."""
+    return replace(
+        DEFAULT_RECIPE,
+        algorithm=settings.algorithm,
+        bits=settings.bits,
+        group_size=settings.group_size,
+        symmetric=settings.symmetric,
+        embedding_bits=settings.embedding_bits,
+        lm_head_bits=settings.lm_head_bits,
+    )
+
+
 def export(
     source: str | Path,
     output: str | Path,
     *,
-    format: str = "onnx",
-    flavor: str = "cpu",
-    recipe: Recipe = DEFAULT_RECIPE,
+    profile: str | Path | DeviceProfile | None = None,
+    format: str | None = None,
+    flavor: str | None = None,
+    recipe: Recipe | None = None,
     calibration: str | Path | None = None,
     max_context: int | None = None,
-    accuracy_level: int = 4,
+    accuracy_level: int | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
     stage: Any = None,
 ) -> ExportResult:
-    """Export SOURCE (HF folder, GGUF file or hub id) to an artifact folder at OUTPUT."""
+    """Export SOURCE (HF folder, GGUF file or hub id) to an artifact folder at OUTPUT.
+
+    profile: a device profile (name, .toml path or DeviceProfile) whose [export] table gives the
+    defaults; every other argument given overrides it. Without a profile: ONNX, cpu flavor, the
+    default recipe, the model's full context.
+    """
+    if profile is not None and not isinstance(profile, DeviceProfile):
+        profile = load_profile(profile)
+    settings = profile.export if profile else ExportSettings(max_context=0)
+    format = format or settings.format
+    flavor = flavor or settings.flavor
+    recipe = recipe or (profile_recipe(settings) if profile else DEFAULT_RECIPE)
+    max_context = max_context or settings.max_context or None
+    accuracy_level = settings.accuracy_level if accuracy_level is None else accuracy_level
     if format not in FORMATS:
         raise EdgekitError(f"format '{format}' is not supported yet; supported: {', '.join(FORMATS)}")
     if flavor not in FLAVORS:
@@ -77,6 +105,7 @@ def export(
             {
                 "format": format,
                 "flavor": flavor,
+                "profile": profile.name if profile else None,
                 "spec": checkpoint.spec.to_dict(),
                 "max_context": context,
                 "accuracy_level": accuracy_level,

@@ -1,6 +1,20 @@
-"""Everything above a backend: tokenizer, chat templates, (later) sampling and the Engine."""
+"""Everything above a backend: tokenizer, chat templates, sampling, streaming text and the Engine."""
 
 from .chat_template import ChatTemplate, ChatTemplateError
+from .engine import Chunk, Completion, Engine, GenerationConfig, Stats, load
+from .sampling import Sampler, SamplingParams
 from .tokenizer import TextTokenizer
 
-__all__ = ["ChatTemplate", "ChatTemplateError", "TextTokenizer"]
+__all__ = [
+    "ChatTemplate",
+    "ChatTemplateError",
+    "Chunk",
+    "Completion",
+    "Engine",
+    "GenerationConfig",
+    "Sampler",
+    "SamplingParams",
+    "Stats",
+    "TextTokenizer",
+    "load",
+]

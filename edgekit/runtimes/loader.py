@@ -26,9 +26,18 @@ class Loaded:
     manifest: dict[str, Any] | None = None
 
 
+DEFAULT_PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
 def load_runtime(
-    path: str | Path, max_context: int | None = None, threads: int | None = None, providers: list[str] | None = None
+    path: str | Path,
+    max_context: int | None = None,
+    threads: int | None = None,
+    providers: list[str | tuple[str, dict[str, str]]] | None = None,
+    prefill_chunk: int | None = None,
 ) -> Loaded:
+    """providers: ONNX Runtime execution providers in order of preference, a name or (name, options);
+    default: the artifact flavor's. threads: 0 or None = ONNX Runtime's choice."""
     from ..exporters.artifact import MANIFEST, read_manifest
 
     folder = Path(path)
@@ -44,10 +53,18 @@ def load_runtime(
         from ..exporters.onnx import MODEL_FILE
         from .onnx import OnnxRuntime
 
-        default = ["CUDAExecutionProvider"] if manifest["flavor"] == "cuda" else ["CPUExecutionProvider"]
-        kv = np.float16 if manifest["flavor"] == "cuda" else np.float32
+        flavor = manifest["flavor"]
+        if flavor not in DEFAULT_PROVIDERS:
+            raise EdgekitError(f"{folder}: flavor '{flavor}' cannot be run by this edgekit; re-export for cpu or cuda")
+        kv = np.float16 if flavor == "cuda" else np.float32
         runtime = OnnxRuntime(
-            folder / MODEL_FILE, spec, context, providers=providers or default, threads=threads, kv_dtype=kv
+            folder / MODEL_FILE,
+            spec,
+            context,
+            providers=providers or DEFAULT_PROVIDERS[flavor],
+            threads=threads or None,
+            kv_dtype=kv,
+            prefill_chunk=prefill_chunk,
         )
         eos = tuple(manifest.get("eos_token_ids", spec.eos_token_ids))
         tokenizer = TextTokenizer(read_tokenizer_files(folder), eos)  # the artifact keeps HF's file layout

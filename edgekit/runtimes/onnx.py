@@ -48,12 +48,14 @@ class OnnxRuntime:
         providers: Sequence[str | tuple[str, dict]] = ("CPUExecutionProvider",),
         threads: int | None = None,
         kv_dtype=np.float32,
+        prefill_chunk: int | None = None,
     ):
         import onnxruntime as ort
 
         self.spec = spec
         self.max_context = max_context
         self.length = 0
+        self.prefill_chunk = prefill_chunk or max_context
         self.session = make_session(model_path, providers, threads)
         device = "cuda" if any("CUDA" in (p if isinstance(p, str) else p[0]) for p in providers) else "cpu"
         shape = [1, spec.num_kv_heads, max_context, spec.head_dim]
@@ -72,13 +74,17 @@ class OnnxRuntime:
             self.binding.bind_ortvalue_output(f"present.{n}.key", k)
             self.binding.bind_ortvalue_output(f"present.{n}.value", v)
 
-    def _run(self, ids: Sequence[int]) -> np.ndarray:
-        total = self.length + len(ids)
+    def _check_room(self, new: int) -> int:
+        total = self.length + new
         if total > self.max_context:
             raise EdgekitError(
                 f"the sequence needs {total} positions but the session's context is "
                 f"{self.max_context}; start a new conversation or load with a larger max_context"
             )
+        return total
+
+    def _run(self, ids: Sequence[int]) -> np.ndarray:
+        total = self._check_room(len(ids))
         self.binding.bind_cpu_input("input_ids", np.asarray(ids, dtype=np.int64).reshape(1, -1))
         self.binding.bind_cpu_input("attention_mask", np.ones((1, total), dtype=np.int64))
         self.binding.bind_output("logits", "cpu")
@@ -87,7 +93,11 @@ class OnnxRuntime:
         return self.binding.get_outputs()[self._logits_index].numpy()[0]
 
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
-        return self._run(ids)[-1]
+        """In chunks of prefill_chunk tokens: bounds the activations a long prompt needs at once."""
+        self._check_room(len(ids))
+        for start in range(0, len(ids), self.prefill_chunk):
+            logits = self._run(ids[start : start + self.prefill_chunk])
+        return logits[-1]
 
     def decode(self, token: int) -> np.ndarray:
         return self._run([token])[-1]

@@ -1,37 +1,14 @@
-"""The `edgekit` command. Thin: parse, call the library, print."""
+"""Commands about models: inspect, export, eval."""
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import Any
 
 import click
 
-from .errors import EdgekitError
-
-
-class _Group(click.Group):
-    """Turns an EdgekitError into one line on stderr and exit code 2 (a traceback with --debug)."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except EdgekitError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(2)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Show full tracebacks.")
-@click.version_option(package_name="edgekit")
-@click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
-    """Export LLMs to small INT4 artifacts for edge devices, and run them."""
-    ctx.obj = {"debug": debug}
+from .app import cli
 
 
 def _human_bytes(n: int) -> str:
@@ -86,7 +63,7 @@ def inspect(source: str, as_json: bool) -> None:
 
     SOURCE is a Hugging Face model folder, a .gguf file, or a hub id.
     """
-    from .sources import open_checkpoint
+    from ..sources import open_checkpoint
 
     info = _describe(open_checkpoint(source))
     if as_json:
@@ -135,11 +112,14 @@ def recipe_options(command):
 
 
 def _recipe(
-    algorithm: str | None, bits: int | None, group_size: int | None, symmetric: bool | None, embedding_bits: int | None
+    base,
+    algorithm: str | None,
+    bits: int | None,
+    group_size: int | None,
+    symmetric: bool | None,
+    embedding_bits: int | None,
 ):
     from dataclasses import replace
-
-    from .quant.recipe import DEFAULT_RECIPE
 
     changes = {
         "algorithm": algorithm,
@@ -148,7 +128,7 @@ def _recipe(
         "symmetric": symmetric,
         "embedding_bits": embedding_bits,
     }
-    return replace(DEFAULT_RECIPE, **{k: v for k, v in changes.items() if v is not None})
+    return replace(base, **{k: v for k, v in changes.items() if v is not None})
 
 
 class _LayerProgress:
@@ -168,114 +148,63 @@ class _LayerProgress:
 
 
 @cli.command()
-@click.argument("model")
-@click.option("-p", "--prompt", required=True, help="The prompt; '-' reads it from stdin.")
-@click.option("-s", "--system", default=None, help="A system message (chat models).")
-@click.option("-n", "--max-new-tokens", default=128, show_default=True, type=click.IntRange(1))
-@click.option("--raw", is_flag=True, help="Do not apply the chat template.")
-@click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads [default: ONNX Runtime's].")
-@click.option("--max-context", default=None, type=click.IntRange(16), help="KV cache length for this session.")
-def run(
-    model: str,
-    prompt: str,
-    system: str | None,
-    max_new_tokens: int,
-    raw: bool,
-    threads: int | None,
-    max_context: int | None,
-) -> None:
-    """Answer one prompt greedily, streaming to stdout; token counts and tokens/s go to stderr.
-
-    MODEL is an exported artifact (runs on ONNX Runtime) or a source checkpoint (runs on the numpy
-    reference in fp32: slow, for checking).
-    """
-    from .runtimes.loader import load_runtime
-
-    if prompt == "-":
-        prompt = sys.stdin.read()
-    loaded = load_runtime(model, max_context=max_context, threads=threads)
-    tokenizer, runtime = loaded.tokenizer, loaded.runtime
-    if raw or tokenizer.chat_template is None:
-        ids = tokenizer.encode(prompt)
-    else:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        ids = tokenizer.apply_chat_template(messages)
-    if len(ids) >= runtime.max_context:
-        raise EdgekitError(f"the prompt has {len(ids)} tokens but the context is {runtime.max_context}; shorten it")
-    max_new_tokens = min(max_new_tokens, runtime.max_context - len(ids))
-    start = time.perf_counter()
-    logits = runtime.prefill(ids)
-    prefill_s = time.perf_counter() - start
-    out: list[int] = []
-    shown = ""
-    start = time.perf_counter()
-    while len(out) < max_new_tokens:
-        token = int(logits.argmax())
-        if token in tokenizer.eos_token_ids:
-            break
-        out.append(token)
-        text = tokenizer.decode(out)
-        if not text.endswith("\ufffd"):  # hold back a character split across tokens
-            click.echo(text[len(shown) :], nl=False)
-            shown = text
-        if len(out) < max_new_tokens:
-            logits = runtime.decode(token)
-    decode_s = time.perf_counter() - start
-    click.echo()
-    click.echo(
-        f"prompt: {len(ids)} tokens, {len(ids) / prefill_s:.1f} tokens/s | "
-        f"generation: {len(out)} tokens, {len(out) / max(decode_s, 1e-9):.1f} tokens/s ({loaded.backend})",
-        err=True,
-    )
-
-
-@cli.command()
 @click.argument("source")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Artifact folder to create.")
-@click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(["onnx"]))
-@click.option("--flavor", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option(
+    "--profile",
+    default=None,
+    help="Device profile to export for (a name from `edgekit devices` or a .toml file); its [export] table "
+    "sets the defaults below.",
+)
+@click.option("--format", "fmt", default=None, type=click.Choice(["onnx", "mlx"]), help="[default: onnx]")
+@click.option("--flavor", default=None, type=click.Choice(["cpu", "cuda", "npu"]), help="[default: cpu]")
 @recipe_options
 @click.option(
     "--max-context",
-    default=4096,
-    show_default=True,
+    default=None,
     type=click.IntRange(16),
-    help="Longest sequence the artifact supports (rotary tables and KV cache).",
+    help="Longest sequence the artifact supports (rotary tables and KV cache) [default: the profile's, else "
+    "the model's].",
 )
 @click.option(
     "--accuracy-level",
-    default=4,
-    show_default=True,
+    default=None,
     type=click.IntRange(0, 4),
-    help="MatMulNBits compute: 4 = int8 activations (fast on CPU), 0 = float32.",
+    help="MatMulNBits compute: 4 = int8 activations (fast on CPU), 0 = float32 [default: 4].",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def export(
     source: str,
     output: str,
-    fmt: str,
-    flavor: str,
+    profile: str | None,
+    fmt: str | None,
+    flavor: str | None,
     algorithm: str | None,
     bits: int | None,
     group_size: int | None,
     symmetric: bool | None,
     embedding_bits: int | None,
     calibration: str | None,
-    max_context: int,
-    accuracy_level: int,
+    max_context: int | None,
+    accuracy_level: int | None,
     overwrite: bool,
     as_json: bool,
 ) -> None:
     """Quantize SOURCE and write a verified artifact folder for one device."""
-    from .exporters.pipeline import export as run_export
-    from .exporters.pipeline import export_result_dict
+    from ..device_profiles import load_profile
+    from ..exporters.pipeline import export as run_export
+    from ..exporters.pipeline import export_result_dict, profile_recipe
+    from ..quant.recipe import DEFAULT_RECIPE
 
-    recipe = _recipe(algorithm, bits, group_size, symmetric, embedding_bits)
+    chosen = load_profile(profile) if profile else None
+    base = profile_recipe(chosen.export) if chosen else DEFAULT_RECIPE
+    recipe = _recipe(base, algorithm, bits, group_size, symmetric, embedding_bits)
     with _LayerProgress() as progress:
         result = run_export(
             source,
             output,
+            profile=chosen,
             format=fmt,
             flavor=flavor,
             recipe=recipe,
@@ -334,15 +263,16 @@ def eval_command(
 ) -> None:
     """Perplexity of SOURCE on a text, and of its INT4 quantization: KL divergence and top-1
     agreement against the source, bits per weight, size. Evaluated with the numpy reference."""
-    from .evaluate import evaluate
-    from .quant.calibration import calibration_sequences, read_text, token_windows
-    from .quant.pipeline import quantize_checkpoint
-    from .reference import ReferenceModel
-    from .sources import open_checkpoint
+    from ..evaluate import evaluate
+    from ..quant.calibration import calibration_sequences, read_text, token_windows
+    from ..quant.pipeline import quantize_checkpoint
+    from ..quant.recipe import DEFAULT_RECIPE
+    from ..reference import ReferenceModel
+    from ..sources import open_checkpoint
 
     checkpoint = open_checkpoint(source)
     windows = token_windows(checkpoint.tokenizer.load().encode(read_text(text_path)).ids, window, max_windows)
-    recipe = None if source_only else _recipe(algorithm, bits, group_size, symmetric, embedding_bits)
+    recipe = None if source_only else _recipe(DEFAULT_RECIPE, algorithm, bits, group_size, symmetric, embedding_bits)
     click.echo(f"evaluating {checkpoint.name} on {sum(len(w) for w in windows)} tokens of {text_path}", err=True)
     reference = ReferenceModel.from_checkpoint(checkpoint)
     rows = [
@@ -390,11 +320,3 @@ def eval_command(
             f"| {row['model']} | {row['perplexity']:.3f} | {row['perplexity_ratio']:.3f} | {kl} | {top1} | "
             f"{row['bits_per_weight']:.2f} | {row['megabytes']:.1f} |"
         )
-
-
-def main() -> None:
-    cli(prog_name="edgekit")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,338 @@
+"""The one generation API: `edgekit.load(...)` returns an Engine; generate, stream and chat work the
+same on every backend because everything above the Runtime protocol lives here."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import EdgekitError
+from .sampling import Sampler, SamplingParams
+from .text_stream import IncrementalDecoder, StopStrings
+
+Message = dict[str, Any]
+Prompt = str | Sequence[int] | Sequence[Message]
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()  # strings that end the answer; not part of the returned text
+    stop_token_ids: tuple[int, ...] = ()  # on top of the model's end-of-sequence ids
+    ignore_eos: bool = False  # keep going past end-of-sequence ids (benchmarks)
+    truncate: bool = False  # drop the oldest prompt tokens instead of refusing a prompt too long
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise EdgekitError(f"max_new_tokens={self.max_new_tokens} must be at least 1")
+        _ = self.sampling  # validates the sampling fields
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty, self.seed)
+
+    def updated(self, **changes: Any) -> GenerationConfig:
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise EdgekitError(f"unknown generation option {unknown[0]!r}; options: {', '.join(sorted(known))}")
+        changes = {k: v for k, v in changes.items() if v is not None}
+        for key in ("stop", "stop_token_ids"):
+            if isinstance(changes.get(key), str | int):
+                changes[key] = (changes[key],)
+            if key in changes:
+                changes[key] = tuple(changes[key])
+        return replace(self, **changes)
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0  # reused from the previous call's KV cache, not recomputed
+    prompt_seconds: float = 0.0
+    generated_tokens: int = 0
+    generation_seconds: float = 0.0
+    decode_steps: int = 0
+    time_to_first_token: float = 0.0
+    peak_memory_mb: float | None = None
+
+    @property
+    def prompt_tokens_per_s(self) -> float:
+        computed = self.prompt_tokens - self.cached_prompt_tokens
+        return computed / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def generation_tokens_per_s(self) -> float:
+        # the first token comes from the prompt pass; each one after it costs a decode step
+        steps = self.decode_steps
+        return steps / self.generation_seconds if steps > 0 and self.generation_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "prompt_tokens_per_s": self.prompt_tokens_per_s,
+            "generation_tokens_per_s": self.generation_tokens_per_s,
+        }
+
+    def summary(self) -> str:
+        return (
+            f"prompt: {self.prompt_tokens} tokens, {self.prompt_tokens_per_s:.1f} tokens/s | "
+            f"generation: {self.generated_tokens} tokens, {self.generation_tokens_per_s:.1f} tokens/s"
+        )
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (end-of-sequence id or stop string) or "length"
+    stats: Stats
+
+    @property
+    def usage(self) -> dict[str, int]:
+        prompt, completion = self.stats.prompt_tokens, self.stats.generated_tokens
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+@dataclass
+class Chunk:
+    text: str  # new text since the previous chunk; whole characters only
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None  # set on the last chunk, which also carries the stats
+    stats: Stats | None = None
+
+
+def peak_memory_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class Engine:
+    """A loaded model. Calls on one engine run one at a time (a lock serializes them), so an engine
+    can be shared between threads; for parallel answers, load one engine per thread.
+
+    The KV cache is kept between calls: a prompt that starts with what the cache holds (the next
+    turn of a chat) only computes its new tokens."""
+
+    def __init__(self, loaded: Any, profile: Any = None, defaults: GenerationConfig | None = None):
+        self.runtime = loaded.runtime
+        self.tokenizer = loaded.tokenizer
+        self.spec = loaded.spec
+        self.name: str = loaded.name
+        self.backend: str = loaded.backend
+        self.manifest: dict[str, Any] | None = loaded.manifest
+        self.profile = profile
+        self.defaults = defaults or GenerationConfig()
+        self._lock = threading.Lock()
+        self._cached: list[int] = []  # the token ids whose keys and values the runtime holds
+
+    @property
+    def max_context(self) -> int:
+        return self.runtime.max_context
+
+    def prompt_ids(self, prompt: Prompt, add_generation_prompt: bool = True) -> list[int]:
+        """A string is encoded as is (with the tokenizer's special tokens); a list of token ids is
+        taken as given; a list of messages goes through the chat template."""
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        items = list(prompt)
+        if not items:
+            raise EdgekitError("the prompt is empty; pass a string, token ids or chat messages")
+        if all(isinstance(m, dict) for m in items):
+            return self.tokenizer.apply_chat_template(items, add_generation_prompt=add_generation_prompt)
+        vocab = self.spec.vocab_size
+        if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in items):
+            raise EdgekitError(
+                f"a prompt list must be all token ids in [0, {vocab}) or all chat messages "
+                "({'role': ..., 'content': ...})"
+            )
+        return items
+
+    def generate(self, prompt: Prompt, **options: Any) -> Completion:
+        text, ids = [], []
+        last: Chunk | None = None
+        for last in self.stream(prompt, **options):
+            text.append(last.text)
+            ids.extend(last.token_ids)
+        assert last is not None and last.stats is not None and last.finish_reason is not None
+        return Completion("".join(text), ids, last.finish_reason, last.stats)
+
+    def chat(self, messages: str | Sequence[Message], **options: Any) -> Completion:
+        """Answer a conversation through the model's chat template (a string is one user message)."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        if not messages or not all(isinstance(m, dict) for m in messages):
+            raise EdgekitError("chat() takes a list of messages like {'role': 'user', 'content': '...'}")
+        return self.generate(messages, **options)
+
+    def stream(self, prompt: Prompt, **options: Any) -> Iterator[Chunk]:
+        """Yield chunks as tokens arrive; the last chunk has the finish reason and the stats."""
+        config = self.defaults.updated(**options)
+        ids = self.prompt_ids(prompt)
+        with self._lock:
+            yield from self._generate(ids, config)
+
+    def _fit(self, ids: list[int], config: GenerationConfig) -> list[int]:
+        if not ids:
+            raise EdgekitError("the prompt is empty (it encodes to no tokens)")
+        if config.truncate and config.max_new_tokens < self.max_context:
+            return ids[-(self.max_context - config.max_new_tokens) :]
+        if len(ids) >= self.max_context:
+            raise EdgekitError(
+                f"the prompt has {len(ids)} tokens but the context is {self.max_context}; shorten it, "
+                "load with a larger max_context, or pass truncate=True to drop the oldest tokens"
+            )
+        return ids
+
+    def _prefill(self, ids: list[int]):
+        """Reuse the cached prefix; at least the prompt's last token is run to get its logits."""
+        reused = min(_common_prefix(self._cached, ids), len(ids) - 1)
+        self.runtime.trim(reused)
+        self._cached = list(ids)
+        return self.runtime.prefill(ids[reused:]), reused
+
+    def _generate(self, ids: list[int], config: GenerationConfig) -> Iterator[Chunk]:
+        ids = self._fit(ids, config)
+        budget = min(config.max_new_tokens, self.max_context - len(ids) + 1)
+        eos = set(config.stop_token_ids) | (set() if config.ignore_eos else set(self.tokenizer.eos_token_ids))
+        sampler = Sampler(config.sampling)
+        text = IncrementalDecoder(self.tokenizer.decode, ids)
+        stops = StopStrings(config.stop)
+        stats = Stats(prompt_tokens=len(ids))
+        history = list(ids)
+        out: list[int] = []
+        pending: list[int] = []  # ids whose text is still held back
+        finish = "length"
+        start = time.perf_counter()
+        try:
+            logits, stats.cached_prompt_tokens = self._prefill(ids)
+            stats.prompt_seconds = time.perf_counter() - start
+            decode_start = time.perf_counter()
+            while True:
+                token = sampler(logits, history)
+                if not out:
+                    stats.time_to_first_token = time.perf_counter() - start
+                    decode_start = time.perf_counter()
+                if token in eos:
+                    finish = "stop"
+                    break
+                out.append(token)
+                history.append(token)
+                pending.append(token)
+                shown = stops.push(text.push(token))
+                if stops.hit is not None:
+                    finish = "stop"
+                    break
+                if shown:
+                    yield Chunk(shown, pending)
+                    pending = []
+                if len(out) >= budget:
+                    break
+                logits = self.runtime.decode(token)
+                self._cached.append(token)
+                stats.decode_steps += 1
+            stats.generation_seconds = time.perf_counter() - decode_start
+        except BaseException:
+            self._cached = []  # a generation stopped half way leaves the cache in an unknown state
+            self.runtime.reset()
+            raise
+        stats.generated_tokens = len(out)
+        stats.peak_memory_mb = peak_memory_mb()
+        rest = ""
+        if stops.hit is None:
+            rest = stops.push(text.flush())  # held-back text can still hold a stop string
+            if stops.hit is not None:
+                finish = "stop"
+            else:
+                rest += stops.flush()
+        yield Chunk(rest, pending, finish, stats)
+
+    def reset(self) -> None:
+        """Forget the cached conversation."""
+        with self._lock:
+            self._cached = []
+            self.runtime.reset()
+
+
+RUNTIME_OPTIONS = ("threads", "max_context", "providers", "prefill_chunk")
+
+
+def load(
+    artifact: str | Path,
+    profile: str | Path | None = "auto",
+    *,
+    generation: GenerationConfig | None = None,
+    **overrides: Any,
+) -> Engine:
+    """Load an exported artifact (or, for checking, a source checkpoint on the numpy reference).
+
+    profile: "auto" (detect this machine), a shipped profile name, a path to a .toml file, or None
+    (the artifact flavor's defaults). overrides: threads, max_context, providers, prefill_chunk.
+    """
+    from ..device_profiles import detect, load_profile
+    from ..runtimes.loader import DEFAULT_PROVIDERS, load_runtime
+
+    unknown = sorted(set(overrides) - set(RUNTIME_OPTIONS))
+    if unknown:
+        raise EdgekitError(f"unknown load option {unknown[0]!r}; options: {', '.join(RUNTIME_OPTIONS)}")
+    chosen = None
+    if profile == "auto":
+        chosen = detect().profile
+    elif profile is not None:
+        chosen = load_profile(profile)
+    settings: dict[str, Any] = {}
+    if chosen is not None:
+        rt = chosen.runtime
+        settings = {"threads": rt.threads, "max_context": rt.max_context, "prefill_chunk": rt.prefill_chunk}
+        manifest = _peek_manifest(Path(artifact))
+        flavor = manifest.get("flavor")
+        if flavor is None or flavor == chosen.export.flavor:
+            settings["providers"] = [p.for_onnxruntime() for p in rt.providers]
+        elif profile != "auto":
+            raise EdgekitError(
+                f"{artifact} is a {flavor} artifact but profile {chosen.name} runs {chosen.export.flavor} ones; "
+                f"re-export with --profile {chosen.name}, or load with profile=None"
+            )
+        else:  # a detected profile for another flavor: run the artifact the way its flavor runs
+            settings["providers"] = DEFAULT_PROVIDERS.get(flavor)
+        if isinstance(manifest.get("max_context"), int):  # the profile's context is a wish the artifact caps
+            settings["max_context"] = min(settings["max_context"], manifest["max_context"])
+    settings.update(overrides)
+    return Engine(load_runtime(artifact, **settings), chosen, generation)
+
+
+def _peek_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest's fields without checking the files (load_runtime checks them and reports)."""
+    import json
+
+    from ..exporters.artifact import MANIFEST
+
+    try:
+        data = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
