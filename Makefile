@@ -30,8 +30,9 @@ DEMO_ARTIFACT ?= out/smollm2-135m-cpu
 
 demo: $(VENV)/.demo
 	$(BIN)/edgekit inspect $(SMOLLM2)
-	$(BIN)/edgekit export $(SMOLLM2) -o $(DEMO_ARTIFACT) --overwrite
-	$(BIN)/edgekit run $(DEMO_ARTIFACT) -p "What is the capital of France?"
+	$(BIN)/edgekit devices
+	$(BIN)/edgekit export $(SMOLLM2) -o $(DEMO_ARTIFACT) --profile auto --overwrite
+	echo "What is the capital of France?" | $(BIN)/edgekit chat $(DEMO_ARTIFACT)
 
 # Benchmarks against the peers (not part of `make test`): installs them into the same virtualenv.
 # llama-cpp-python compiles llama.cpp (about 6 minutes on 2 cores; pip caches the wheel).

@@ -153,8 +153,8 @@ class _LayerProgress:
 @click.option(
     "--profile",
     default=None,
-    help="Device profile to export for (a name from `edgekit devices` or a .toml file); its [export] table "
-    "sets the defaults below.",
+    help="Device profile to export for: a name from `edgekit devices`, a .toml file, or 'auto' for this "
+    "machine. Its [export] table sets the defaults below.",
 )
 @click.option("--format", "fmt", default=None, type=click.Choice(["onnx", "mlx"]), help="[default: onnx]")
 @click.option("--flavor", default=None, type=click.Choice(["cpu", "cuda", "npu"]), help="[default: cpu]")

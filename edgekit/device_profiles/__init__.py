@@ -22,8 +22,11 @@ def profile_names() -> list[str]:
 
 
 def load_profile(name_or_path: str | Path) -> DeviceProfile:
-    """A shipped profile by name, or a user's profile file (a path ending in .toml)."""
+    """A shipped profile by name, a user's profile file (a path ending in .toml), or "auto": the
+    shipped profile that fits this machine."""
     text = str(name_or_path)
+    if text == "auto":
+        return detect().profile
     if text.endswith(".toml") or Path(text).is_file():
         return read_profile(text)
     for profile in shipped_profiles():

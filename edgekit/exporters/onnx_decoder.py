@@ -178,9 +178,9 @@ class DecoderBuilder:
         (cast,) = self.g.op("Cast", [stored], "/model/constants/" + name, to=self.elem)
         return cast
 
-    def projection(self, x: str, names: list[str], scope: str) -> list[str]:
+    def projection(self, x: str, names: list[str], scope: str, split: bool = True) -> list[str]:
         """Outputs of the projections `names` (weights) applied to x: fused into one MatMulNBits when
-        they were quantized alike (the outputs then come back split)."""
+        they were quantized alike (the outputs then come back split, or as one with split=False)."""
         q = self.qm.quantized
         biases = [n.removesuffix(".weight") + ".bias" for n in names]
         has_bias = [b in self.qm.dense for b in biases]
@@ -195,7 +195,7 @@ class DecoderBuilder:
                 ]
                 bias = self.g.const(key.removesuffix(".weight") + ".bias", np.concatenate(parts).astype(self.float))
             y = self.matmul(x, key, fused, scope + "/MatMul", bias)
-            if len(names) == 1:
+            if len(names) == 1 or not split:
                 return [y]
             split = self.g.const(scope + "/split_sizes", np.array([q[n].shape[0] for n in names], np.int64))
             return self.g.op("Split", [y, split], scope, outputs=len(names), axis=-1)
@@ -274,7 +274,8 @@ class DecoderBuilder:
             attn_names = (
                 [p + "self_attn.qkv_proj.weight"] if s.fused_qkv else [p + f"self_attn.{x}_proj.weight" for x in "qkv"]
             )
-            outs = self.projection(normed, attn_names, scope + "/attn/qkv_proj")
+            # packed q/k/v go straight into the attention; split only for qwen3's head norms
+            outs = self.projection(normed, attn_names, scope + "/attn/qkv_proj", split=False)
             if s.qk_norm or len(outs) == 3:
                 if len(outs) == 1:
                     sizes = g.const(scope + "/attn/qkv_split", np.array([s.q_size, s.kv_size, s.kv_size], np.int64))
@@ -284,7 +285,7 @@ class DecoderBuilder:
                     q = self.head_norm(q, p + "self_attn.q_norm.weight", s.num_heads, scope + "/attn/q_norm")
                     k = self.head_norm(k, p + "self_attn.k_norm.weight", s.num_kv_heads, scope + "/attn/k_norm")
             else:
-                q, k, v = outs[0], "", ""  # packed q/k/v straight into the attention
+                q, k, v = outs[0], "", ""
             past_k = g.input(f"past_key_values.{n}.key", self.elem, kv_shape)
             past_v = g.input(f"past_key_values.{n}.value", self.elem, kv_shape)
             present_k = g.output(f"present.{n}.key", self.elem, kv_shape)
@@ -334,5 +335,5 @@ class DecoderBuilder:
         if self.float is np.float16:
             (logits,) = g.op("Cast", [logits], "/lm_head/Cast", to=TensorProto.FLOAT)
         (out,) = g.op("Identity", [logits], "/lm_head/output", outputs=["logits"])
-        g.output(out, TensorProto.FLOAT, ["batch", "sequence_out", s.vocab_size])
+        g.output(out, TensorProto.FLOAT, ["batch", "sequence" if opt.all_logits else 1, s.vocab_size])
         return g

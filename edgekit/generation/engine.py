@@ -293,17 +293,13 @@ def load(
     profile: "auto" (detect this machine), a shipped profile name, a path to a .toml file, or None
     (the artifact flavor's defaults). overrides: threads, max_context, providers, prefill_chunk.
     """
-    from ..device_profiles import detect, load_profile
+    from ..device_profiles import load_profile
     from ..runtimes.loader import DEFAULT_PROVIDERS, load_runtime
 
     unknown = sorted(set(overrides) - set(RUNTIME_OPTIONS))
     if unknown:
         raise EdgekitError(f"unknown load option {unknown[0]!r}; options: {', '.join(RUNTIME_OPTIONS)}")
-    chosen = None
-    if profile == "auto":
-        chosen = detect().profile
-    elif profile is not None:
-        chosen = load_profile(profile)
+    chosen = None if profile is None else load_profile(profile)
     settings: dict[str, Any] = {}
     if chosen is not None:
         rt = chosen.runtime

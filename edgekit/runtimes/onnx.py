@@ -66,8 +66,17 @@ class OnnxRuntime:
             )
             for _ in range(spec.num_layers)
         ]
-        self._logits_index = [o.name for o in self.session.get_outputs()].index("logits")
+        outputs = self.session.get_outputs()
+        self._logits_index = [o.name for o in outputs].index("logits")
         self.binding = self.session.io_binding()
+        self._mask = np.ones((1, max_context), dtype=np.int64)
+        self._token = np.zeros((1, 1), dtype=np.int64)
+        # The generation graph returns the last position only: its logits land in one preallocated
+        # buffer (a numpy array ONNX Runtime writes into), which saves binding a new output per token.
+        self._last_logits = None
+        if outputs[self._logits_index].shape[1] == 1:
+            self._last_logits = np.zeros((1, 1, spec.vocab_size), dtype=np.float32)
+            self.binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self._last_logits))
         for n, (k, v) in enumerate(self.cache):
             self.binding.bind_ortvalue_input(f"past_key_values.{n}.key", k)
             self.binding.bind_ortvalue_input(f"past_key_values.{n}.value", v)
@@ -84,12 +93,20 @@ class OnnxRuntime:
         return total
 
     def _run(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits [positions returned, vocab]."""
         total = self._check_room(len(ids))
-        self.binding.bind_cpu_input("input_ids", np.asarray(ids, dtype=np.int64).reshape(1, -1))
-        self.binding.bind_cpu_input("attention_mask", np.ones((1, total), dtype=np.int64))
-        self.binding.bind_output("logits", "cpu")
+        if len(ids) == 1:
+            self._token[0, 0] = ids[0]
+            self.binding.bind_cpu_input("input_ids", self._token)
+        else:
+            self.binding.bind_cpu_input("input_ids", np.asarray(ids, dtype=np.int64).reshape(1, -1))
+        self.binding.bind_cpu_input("attention_mask", self._mask[:, :total])
+        if self._last_logits is None:
+            self.binding.bind_output("logits", "cpu")
         self.session.run_with_iobinding(self.binding)
         self.length = total
+        if self._last_logits is not None:
+            return self._last_logits[0].copy()
         return self.binding.get_outputs()[self._logits_index].numpy()[0]
 
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
