@@ -51,26 +51,41 @@ def penalize_repeats(logits: np.ndarray, history: Sequence[int], penalty: float)
     return out
 
 
+def _top_p_head(probs: np.ndarray, top_p: float) -> np.ndarray:
+    """Indices of the smallest most-likely-first head of `probs` whose mass reaches top_p. Sorts
+    only a head that grows until it holds that mass, not the whole vocabulary."""
+    n = len(probs)
+    k = min(n, 64)
+    while True:
+        head = np.argpartition(-probs, k - 1)[:k] if k < n else np.arange(n)
+        head = head[np.argsort(-probs[head], kind="stable")]
+        mass = np.cumsum(probs[head])
+        if mass[-1] >= top_p or k == n:
+            return head[: int(np.searchsorted(mass, top_p, side="left")) + 1]
+        k = min(n, k * 8)
+
+
 def candidates(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
-    """The token ids that survive temperature, top-k, top-p and min-p, most likely first, with their
-    renormalized probabilities."""
-    scaled = logits.astype(np.float64) / params.temperature
+    """The token ids that survive temperature, top-k, top-p and min-p, with their renormalized
+    probabilities (in no particular order)."""
+    scaled = np.asarray(logits, dtype=np.float32) / np.float32(params.temperature)
     vocab = scaled.shape[-1]
     if 0 < params.top_k < vocab:
         ids = np.argpartition(-scaled, params.top_k - 1)[: params.top_k]
+        scaled = scaled[ids]
     else:
         ids = np.arange(vocab)
-    ids = ids[np.argsort(-scaled[ids], kind="stable")]
-    probs = np.exp(scaled[ids] - scaled[ids[0]])
-    probs /= probs.sum()
-    keep = len(ids)
+    probs = np.exp(scaled - scaled.max())
+    probs /= probs.sum(dtype=np.float64)
     if params.top_p < 1.0:
-        # the smallest head whose mass reaches top_p
-        keep = min(keep, int(np.searchsorted(np.cumsum(probs), params.top_p, side="left")) + 1)
-    if params.min_p > 0.0:
-        keep = min(keep, int(np.count_nonzero(probs >= params.min_p * probs[0])))
-    ids, probs = ids[:keep], probs[:keep]
-    return ids, probs / probs.sum()
+        head = _top_p_head(probs, params.top_p)
+        ids, probs = ids[head], probs[head]
+    if params.min_p > 0.0:  # relative to the most likely token, which every filter keeps
+        keep = probs >= params.min_p * probs.max()
+        ids, probs = ids[keep], probs[keep]
+    if len(ids) < vocab:
+        probs /= probs.sum(dtype=np.float64)
+    return ids, probs
 
 
 class Sampler:
