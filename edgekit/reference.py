@@ -234,6 +234,29 @@ class ReferenceModel:
             "mlp.down_proj", self.act(gate_up[:, :inter]) * gate_up[:, inter:], layer.down, layer.down_bias
         )
 
+    def forward_streamed(self, weights: Mapping[str, np.ndarray], ids: Sequence[int], block: int = 8192) -> np.ndarray:
+        """Logits [T, vocab] for ids from an empty cache, holding one layer's weights at a time and
+        the embedding / lm_head a block of rows at a time (for models too big to hold in float32).
+        `weights` needs a take(name, rows) method when it can give rows without the whole tensor."""
+        s = self.spec
+
+        def rows(name: str, index: np.ndarray) -> np.ndarray:
+            take = getattr(weights, "take", None)
+            return _f32(take(name, index) if take else np.asarray(weights[name])[index])
+
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        cache = self.new_cache()
+        h = rows("model.embed_tokens.weight", ids)
+        for n in range(s.num_layers):
+            h = self.layer_forward(n, h, cache, layer=self.build_layer(weights, n))
+        x = rms_norm(h, _f32(weights["model.norm.weight"]), s.rms_norm_eps)
+        head = "model.embed_tokens.weight" if s.tie_word_embeddings else "lm_head.weight"
+        out = np.empty((len(ids), s.vocab_size), np.float32)
+        for start in range(0, s.vocab_size, block):
+            index = np.arange(start, min(s.vocab_size, start + block))
+            out[:, index] = x @ rows(head, index).T
+        return out
+
     def greedy(self, ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()) -> list[int]:
         """Greedy continuation of `ids` (without them), stopping after a stop id."""
         cache = self.new_cache()

@@ -14,12 +14,13 @@ same model.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from ..quant.packing import to_matmulnbits
+from ..quant.packing import MatMulNBitsWeights, to_matmulnbits
 from ..quant.pipeline import QuantizedModel
-from ..quant.tensor import QuantizedTensor
+from ..quant.tensor import QuantizedTensor, concat_rows
 from ..rope import rope_tables
 from .onnx_graph import MS_DOMAIN, Graph
 
@@ -34,39 +35,17 @@ class OnnxOptions:
     all_logits: bool = False  # logits for every position (evaluation) instead of the last one
 
 
-def concat_rows(parts: list[QuantizedTensor]) -> QuantizedTensor | None:
-    """One quantized tensor stacking the output rows of several, when they were quantized alike."""
-    first = parts[0]
-    same = all(
-        p.bits == first.bits
-        and p.group_size == first.group_size
-        and p.symmetric == first.symmetric
-        and p.shape[1] == first.shape[1]
-        and p.integer_zeros == first.integer_zeros
-        for p in parts
-    )
-    if not same:
-        return None
-    zeros = None if first.zeros is None else np.concatenate([p.zeros for p in parts])
-    return QuantizedTensor(
-        np.concatenate([p.codes for p in parts]),
-        np.concatenate([p.scales for p in parts]),
-        zeros,
-        first.bits,
-        first.group_size,
-        (sum(p.shape[0] for p in parts), first.shape[1]),
-        first.algorithm,
-    )
-
-
 class DecoderBuilder:
-    def __init__(self, qm: QuantizedModel, options: OnnxOptions):
+    """One decoder graph; `data`/`written` as for Graph (weights already in the file are not packed
+    again)."""
+
+    def __init__(self, qm: QuantizedModel, options: OnnxOptions, data: Path | None = None, written: dict | None = None):
         from onnx import TensorProto
 
         self.qm, self.spec, self.opt = qm, qm.spec, options
         self.float = np.float16 if options.flavor == "cuda" else np.float32
         self.elem = TensorProto.FLOAT16 if options.flavor == "cuda" else TensorProto.FLOAT
-        self.g = Graph("edgekit_decoder")
+        self.g = Graph("edgekit_decoder", data, written)
         self._packed: dict[str, str] = {}
 
     def dense(self, name: str) -> str:
@@ -102,6 +81,7 @@ class DecoderBuilder:
             packed = to_matmulnbits(qt, np.float16)
             qweight = self.g.const("model.embed_tokens.weight.qweight", packed.B)
             flat_scales = self.stored_half("model.embed_tokens.weight.scales", packed.scales)
+            del packed
         (blocks,) = self.g.op("Gather", [qweight, ids], scope, axis=0)  # [1, S, G, blob]
         if qt.bits == 4:
             (low,) = self.g.op(
@@ -153,26 +133,32 @@ class DecoderBuilder:
         return values
 
     def matmul_prepare(self, weight: str, qt: QuantizedTensor) -> None:
-        if weight not in self._packed:
-            packed = to_matmulnbits(qt, np.float16)
-            qweight = weight + ".qweight"  # the embedding may have put it there already
-            names = [
-                qweight if qweight in self.g.initializers else self.g.const(qweight, packed.B),
-                self.stored_half(weight + ".scales", packed.scales),
-                (
-                    self.stored_half(weight + ".qzeros", packed.zero_points)
-                    if packed.zero_points is not None and packed.zero_points.dtype != np.uint8
-                    else self.g.const(weight + ".qzeros", packed.zero_points)
-                    if packed.zero_points is not None
-                    else ""
-                ),
-            ]
-            self._packed[weight] = ",".join(names)
+        if weight in self._packed:
+            return
+        packed: list[MatMulNBitsWeights] = []
 
-    def stored_half(self, name: str, values: np.ndarray) -> str:
+        def pack() -> MatMulNBitsWeights:  # only when some of its arrays are not in the data file yet
+            if not packed:
+                packed.append(to_matmulnbits(qt, np.float16))
+            return packed[0]
+
+        names = [self.g.const(weight + ".qweight", lambda: pack().B), self.stored_half(weight + ".scales", pack)]
+        if qt.zeros is not None and qt.integer_zeros:
+            names.append(self.g.const(weight + ".qzeros", lambda: pack().zero_points))
+        elif qt.zeros is not None:  # HQQ's float zero points
+            names.append(self.stored_half(weight + ".qzeros", lambda: pack().zero_points, "qzeros"))
+        self._packed[weight] = ",".join(names)
+
+    def stored_half(self, name: str, source, field: str = "scales") -> str:
         """Float16 in the file; float32 flavors cast it once at load (ONNX Runtime folds the Cast),
-        so scales cost 2 bytes on disk whatever the activation type."""
-        stored = self.g.const(name, values.astype(np.float16))
+        so scales cost 2 bytes on disk whatever the activation type. `source` is an array or a
+        function returning one, or returning packed weights whose `field` it is."""
+
+        def values() -> np.ndarray:
+            got = source() if callable(source) else source
+            return (got if isinstance(got, np.ndarray) else getattr(got, field)).astype(np.float16)
+
+        stored = self.g.const(name, values)
         if self.float is np.float16:
             return stored
         (cast,) = self.g.op("Cast", [stored], "/model/constants/" + name, to=self.elem)

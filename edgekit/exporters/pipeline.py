@@ -12,6 +12,7 @@ from ..errors import EdgekitError
 from ..quant.calibration import calibration_sequences
 from ..quant.pipeline import Progress, quantize_checkpoint
 from ..quant.recipe import DEFAULT_RECIPE, Recipe
+from ..quant.spill import SpilledTensors
 from ..sources import open_checkpoint
 from .artifact import staging, write_manifest
 from .onnx import verify_onnx, write_onnx
@@ -91,11 +92,12 @@ def export(
         sequences = calibration_sequences(
             checkpoint, recipe.calibration_window, recipe.calibration_samples, calibration
         )
-    note(f"quantizing {checkpoint.name}: {recipe.algorithm} {recipe.bits}-bit g{recipe.group_size}")
-    qm = quantize_checkpoint(checkpoint, recipe, sequences, progress)
     tokenizer = checkpoint.tokenizer.load()
     prompt = tokenizer.encode("The capital of France is Paris. The capital of Italy is").ids[:16] or [0]
-    with staging(output, overwrite) as folder:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with SpilledTensors(output.parent) as spilled, staging(output, overwrite) as folder:
+        note(f"quantizing {checkpoint.name}: {recipe.algorithm} {recipe.bits}-bit g{recipe.group_size}")
+        qm = quantize_checkpoint(checkpoint, recipe, sequences, progress, into=spilled)
         note("writing the ONNX graph")
         write_onnx(folder, checkpoint, qm, options)
         note("verifying against the numpy reference")

@@ -9,7 +9,7 @@ so the next layer is calibrated on what it will really see (as GPTQ does).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from .gptq import quantize_gptq
 from .hqq import quantize_hqq
 from .recipe import CALIBRATED, SCALED, Recipe, TensorRecipe
 from .rtn import quantize_rtn
-from .tensor import QuantizedTensor, layer_group
+from .tensor import QuantizedTensor, concat_rows, layer_group
 
 Progress = Callable[[int, int, str], None]
 
@@ -32,20 +32,27 @@ Progress = Callable[[int, int, str], None]
 @dataclass
 class QuantizedModel:
     spec: ModelSpec
-    quantized: dict[str, QuantizedTensor]
+    quantized: MutableMapping[str, QuantizedTensor]  # a dict, or SpilledTensors on disk
     dense: dict[str, np.ndarray]  # norms (rescaled where AWQ folded scales into them), biases
     recipe: Recipe
     records: dict[str, dict[str, Any]] = field(default_factory=dict)  # per weight: what it got
     seconds: float = 0.0
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # per weight: parameters, bytes stored
+
+    def _size(self, name: str) -> tuple[int, int]:
+        if name not in self.sizes:
+            qt = self.quantized[name]
+            self.sizes[name] = (qt.shape[0] * qt.shape[1], qt.nbytes)
+        return self.sizes[name]
 
     @property
     def parameter_count(self) -> int:
-        return sum(int(np.prod(q.shape)) for q in self.quantized.values()) + sum(a.size for a in self.dense.values())
+        return sum(self._size(n)[0] for n in self.quantized) + sum(a.size for a in self.dense.values())
 
     @property
     def nbytes(self) -> int:
         """Quantized weights as stored plus the remaining tensors at 2 bytes (float16)."""
-        return sum(q.nbytes for q in self.quantized.values()) + 2 * sum(a.size for a in self.dense.values())
+        return sum(self._size(n)[1] for n in self.quantized) + 2 * sum(a.size for a in self.dense.values())
 
     @property
     def bits_per_weight(self) -> float:
@@ -60,11 +67,20 @@ class DequantizedWeights(Mapping[str, np.ndarray]):
 
     def __init__(self, model: QuantizedModel):
         self.model = model
+        self._last: tuple[str, QuantizedTensor] | None = None
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name in self.model.quantized:
             return self.model.quantized[name].dequantize()
         return self.model.dense[name]
+
+    def take(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Rows of one weight, dequantizing only those (the tensor read last is kept for the next call)."""
+        if name not in self.model.quantized:
+            return self.model.dense[name][rows]
+        if self._last is None or self._last[0] != name:
+            self._last = (name, self.model.quantized[name])
+        return self._last[1].take_rows(rows).dequantize()
 
     def __iter__(self) -> Iterator[str]:
         yield from self.model.quantized
@@ -162,9 +178,30 @@ def _awq_rms(spec: ModelSpec, point: str, hessian: np.ndarray) -> np.ndarray | N
     return np.repeat(d[:, None, :], spec.num_heads // spec.num_kv_heads, axis=1).reshape(-1)
 
 
+ROW_BLOCK = 8192  # output rows quantized at a time for the big matrices (embedding, lm_head)
+
+
+def _quantize_by_rows(store, name: str, how: TensorRecipe, hessian: np.ndarray | None) -> QuantizedTensor:
+    """Every algorithm used here treats output rows independently (AWQ's scales, which do not, are
+    folded before), so a vocabulary-sized matrix is quantized a block of rows at a time."""
+    n = store.infos()[name].shape[0]
+    parts = []
+    for start in range(0, n, ROW_BLOCK):
+        parts.append(quantize_tensor(store.rows(name, start, min(n, start + ROW_BLOCK)), how, hessian))
+    store.release(name)
+    whole = concat_rows(parts)
+    assert whole is not None  # blocks of one tensor under one recipe are alike
+    return whole
+
+
 def quantize_checkpoint(
-    checkpoint: Checkpoint, recipe: Recipe, calibration: list[list[int]] | None = None, progress: Progress | None = None
+    checkpoint: Checkpoint,
+    recipe: Recipe,
+    calibration: list[list[int]] | None = None,
+    progress: Progress | None = None,
+    into: MutableMapping[str, QuantizedTensor] | None = None,
 ) -> QuantizedModel:
+    """into: where the quantized tensors go (default a dict; SpilledTensors keeps them on disk)."""
     spec, store = checkpoint.spec, checkpoint.tensors
     start = time.perf_counter()
     names = weight_shapes(spec)
@@ -177,17 +214,19 @@ def quantize_checkpoint(
     runner = ReferenceModel(spec, store, layers=False, head=False)
     hidden: list[np.ndarray] = []
     if calibrate:
-        embed = store.get("model.embed_tokens.weight")
-        hidden = [np.asarray(embed[np.asarray(ids)], np.float32) for ids in calibration]
-        del embed
-    quantized: dict[str, QuantizedTensor] = {}
+        hidden = [store.take("model.embed_tokens.weight", np.asarray(ids)) for ids in calibration]
+    quantized: MutableMapping[str, QuantizedTensor] = into if into is not None else {}
     dense: dict[str, np.ndarray] = {}
     records: dict[str, dict[str, Any]] = {}
+    sizes: dict[str, tuple[int, int]] = {}
 
-    def put(name: str, w: np.ndarray, hessian: np.ndarray | None) -> None:
+    def put(name: str, w: np.ndarray | None, hessian: np.ndarray | None) -> None:
+        """Quantize w, or (None) the stored tensor `name` block of rows by block of rows."""
         how = recipe.for_tensor(name)
-        qt = quantize_tensor(w, how, hessian)
+        qt = quantize_tensor(w, how, hessian) if w is not None else _quantize_by_rows(store, name, how, hessian)
         quantized[name] = qt
+        sizes[name] = (qt.shape[0] * qt.shape[1], qt.nbytes)
+        w_shape = qt.shape
         records[name] = {
             "bits": qt.bits,
             "group_size": qt.group_size,
@@ -195,9 +234,9 @@ def quantize_checkpoint(
             "symmetric": qt.symmetric,
         }
         if qt.group_size != how.group_size:
-            records[name]["fallback"] = f"input size {w.shape[1]} is not a multiple of {how.group_size}"
-        elif w.shape[1] % qt.group_size:
-            records[name]["fallback"] = f"last group padded (input size {w.shape[1]})"
+            records[name]["fallback"] = f"input size {w_shape[1]} is not a multiple of {how.group_size}"
+        elif w_shape[1] % qt.group_size:
+            records[name]["fallback"] = f"last group padded (input size {w_shape[1]})"
 
     steps = spec.num_layers + 2
     for n in range(spec.num_layers):
@@ -205,6 +244,8 @@ def quantize_checkpoint(
             progress(n, steps, f"layer {n}")
         p = f"model.layers.{n}."
         w = {k: np.array(store.get(k), dtype=np.float32) for k in names if k.startswith(p)}
+        for k in w:
+            store.release(k)
         points = _points(spec, n)
         hessians = _Hessians()
         if calibrate:
@@ -233,6 +274,7 @@ def quantize_checkpoint(
         if calibrate:
             qlayer = runner.build_layer(DequantizedWeights(QuantizedModel(spec, quantized, dense, recipe)), n)
             hidden = [runner.layer_forward(n, h, KVCache(spec), layer=qlayer) for h in hidden]
+        del w
 
     if progress:
         progress(spec.num_layers, steps, "embedding / lm_head")
@@ -244,10 +286,9 @@ def quantize_checkpoint(
             hs("lm_head", rms_norm(h, norm, spec.rms_norm_eps))
         head_hessian = hs.get("lm_head")
     if not spec.tie_word_embeddings:
-        put("lm_head.weight", np.array(store.get("lm_head.weight"), dtype=np.float32), head_hessian)
+        put("lm_head.weight", None, head_hessian)
     dense["model.norm.weight"] = norm
-    embedding = np.array(store.get("model.embed_tokens.weight"), dtype=np.float32)
-    put("model.embed_tokens.weight", embedding, head_hessian if spec.tie_word_embeddings else None)
+    put("model.embed_tokens.weight", None, head_hessian if spec.tie_word_embeddings else None)
     if progress:
         progress(steps, steps, "done")
-    return QuantizedModel(spec, quantized, dense, recipe, records, time.perf_counter() - start)
+    return QuantizedModel(spec, quantized, dense, recipe, records, time.perf_counter() - start, sizes)

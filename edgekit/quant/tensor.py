@@ -98,6 +98,39 @@ class QuantizedTensor:
     def bits_per_weight(self) -> float:
         return 8 * self.nbytes / (self.shape[0] * self.shape[1])
 
+    def take_rows(self, rows: np.ndarray) -> QuantizedTensor:
+        """The output rows `rows` (an embedding lookup, a block of the lm_head) as their own tensor."""
+        zeros = None if self.zeros is None else self.zeros[rows]
+        shape = (len(self.codes[rows]), self.shape[1])
+        return QuantizedTensor(
+            self.codes[rows], self.scales[rows], zeros, self.bits, self.group_size, shape, self.algorithm
+        )
+
+
+def concat_rows(parts: list[QuantizedTensor]) -> QuantizedTensor | None:
+    """One quantized tensor stacking the output rows of several, when they were quantized alike."""
+    first = parts[0]
+    same = all(
+        p.bits == first.bits
+        and p.group_size == first.group_size
+        and p.symmetric == first.symmetric
+        and p.shape[1] == first.shape[1]
+        and p.integer_zeros == first.integer_zeros
+        for p in parts
+    )
+    if not same:
+        return None
+    zeros = None if first.zeros is None else np.concatenate([p.zeros for p in parts])
+    return QuantizedTensor(
+        np.concatenate([p.codes for p in parts]),
+        np.concatenate([p.scales for p in parts]),
+        zeros,
+        first.bits,
+        first.group_size,
+        (sum(p.shape[0] for p in parts), first.shape[1]),
+        first.algorithm,
+    )
+
 
 def grouped(w: np.ndarray, group_size: int) -> np.ndarray:
     """w [N, K] -> [N, groups, group_size], zero-padding K up to a multiple of the group."""

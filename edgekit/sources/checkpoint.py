@@ -34,6 +34,18 @@ class TensorStore(ABC):
     def get(self, name: str) -> np.ndarray:
         """The tensor as float32 (a read-only view where the storage allows)."""
 
+    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of a matrix as float32; stores that can read only those rows do."""
+        return np.array(self.get(name)[start:stop], dtype=np.float32)
+
+    def take(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """The rows `rows` of a matrix as float32 (an embedding lookup)."""
+        return np.array(self.get(name)[rows], dtype=np.float32)
+
+    def release(self, name: str) -> None:
+        """A hint that `name` will not be read again soon: a memory-mapped store lets its pages go."""
+        return None  # stores that read into memory have nothing to let go
+
     def __contains__(self, name: object) -> bool:
         return name in self.infos()
 

@@ -39,6 +39,15 @@ class SafetensorsStore(TensorStore):
     def get(self, name: str) -> np.ndarray:
         return self._where[name].get(name)
 
+    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self._where[name].convert(name, self._where[name].raw(name)[start:stop])
+
+    def take(self, name: str, rows: np.ndarray) -> np.ndarray:
+        return self._where[name].convert(name, self._where[name].raw(name)[rows])
+
+    def release(self, name: str) -> None:
+        self._where[name].release(name)
+
 
 def safetensors_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"

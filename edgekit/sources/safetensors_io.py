@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,25 +120,40 @@ class SafetensorsFile:
     def __init__(self, path: Path):
         self.path = path
         self.tensors, self.metadata = read_header(path)
-        self._map: np.memmap | None = None
+        self._map: mmap.mmap | None = None
 
     def raw(self, name: str) -> np.ndarray:
-        """The stored array (BF16 as uint16), a view into the memory map."""
+        """The stored array (BF16 as uint16), a read-only view into the memory map."""
         t = self.tensors[name]
         if self._map is None:
-            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+            with open(self.path, "rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         storage, _ = DTYPES[t.dtype]
-        return self._map[t.begin : t.end].view(storage).reshape(t.shape)
+        count = (t.end - t.begin) // np.dtype(storage).itemsize
+        return np.frombuffer(self._map, dtype=storage, count=count, offset=t.begin).reshape(t.shape)
+
+    def convert(self, name: str, stored: np.ndarray) -> np.ndarray:
+        """Stored values (all of `name` or some of its rows) as float32, or as their integer type."""
+        dtype = self.tensors[name].dtype
+        if dtype == "BF16":
+            return bf16_to_f32(stored)
+        if dtype in ("F16", "F64"):
+            return stored.astype(np.float32)
+        return stored
 
     def get(self, name: str) -> np.ndarray:
         """The tensor as float32 (floating dtypes) or its integer type; a view when already float32."""
+        return self.convert(name, self.raw(name))
+
+    def release(self, name: str) -> None:
+        """Drop the mapped pages of `name` from this process (they are read again if used again), so
+        reading a model tensor by tensor does not leave all of it resident."""
+        if self._map is None or not hasattr(self._map, "madvise"):
+            return
         t = self.tensors[name]
-        arr = self.raw(name)
-        if t.dtype == "BF16":
-            return bf16_to_f32(arr)
-        if t.dtype in ("F16", "F64"):
-            return arr.astype(np.float32)
-        return arr
+        start = t.begin - t.begin % mmap.PAGESIZE
+        if t.end > start:
+            self._map.madvise(mmap.MADV_DONTNEED, start, t.end - start)
 
 
 def write_safetensors(
