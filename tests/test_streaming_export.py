@@ -58,6 +58,8 @@ def test_spilled_tensors_come_back_exactly(tmp_path, make):
         spilled["w"] = qt
         assert list(spilled) == ["w"] and len(spilled) == 1
         assert same(spilled["w"], qt)
+        rows = np.array([5, 0, 255, 5])
+        assert same(spilled.take_rows("w", rows), qt.take_rows(rows))
         stored = sum(p.stat().st_size for p in spilled.folder.iterdir())
         # codes packed, scales and zero points as float16, plus the file format's headers
         assert stored <= qt.codes.nbytes * qt.bits / 8 + 4 * qt.scales.size + 1024

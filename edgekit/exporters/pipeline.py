@@ -99,9 +99,9 @@ def export(
         note(f"quantizing {checkpoint.name}: {recipe.algorithm} {recipe.bits}-bit g{recipe.group_size}")
         qm = quantize_checkpoint(checkpoint, recipe, sequences, progress, into=spilled)
         note("writing the ONNX graph")
-        write_onnx(folder, checkpoint, qm, options)
+        written = write_onnx(folder, checkpoint, qm, options)
         note("verifying against the numpy reference")
-        result = verify_onnx(folder, checkpoint, qm, options, prompt)
+        result = verify_onnx(folder, checkpoint, qm, options, prompt, written)
         write_manifest(
             folder,
             {

@@ -34,8 +34,10 @@ def unpack_low_first(packed: np.ndarray, bits: int, length: int) -> np.ndarray:
         return packed[..., :length].copy()
     per_byte = 8 // bits
     mask = (1 << bits) - 1
-    parts = [(packed >> (bits * i)) & mask for i in range(per_byte)]
-    return np.stack(parts, axis=-1).reshape(*packed.shape[:-1], -1)[..., :length]
+    out = np.empty((*packed.shape[:-1], packed.shape[-1] * per_byte), np.uint8)
+    for i in range(per_byte):  # one field at a time: a single temporary the size of `packed`
+        np.bitwise_and(packed >> (bits * i), mask, out=out[..., i::per_byte])
+    return out[..., :length]
 
 
 @dataclass

@@ -24,7 +24,7 @@ from .gptq import quantize_gptq
 from .hqq import quantize_hqq
 from .recipe import CALIBRATED, SCALED, Recipe, TensorRecipe
 from .rtn import quantize_rtn
-from .tensor import QuantizedTensor, concat_rows, layer_group
+from .tensor import QuantizedTensor, layer_group
 
 Progress = Callable[[int, int, str], None]
 
@@ -67,7 +67,6 @@ class DequantizedWeights(Mapping[str, np.ndarray]):
 
     def __init__(self, model: QuantizedModel):
         self.model = model
-        self._last: tuple[str, QuantizedTensor] | None = None
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name in self.model.quantized:
@@ -75,12 +74,13 @@ class DequantizedWeights(Mapping[str, np.ndarray]):
         return self.model.dense[name]
 
     def take(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """Rows of one weight, dequantizing only those (the tensor read last is kept for the next call)."""
-        if name not in self.model.quantized:
+        """Rows of one weight, dequantizing (and, from spilled tensors, reading) only those."""
+        quantized = self.model.quantized
+        if name not in quantized:
             return self.model.dense[name][rows]
-        if self._last is None or self._last[0] != name:
-            self._last = (name, self.model.quantized[name])
-        return self._last[1].take_rows(rows).dequantize()
+        take_rows = getattr(quantized, "take_rows", None)
+        qt = take_rows(name, rows) if take_rows else quantized[name].take_rows(rows)
+        return qt.dequantize()
 
     def __iter__(self) -> Iterator[str]:
         yield from self.model.quantized
@@ -183,14 +183,29 @@ ROW_BLOCK = 8192  # output rows quantized at a time for the big matrices (embedd
 
 def _quantize_by_rows(store, name: str, how: TensorRecipe, hessian: np.ndarray | None) -> QuantizedTensor:
     """Every algorithm used here treats output rows independently (AWQ's scales, which do not, are
-    folded before), so a vocabulary-sized matrix is quantized a block of rows at a time."""
+    folded before), so a vocabulary-sized matrix is quantized a block of rows at a time, into
+    arrays allocated once."""
     n = store.infos()[name].shape[0]
-    parts = []
+    whole: QuantizedTensor | None = None
     for start in range(0, n, ROW_BLOCK):
-        parts.append(quantize_tensor(store.rows(name, start, min(n, start + ROW_BLOCK)), how, hessian))
+        stop = min(n, start + ROW_BLOCK)
+        part = quantize_tensor(store.rows(name, start, stop), how, hessian)
+        if whole is None:
+            zeros = None if part.zeros is None else np.empty((n, part.zeros.shape[1]), np.float32)
+            whole = QuantizedTensor(
+                np.empty((n, part.codes.shape[1]), np.uint8),
+                np.empty((n, part.scales.shape[1]), np.float32),
+                zeros,
+                part.bits,
+                part.group_size,
+                (n, part.shape[1]),
+                part.algorithm,
+            )
+        whole.codes[start:stop], whole.scales[start:stop] = part.codes, part.scales
+        if whole.zeros is not None:
+            whole.zeros[start:stop] = part.zeros
     store.release(name)
-    whole = concat_rows(parts)
-    assert whole is not None  # blocks of one tensor under one recipe are alike
+    assert whole is not None
     return whole
 
 
