@@ -43,10 +43,11 @@ $(VENV)/.bench: $(VENV)/.dev
 	touch $@
 
 bench: $(VENV)/.bench $(VENV)/.demo
-	$(BIN)/edgekit export $(SMOLLM2) -o $(DEMO_ARTIFACT) --overwrite
+	$(BIN)/edgekit export $(SMOLLM2) -o $(DEMO_ARTIFACT) --profile auto --overwrite
 	$(BIN)/python bench/peer_exports.py --out out/peers
 	$(BIN)/python bench/speed.py --artifact $(DEMO_ARTIFACT) --gguf $(SMOLLM2) \
 		--genai-artifact out/peers/smollm2-genai-int4
+	$(BIN)/python bench/export_memory.py --shape 1b
 	$(BIN)/python bench/quant_quality.py
 
 test: $(VENV)/.dev
