@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -137,6 +138,8 @@ class Terminal:
 
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # child
+            # a runner started in the background ignores SIGINT, and exec would pass that on
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.execv(sys.executable, [sys.executable, *args])
         self.seen = ""
 
