@@ -79,6 +79,7 @@ def test_eval_quantized_tiny(runner, tiny_models, tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
+    assert f"calibrating on {calibration}" in result.output
     rows = json.loads(result.output[result.output.index("[") :])
     assert [r["model"] for r in rows] == ["source", "gptq 4-bit g32"]
     assert rows[1]["kl"] > 0 and 0 < rows[1]["top1"] <= 1 and rows[1]["bits_per_weight"] < 8

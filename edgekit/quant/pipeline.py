@@ -120,20 +120,29 @@ def _points(spec: ModelSpec, n: int) -> dict[str, list[str]]:
 
 
 class _Hessians:
-    """Accumulates the mean X^T X per projection input over calibration sequences."""
+    """Accumulates the mean X^T X per projection input over calibration sequences, in float32 and
+    in place: for a model's widest input (the down projection's) one K x K matrix is hundreds of MB."""
 
     def __init__(self) -> None:
         self.sums: dict[str, np.ndarray] = {}
         self.rows: dict[str, int] = {}
 
     def __call__(self, name: str, x: np.ndarray) -> None:
-        x = x.astype(np.float32)
-        h = (x.T @ x).astype(np.float64)
-        self.sums[name] = self.sums[name] + h if name in self.sums else h
+        x = np.asarray(x, dtype=np.float32)
+        if name in self.sums:
+            self.sums[name] += x.T @ x
+        else:
+            self.sums[name] = x.T @ x
         self.rows[name] = self.rows.get(name, 0) + len(x)
 
     def get(self, name: str) -> np.ndarray | None:
-        return None if name not in self.sums else (self.sums[name] / self.rows[name]).astype(np.float32)
+        return None if name not in self.sums else self.sums[name] / np.float32(self.rows[name])
+
+    def rescale(self, name: str, s: np.ndarray) -> None:
+        """The Hessian of the inputs divided by s (AWQ folded s into the layer before)."""
+        h = self.sums[name]
+        h /= s[:, None]
+        h /= s[None, :]
 
 
 def _fold_awq(spec: ModelSpec, n: int, w: dict[str, np.ndarray], point: str, s: np.ndarray) -> None:
@@ -279,7 +288,7 @@ def quantize_checkpoint(
                     rms=_awq_rms(spec, point, hessian),
                 )
                 _fold_awq(spec, n, w, point, s)
-                hessians.sums[point] /= np.outer(s, s)
+                hessians.rescale(point, s)
         for point, targets in points.items():
             for t in targets:
                 put(t, w[t], hessians.get(point))
