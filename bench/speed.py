@@ -5,7 +5,10 @@ Engines (each measured in its own process, so peak RSS is its own):
 - llama.cpp: llama-cpp-python on the same model as GGUF (skipped when not installed);
 - onnxruntime-genai: its own runtime on its own builder's int4 export (--genai-artifact; made by
   bench/peer_exports.py; skipped when not installed);
-- transformers: fp32 PyTorch on the source checkpoint (skipped when not installed).
+- transformers: fp32 PyTorch on the source checkpoint (skipped when not installed);
+- edgekit-mlx: an MLX artifact exported by edgekit (--mlx-artifact), on edgekit's MLX runtime;
+- mlx-lm: mlx-lm's own runtime on that same folder, as it loads it (the artifact's float16), and
+  mlx-lm-fp32 with its model cast to float32 (what edgekit's runtime computes in on MLX's CPU).
 
 Protocol as llama-bench: a prompt of --prompt-tokens tokens (pp), then --gen-tokens tokens
 generated one at a time ignoring end of sequence (tg); --threads threads; medians of --repeat runs.
@@ -37,10 +40,11 @@ def prompt_ids(n: int, vocab: int = 49152) -> list[int]:
     return [int(i) for i in np.random.default_rng(0).integers(100, min(vocab, 30000), n)]
 
 
-def run_edgekit(args) -> dict:
+def run_edgekit(args, artifact: Path | None = None) -> dict:
     from edgekit.runtimes.loader import load_runtime
 
-    loaded = load_runtime(args.artifact, max_context=args.prompt_tokens + args.gen_tokens + 8, threads=args.threads)
+    context = args.prompt_tokens + args.gen_tokens + 8
+    loaded = load_runtime(artifact or args.artifact, max_context=context, threads=args.threads)
     rt = loaded.runtime
     ids = prompt_ids(args.prompt_tokens, loaded.spec.vocab_size)
     rt.prefill(ids[:16])  # warm up
@@ -136,12 +140,43 @@ def run_transformers(args) -> dict:
     return {"pp": pp, "tg": tg, "ttft": ttft}
 
 
+def run_mlx_lm(args, float32: bool = False) -> dict:
+    import mlx.core as mx
+    from mlx_lm import load
+    from mlx_lm.models.cache import make_prompt_cache
+
+    model, _ = load(str(args.mlx_artifact))
+    if float32:
+        model.set_dtype(mx.float32)
+    ids = prompt_ids(args.prompt_tokens)
+    pp, tg, ttft = [], [], []
+    for _ in range(args.repeat):
+        cache = make_prompt_cache(model)
+        t0 = time.perf_counter()
+        logits = model(mx.array(ids)[None], cache=cache)[:, -1, :]
+        mx.eval(logits)
+        t1 = time.perf_counter()
+        for _ in range(args.gen_tokens):
+            token = mx.argmax(logits, axis=-1)
+            logits = model(token[None], cache=cache)[:, -1, :]
+            mx.eval(logits)
+        t2 = time.perf_counter()
+        pp.append(len(ids) / (t1 - t0))
+        tg.append(args.gen_tokens / (t2 - t1))
+        ttft.append(t1 - t0)
+    return {"pp": pp, "tg": tg, "ttft": ttft}
+
+
 ENGINES = {
     "edgekit": run_edgekit,
     "llama.cpp": run_llamacpp,
     "onnxruntime-genai": run_genai,
     "transformers": run_transformers,
+    "edgekit-mlx": lambda args: run_edgekit(args, args.mlx_artifact),
+    "mlx-lm": run_mlx_lm,
+    "mlx-lm-fp32": lambda args: run_mlx_lm(args, float32=True),
 }
+PEERS = {"edgekit": ("llama.cpp", "onnxruntime-genai", "transformers"), "edgekit-mlx": ("mlx-lm", "mlx-lm-fp32")}
 
 
 def measure_in_subprocess(engine: str, argv: list[str]) -> dict | None:
@@ -163,11 +198,12 @@ def main() -> None:
         default=None,
         help="onnxruntime-genai's own export [default: edgekit's artifact, which it also loads]",
     )
+    parser.add_argument("--mlx-artifact", type=Path, default=None, help="edgekit's MLX export of the same model")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--gen-tokens", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--engines", default="edgekit,llama.cpp,onnxruntime-genai,transformers")
     parser.add_argument("--engine", help=argparse.SUPPRESS)
     parser.add_argument("-o", "--output", type=Path, default=Path("bench/results/speed.json"))
     args = parser.parse_args()
@@ -189,6 +225,7 @@ def main() -> None:
         str(args.gen_tokens),
         "--repeat",
         str(args.repeat),
+        *(["--mlx-artifact", str(args.mlx_artifact)] if args.mlx_artifact else []),
     ]
     rows = {}
     for engine in args.engines.split(","):
@@ -209,13 +246,11 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for engine, r in rows.items():
         print(f"| {engine} | {r['pp']:.0f} | {r['tg']:.1f} | {r['ttft_ms']:.0f} | {r['peak_rss_mb']:.0f} |")
-    if "edgekit" in rows:
-        for engine, r in rows.items():
-            if engine != "edgekit":
-                print(
-                    f"edgekit / {engine}: prefill x{rows['edgekit']['pp'] / r['pp']:.2f}, "
-                    f"decode x{rows['edgekit']['tg'] / r['tg']:.2f}"
-                )
+    for ours, peers in PEERS.items():
+        for engine in peers:
+            if ours in rows and engine in rows:
+                a, b = rows[ours], rows[engine]
+                print(f"{ours} / {engine}: prefill x{a['pp'] / b['pp']:.2f}, decode x{a['tg'] / b['tg']:.2f}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
         json.dumps(

@@ -10,6 +10,7 @@ from edgekit.device_profiles import (
     ProfileError,
     detect,
     load_profile,
+    match,
     parse_profile,
     profile_names,
     shipped_profiles,
@@ -64,6 +65,15 @@ def test_detection_on_faked_facts(expected):
 def test_windows_on_x86_with_cuda_is_not_a_jetson():
     facts = HostFacts("windows", "x86_64", "", "Intel", frozenset(), CUDA)
     assert detect(facts).profile.name == "nvidia-cuda"
+
+
+def test_mlx_cpu_matches_where_mlx_is_installed_but_is_used_only_by_name():
+    linux_with_mlx = HostFacts("linux", "x86_64", "", "AMD EPYC", frozenset({"avx2"}), CPU, mlx=True)
+    profile = load_profile("mlx-cpu")
+    assert not profile.auto and profile.export.format == "mlx"
+    assert match(profile, linux_with_mlx).matched
+    assert not match(profile, HostFacts("linux", "x86_64")).matched
+    assert detect(linux_with_mlx).profile.name == "generic-x86-64-cpu"  # ONNX is the fast path there
 
 
 def test_an_unknown_machine_has_no_profile():

@@ -28,6 +28,7 @@ def devices(as_json: bool) -> None:
                 "flavor": m.profile.export.flavor,
                 "matches": m.matched,
                 "selected": best is not None and m.profile.name == best.profile.name,
+                "auto": m.profile.auto,
                 "reasons": list(m.reasons),
             }
             for m in matches
@@ -40,5 +41,7 @@ def devices(as_json: bool) -> None:
         mark = "*" if best is not None and m.profile.name == best.profile.name else " "
         export = f"{m.profile.export.format}/{m.profile.export.flavor}"
         why = ("matches: " if m.matched else "") + "; ".join(m.reasons)
+        if not m.profile.auto:
+            why += " (used only by name)"
         click.echo(f"{mark} {m.profile.name:<{width}}  {export:<9}  {why}")
         click.echo(f"  {'':<{width}}  {'':<9}  {m.profile.description}")

@@ -8,6 +8,7 @@ first one names more of it.
 
 from __future__ import annotations
 
+import importlib.util
 import platform
 import sys
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ class HostFacts:
     cpu_features: frozenset[str] = field(default_factory=frozenset)
     providers: tuple[str, ...] = ()
     metal: bool = False
+    mlx: bool = False
 
     def summary(self) -> str:
         parts = [f"{self.os} {self.arch}"]
@@ -37,6 +39,8 @@ class HostFacts:
         parts.append("providers: " + ", ".join(self.providers))
         if self.metal:
             parts.append("Metal")
+        if self.mlx:
+            parts.append("mlx installed")
         return "; ".join(parts)
 
 
@@ -100,6 +104,7 @@ def gather() -> HostFacts:
         cpu_features=features,
         providers=tuple(onnxruntime.get_available_providers()),
         metal=os_name == "darwin" and arch == "aarch64",
+        mlx=importlib.util.find_spec("mlx") is not None,
     )
 
 
@@ -151,6 +156,12 @@ def match(profile: DeviceProfile, facts: HostFacts) -> Match:
             "Metal" if d.metal else "no Metal",
             "Metal" if facts.metal else "no Metal",
         ),
+        (
+            d.mlx is not None,
+            lambda: facts.mlx == d.mlx,
+            "mlx installed" if d.mlx else "mlx not installed",
+            "installed" if facts.mlx else "not installed",
+        ),
     ]
     reasons = []
     for listed, holds, wanted, have in checks:
@@ -163,5 +174,6 @@ def match(profile: DeviceProfile, facts: HostFacts) -> Match:
 
 
 def best_match(profiles: list[DeviceProfile], facts: HostFacts) -> Match | None:
-    matches = [m for m in (match(p, facts) for p in profiles) if m.matched]
+    """The matching profile that names most of this machine, among those `auto` may pick."""
+    matches = [m for m in (match(p, facts) for p in profiles if p.auto) if m.matched]
     return max(matches, key=lambda m: m.score, default=None)

@@ -35,6 +35,7 @@ class Detect:
     cpu_features: tuple[str, ...] = ()  # every one must be present
     providers: tuple[str, ...] = ()  # every one must be available in onnxruntime
     metal: bool | None = None
+    mlx: bool | None = None  # the `mlx` package is installed
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class DeviceProfile:
     detect: Detect = Detect()
     export: ExportSettings = ExportSettings()
     runtime: RuntimeSettings = RuntimeSettings()
+    auto: bool = True  # False: used only when asked for by name, never picked by `--profile auto`
     path: Path | None = None
 
 

@@ -6,13 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ..errors import EdgekitError
 from ..quant.pipeline import QuantizedModel
-from ..reference import ReferenceModel
 from ..sources.checkpoint import Checkpoint
 from .onnx_decoder import DecoderBuilder, OnnxOptions
+from .verify import compare_with_reference, run_greedy
 
 MODEL_FILE = "model.onnx"  # logits of the last position only: what generation needs
 ALL_LOGITS_FILE = "model.all_logits.onnx"  # every position (evaluation, onnxruntime-genai), same weights
@@ -117,32 +114,9 @@ def verify_onnx(
     _build(folder, qm, replace(options, all_logits=False, accuracy_level=0), VERIFY_FILE, written)
     try:
         runtime = OnnxRuntime(folder / VERIFY_FILE, checkpoint.spec, min(options.max_context, len(prompt) + steps + 1))
-        ids = list(prompt)
-        got = [runtime.prefill(ids)]
-        for _ in range(steps):
-            token = int(np.argmax(got[-1]))
-            ids.append(token)
-            got.append(runtime.decode(token))
+        ids, got = run_greedy(runtime, prompt, steps)
         del runtime  # its weights go before the reference's come, one layer at a time
     finally:
         (folder / VERIFY_FILE).unlink(missing_ok=True)
-    reference = ReferenceModel(checkpoint.spec, {}, layers=False, head=False)
-    expected = reference.forward_streamed(qm.weights(), ids)[len(prompt) - 1 :]
-    got_arr = np.stack(got)
-    error = float(np.abs(got_arr - expected).max() / np.abs(expected).max())
-    agree = float(np.mean(got_arr.argmax(-1) == expected.argmax(-1)))
-    tolerance = 1e-3
-    result = {
-        "checked": True,
-        "graph": "model.onnx with float32 compute",
-        "max_rel_error": error,
-        "tolerance": tolerance,
-        "top1_agreement": agree,
-        "positions": len(got),
-    }
-    if error > tolerance:
-        raise EdgekitError(
-            f"verification failed: ONNX logits differ from the reference by {error:.2e} "
-            f"(tolerance {tolerance:.2g}), top-1 agreement {agree:.0%}; nothing was written"
-        )
-    return result
+    result = compare_with_reference(got, ids, len(prompt), checkpoint.spec, qm.weights(), "ONNX")
+    return {"graph": "model.onnx with float32 compute", **result}

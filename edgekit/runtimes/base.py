@@ -7,6 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
+from ..errors import EdgekitError
+
 
 class Runtime(Protocol):
     max_context: int
@@ -25,3 +27,14 @@ class Runtime(Protocol):
 
     def trim(self, length: int) -> None:
         """Forget every position from `length` on."""
+
+
+def check_room(length: int, new: int, max_context: int) -> int:
+    """The cache length after `new` more positions; an error when the context cannot hold them."""
+    total = length + new
+    if total > max_context:
+        raise EdgekitError(
+            f"the sequence needs {total} positions but the session's context is "
+            f"{max_context}; start a new conversation or load with a larger max_context"
+        )
+    return total

@@ -29,6 +29,12 @@ class Loaded:
 DEFAULT_PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
+def _ids(value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    return tuple(int(v) for v in value) if isinstance(value, list) else (int(value),)
+
+
 def load_runtime(
     path: str | Path,
     max_context: int | None = None,
@@ -39,6 +45,9 @@ def load_runtime(
     """providers: ONNX Runtime execution providers in order of preference, a name or (name, options);
     default: the artifact flavor's. threads: 0 or None = ONNX Runtime's choice."""
     from ..exporters.artifact import MANIFEST, read_manifest
+    from ..exporters.onnx import MODEL_FILE
+    from .mlx import MlxRuntime, is_mlx_folder
+    from .onnx import OnnxRuntime
 
     folder = Path(path)
     if (folder / MANIFEST).is_file():
@@ -50,25 +59,30 @@ def load_runtime(
                 f"{folder}: max context {max_context} is longer than the artifact's "
                 f"{manifest['max_context']}; re-export with --max-context {max_context}"
             )
-        from ..exporters.onnx import MODEL_FILE
-        from .onnx import OnnxRuntime
-
+        eos = tuple(manifest.get("eos_token_ids", spec.eos_token_ids))
+        tokenizer = TextTokenizer(read_tokenizer_files(folder), eos)  # the artifact keeps HF's file layout
+        name = manifest["source"]["name"]
+        if manifest["format"] == "mlx":
+            runtime: Runtime = MlxRuntime(folder, context, prefill_chunk=prefill_chunk)
+            return Loaded(runtime, tokenizer, spec, name, "mlx", manifest)
         flavor = manifest["flavor"]
         if flavor not in DEFAULT_PROVIDERS:
             raise EdgekitError(f"{folder}: flavor '{flavor}' cannot be run by this edgekit; re-export for cpu or cuda")
-        kv = np.float16 if flavor == "cuda" else np.float32
         runtime = OnnxRuntime(
             folder / MODEL_FILE,
             spec,
             context,
             providers=providers or DEFAULT_PROVIDERS[flavor],
             threads=threads or None,
-            kv_dtype=kv,
+            kv_dtype=np.float16 if flavor == "cuda" else np.float32,
             prefill_chunk=prefill_chunk,
         )
-        eos = tuple(manifest.get("eos_token_ids", spec.eos_token_ids))
-        tokenizer = TextTokenizer(read_tokenizer_files(folder), eos)  # the artifact keeps HF's file layout
-        return Loaded(runtime, tokenizer, spec, manifest["source"]["name"], "onnx", manifest)
+        return Loaded(runtime, tokenizer, spec, name, "onnx", manifest)
+    if is_mlx_folder(folder):  # an mlx-lm conversion
+        runtime = MlxRuntime(folder, max_context, prefill_chunk=prefill_chunk)
+        files = read_tokenizer_files(folder)
+        eos = tuple(dict.fromkeys(runtime.spec.eos_token_ids + _ids(files.generation_config.get("eos_token_id"))))
+        return Loaded(runtime, TextTokenizer(files, eos), runtime.spec, folder.name, "mlx")
     from ..reference import ReferenceModel
     from ..sources import open_checkpoint
     from .reference import ReferenceRuntime

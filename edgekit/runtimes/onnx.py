@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import EdgekitError
 from ..spec import ModelSpec
+from .base import check_room
 
 
 def make_session(
@@ -84,13 +85,7 @@ class OnnxRuntime:
             self.binding.bind_ortvalue_output(f"present.{n}.value", v)
 
     def _check_room(self, new: int) -> int:
-        total = self.length + new
-        if total > self.max_context:
-            raise EdgekitError(
-                f"the sequence needs {total} positions but the session's context is "
-                f"{self.max_context}; start a new conversation or load with a larger max_context"
-            )
-        return total
+        return check_room(self.length, new, self.max_context)
 
     def _run(self, ids: Sequence[int]) -> np.ndarray:
         """Logits [positions returned, vocab]."""

@@ -11,6 +11,7 @@ import json
 import math
 import mmap
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ DTYPES: dict[str, tuple[str, int]] = {
     "I16": ("<i2", 2),
     "I8": ("i1", 1),
     "U8": ("u1", 1),
+    "U32": ("<u4", 4),
     "BOOL": ("?", 1),
 }
 _NUMPY_TO_ST = {
@@ -41,6 +43,7 @@ _NUMPY_TO_ST = {
     "int16": "I16",
     "int8": "I8",
     "uint8": "U8",
+    "uint32": "U32",
     "bool": "BOOL",
 }
 
@@ -163,24 +166,35 @@ def write_safetensors(
     bf16: frozenset[str] = frozenset(),
 ) -> None:
     """Write tensors to one safetensors file. Names in `bf16` are stored as BF16."""
+    plan = [(n, "BF16" if n in bf16 else _NUMPY_TO_ST[a.dtype.name], tuple(a.shape)) for n, a in tensors.items()]
+    write_safetensors_streamed(path, plan, tensors.__getitem__, metadata)
+
+
+def write_safetensors_streamed(
+    path: Path,
+    plan: list[tuple[str, str, tuple[int, ...]]],
+    produce: Callable[[str], np.ndarray],
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write the tensors of `plan` (name, safetensors dtype, shape) to one file, asking `produce`
+    for each one only when its turn comes, so a file bigger than memory can be written."""
     header: dict[str, object] = {"__metadata__": {"format": "pt", **(metadata or {})}}
-    blobs: list[bytes] = []
     offset = 0
-    for name, array in tensors.items():
-        if name in bf16:
-            data, dtype = f32_to_bf16(array), "BF16"
-        else:
-            data = np.ascontiguousarray(array)
-            dtype = _NUMPY_TO_ST[data.dtype.name]
-            data = data.astype(data.dtype.newbyteorder("<"), copy=False)
-        blob = data.tobytes()
-        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
+    for name, dtype, shape in plan:
+        size = math.prod(shape) * DTYPES[dtype][1]
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(encoded)))
         f.write(encoded)
-        for blob in blobs:
-            f.write(blob)
+        for name, dtype, shape in plan:
+            array = produce(name)
+            if dtype == "BF16":
+                data = f32_to_bf16(array)
+            else:
+                data = np.ascontiguousarray(array, dtype=np.dtype(DTYPES[dtype][0]))
+            if data.shape != tuple(shape):
+                raise ValueError(f"tensor '{name}': planned shape {list(shape)}, produced {list(data.shape)}")
+            f.write(data.tobytes())

@@ -1,0 +1,49 @@
+"""The check every export ends with: the artifact's runtime against the numpy reference on the same
+weights, for a prompt and a few cached greedy decode steps."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import EdgekitError
+from ..reference import ReferenceModel
+from ..runtimes.base import Runtime
+from ..spec import ModelSpec
+
+TOLERANCE = 1e-3  # max |logit difference| over the largest |logit|
+
+
+def run_greedy(runtime: Runtime, prompt: list[int], steps: int) -> tuple[list[int], np.ndarray]:
+    """The prompt plus `steps` greedy tokens, and the logits [steps + 1, vocab] that chose them."""
+    ids = list(prompt)
+    got = [runtime.prefill(ids)]
+    for _ in range(steps):
+        token = int(np.argmax(got[-1]))
+        ids.append(token)
+        got.append(runtime.decode(token))
+    return ids, np.stack(got)
+
+
+def compare_with_reference(
+    got: np.ndarray, ids: list[int], prompt_length: int, spec: ModelSpec, weights: Mapping[str, np.ndarray], what: str
+) -> dict[str, Any]:
+    """Raises when `got` (from run_greedy) is not the reference's logits within TOLERANCE."""
+    reference = ReferenceModel(spec, {}, layers=False, head=False)
+    expected = reference.forward_streamed(weights, ids)[prompt_length - 1 :]
+    error = float(np.abs(got - expected).max() / np.abs(expected).max())
+    agree = float(np.mean(got.argmax(-1) == expected.argmax(-1)))
+    if error > TOLERANCE:
+        raise EdgekitError(
+            f"verification failed: {what} logits differ from the reference by {error:.2e} "
+            f"(tolerance {TOLERANCE:.2g}), top-1 agreement {agree:.0%}; nothing was written"
+        )
+    return {
+        "checked": True,
+        "max_rel_error": error,
+        "tolerance": TOLERANCE,
+        "top1_agreement": agree,
+        "positions": len(got),
+    }

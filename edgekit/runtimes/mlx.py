@@ -1,0 +1,123 @@
+"""MLX backend: mlx-lm layout folders (edgekit's MLX artifacts and mlx-lm's own conversions) on
+Metal, or on MLX's CPU backend elsewhere.
+
+Activations are float32 on the CPU (MLX's CPU kernels are fastest there and the numpy reference
+is matched within 1e-3) and float16 on the GPU. A token costs one graph evaluation: the layers
+are built lazily and evaluated once, cache updates included.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import EdgekitError, require
+from ..spec import ModelSpec
+from .base import check_room
+
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def is_mlx_folder(folder: Path) -> bool:
+    """An mlx-lm model folder: a config.json with a `quantization` key beside safetensors files."""
+    config = folder / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and "quantization" in data and any(folder.glob("*.safetensors"))
+
+
+def weight_files(folder: Path) -> list[Path]:
+    index = folder / INDEX_FILE
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [folder / f for f in dict.fromkeys(weight_map.values())]
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise EdgekitError(f"{folder}: no .safetensors files; this is not an MLX model folder")
+    return files
+
+
+def _mx():
+    return require("mlx.core", "mlx")
+
+
+class MlxRuntime:
+    def __init__(
+        self,
+        folder: str | Path,
+        max_context: int | None = None,
+        *,
+        dtype: str | None = None,
+        prefill_chunk: int | None = None,
+    ):
+        mx = _mx()
+        from .mlx_decoder import KVCache, Model
+
+        self.folder = Path(folder)
+        config_path = self.folder / "config.json"
+        try:
+            self.config: dict[str, Any] = json.loads(config_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise EdgekitError(f"{config_path}: cannot read the MLX model config ({exc})") from None
+        self.spec = ModelSpec.from_config(self.config, str(config_path))
+        self.quantization = self.config.get("quantization") or self.config.get("quantization_config") or {}
+        self.max_context = min(max_context or self.spec.max_position_embeddings, self.spec.max_position_embeddings)
+        self.prefill_chunk = prefill_chunk or 512
+        on_gpu = mx.default_device() == mx.gpu
+        self.dtype = getattr(mx, dtype or ("float16" if on_gpu else "float32"))
+        weights: dict[str, Any] = {}
+        for path in weight_files(self.folder):
+            weights.update(mx.load(str(path)))
+        weights = {k: v if v.dtype == mx.uint32 else v.astype(self.dtype) for k, v in weights.items()}
+        self.model = Model(self.spec, weights, self._settings)
+        mx.eval([v for v in weights.values()])
+        self._new_cache = lambda: [KVCache(self.max_context) for _ in range(self.spec.num_layers)]
+        self.caches = self._new_cache()
+
+    def _settings(self, module: str) -> tuple[int, int]:
+        q = self.quantization
+        entry = q.get(module)
+        entry = entry if isinstance(entry, dict) else {}
+        if "bits" not in q and "bits" not in entry:
+            raise EdgekitError(f"{self.folder}/config.json: quantized module {module} but no quantization bits")
+        return entry.get("bits", q.get("bits")), entry.get("group_size", q.get("group_size", 64))
+
+    @property
+    def length(self) -> int:
+        return self.caches[0].offset
+
+    def _run(self, ids: Sequence[int], last_only: bool = True) -> np.ndarray:
+        mx = _mx()
+        logits = self.model(mx.array(np.asarray(ids, dtype=np.int32)), self.caches, last_only)
+        mx.eval(logits)
+        return np.array(logits.astype(mx.float32))
+
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        check_room(self.length, len(ids), self.max_context)
+        for start in range(0, len(ids), self.prefill_chunk):
+            logits = self._run(ids[start : start + self.prefill_chunk])
+        return logits[-1]
+
+    def decode(self, token: int) -> np.ndarray:
+        check_room(self.length, 1, self.max_context)
+        return self._run([token])[-1]
+
+    def logits_all(self, ids: Sequence[int]) -> np.ndarray:
+        self.reset()
+        check_room(0, len(ids), self.max_context)
+        return self._run(ids, last_only=False)
+
+    def reset(self) -> None:
+        self.trim(0)
+
+    def trim(self, length: int) -> None:
+        for cache in self.caches:
+            cache.offset = min(cache.offset, length)

@@ -1,0 +1,218 @@
+"""The decoder families in MLX: one model file, top to bottom, in the style of mlx-lm's.
+
+The supported families are Llama with switches (fused projections for phi3, q/k/v biases for
+qwen2, q/k norms for qwen3), and ModelSpec carries those switches, so one file covers them, as
+one graph builder does for ONNX. Weights arrive under HF names, quantized in MLX's affine layout
+(uint32 `weight`, `scales`, `biases`) or dense; q/k/v and gate/up are fused into one matmul each
+at load when they were quantized alike.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+from ..rope import inv_freq
+from ..spec import ModelSpec
+
+
+@dataclass
+class Linear:
+    """y = x W^T + b, with W quantized (affine, MLX layout) or dense [out, in]."""
+
+    weight: mx.array
+    bias: mx.array | None = None
+    scales: mx.array | None = None
+    biases: mx.array | None = None
+    group_size: int = 0
+    bits: int = 0
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self.scales is not None:
+            y = mx.quantized_matmul(
+                x, self.weight, self.scales, self.biases, transpose=True, group_size=self.group_size, bits=self.bits
+            )
+        else:
+            y = x @ self.weight.T
+        return y if self.bias is None else y + self.bias
+
+    def rows(self, ids: mx.array) -> mx.array:
+        """Rows of W (an embedding lookup), dequantized."""
+        if self.scales is None:
+            return self.weight[ids]
+        return mx.dequantize(
+            self.weight[ids], self.scales[ids], self.biases[ids], group_size=self.group_size, bits=self.bits
+        )
+
+    @staticmethod
+    def fuse(parts: list[Linear]) -> list[Linear]:
+        """One Linear stacking the outputs of `parts` when they are stored alike, else `parts`."""
+        first = parts[0]
+        alike = all(
+            (p.scales is None) == (first.scales is None)
+            and (p.bias is None) == (first.bias is None)
+            and (p.group_size, p.bits) == (first.group_size, first.bits)
+            for p in parts
+        )
+        if not alike:
+            return parts
+
+        def cat(attr: str) -> mx.array | None:
+            arrays = [getattr(p, attr) for p in parts]
+            return None if arrays[0] is None else mx.concatenate(arrays, axis=0)
+
+        fused = Linear(cat("weight"), cat("bias"), cat("scales"), cat("biases"), first.group_size, first.bits)
+        return [fused]
+
+
+def apply_all(linears: list[Linear], x: mx.array) -> mx.array:
+    return linears[0](x) if len(linears) == 1 else mx.concatenate([f(x) for f in linears], axis=-1)
+
+
+class KVCache:
+    """Keys and values [1, kv_heads, capacity, head_dim] of one layer, grown `step` positions at a time."""
+
+    step = 256
+
+    def __init__(self, capacity_limit: int):
+        self.limit = capacity_limit
+        self.keys: mx.array | None = None
+        self.values: mx.array | None = None
+        self.offset = 0
+
+    def update(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
+        start, t = self.offset, k.shape[2]
+        if self.keys is None or start + t > self.keys.shape[2]:
+            capacity = min(self.limit, -(-(start + t) // self.step) * self.step)
+            shape = (1, k.shape[1], capacity, k.shape[3])
+            keys, values = mx.zeros(shape, k.dtype), mx.zeros(shape, v.dtype)
+            if self.keys is not None and start:
+                keys[..., :start, :] = self.keys[..., :start, :]
+                values[..., :start, :] = self.values[..., :start, :]
+            self.keys, self.values = keys, values
+        self.keys[..., start : start + t, :] = k
+        self.values[..., start : start + t, :] = v
+        self.offset = start + t
+        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
+
+
+class Rotary:
+    """HF's half-split rotary over the first rotary_dim channels, with the family's scaling
+    (the frequencies and yarn's attention factor come from edgekit.rope, as for every backend)."""
+
+    def __init__(self, spec: ModelSpec):
+        freqs, self.attention = inv_freq(spec)
+        self.dims = spec.rotary_dim
+        self.periods = mx.array(1.0 / freqs)
+
+    def __call__(self, x: mx.array, offset: int) -> mx.array:
+        if self.attention != 1.0:
+            x = mx.concatenate([x[..., : self.dims] * self.attention, x[..., self.dims :]], axis=-1)
+        return mx.fast.rope(x, self.dims, traditional=False, base=None, scale=1.0, offset=offset, freqs=self.periods)
+
+
+def _activation(name: str):
+    if name == "silu":
+        return lambda x: x * mx.sigmoid(x)
+    return lambda x: 0.5 * x * (1.0 + mx.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+
+
+class Attention:
+    def __init__(self, spec: ModelSpec, w: dict, p: str, linear):
+        self.spec = spec
+        if spec.fused_qkv:
+            self.qkv = [linear(p + "qkv_proj")]
+        else:
+            self.qkv = Linear.fuse([linear(p + n) for n in ("q_proj", "k_proj", "v_proj")])
+        self.o_proj = linear(p + "o_proj")
+        self.q_norm = w.get(p + "q_norm.weight")
+        self.k_norm = w.get(p + "k_norm.weight")
+        self.scale = spec.head_dim**-0.5
+
+    def __call__(self, x: mx.array, cache: KVCache, rotary: Rotary, mask) -> mx.array:
+        s, t = self.spec, x.shape[1]
+        qkv = apply_all(self.qkv, x)
+        q, k, v = mx.split(qkv, [s.q_size, s.q_size + s.kv_size], axis=-1)
+        q = q.reshape(1, t, s.num_heads, s.head_dim).transpose(0, 2, 1, 3)
+        k = k.reshape(1, t, s.num_kv_heads, s.head_dim).transpose(0, 2, 1, 3)
+        v = v.reshape(1, t, s.num_kv_heads, s.head_dim).transpose(0, 2, 1, 3)
+        if self.q_norm is not None:
+            q = mx.fast.rms_norm(q, self.q_norm, s.rms_norm_eps)
+            k = mx.fast.rms_norm(k, self.k_norm, s.rms_norm_eps)
+        q, k = rotary(q, cache.offset), rotary(k, cache.offset)
+        keys, values = cache.update(k, v)
+        out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale, mask=mask)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(1, t, s.q_size))
+
+
+class MLP:
+    def __init__(self, spec: ModelSpec, p: str, linear):
+        if spec.fused_gate_up:
+            self.gate_up = [linear(p + "gate_up_proj")]
+        else:
+            self.gate_up = Linear.fuse([linear(p + "gate_proj"), linear(p + "up_proj")])
+        self.down = linear(p + "down_proj")
+        self.act = _activation(spec.hidden_act)
+        self.inter = spec.intermediate_size
+
+    def __call__(self, x: mx.array) -> mx.array:
+        gate_up = apply_all(self.gate_up, x)
+        return self.down(self.act(gate_up[..., : self.inter]) * gate_up[..., self.inter :])
+
+
+class DecoderLayer:
+    def __init__(self, spec: ModelSpec, w: dict, n: int, linear):
+        p = f"model.layers.{n}."
+        self.eps = spec.rms_norm_eps
+        self.input_norm = w[p + "input_layernorm.weight"]
+        self.post_norm = w[p + "post_attention_layernorm.weight"]
+        self.attn = Attention(spec, w, p + "self_attn.", linear)
+        self.mlp = MLP(spec, p + "mlp.", linear)
+
+    def __call__(self, h: mx.array, cache: KVCache, rotary: Rotary, mask) -> mx.array:
+        h = h + self.attn(mx.fast.rms_norm(h, self.input_norm, self.eps), cache, rotary, mask)
+        return h + self.mlp(mx.fast.rms_norm(h, self.post_norm, self.eps))
+
+
+class Model:
+    """Embedding, decoder layers, final norm and (tied or own) lm_head."""
+
+    def __init__(self, spec: ModelSpec, weights: dict[str, mx.array], settings):
+        """weights: the folder's tensors (already in the compute dtype); settings(module) gives the
+        (bits, group_size) of a quantized module."""
+
+        def linear(module: str) -> Linear:
+            bias = weights.get(module + ".bias")
+            if module + ".scales" not in weights:
+                return Linear(weights[module + ".weight"], bias)
+            bits, group = settings(module)
+            w = weights
+            return Linear(w[module + ".weight"], bias, w[module + ".scales"], w[module + ".biases"], group, bits)
+
+        self.spec = spec
+        self.embed = linear("model.embed_tokens")
+        self.layers = [DecoderLayer(spec, weights, n, linear) for n in range(spec.num_layers)]
+        self.norm = weights["model.norm.weight"]
+        self.lm_head = self.embed if spec.tie_word_embeddings else linear("lm_head")
+        self.rotary = Rotary(spec)
+
+    def mask(self, offset: int, t: int):
+        window = self.spec.sliding_window
+        if window is None or offset + t <= window:
+            return "causal" if t > 1 else None
+        positions = mx.arange(offset, offset + t)[:, None]
+        keys = mx.arange(offset + t)[None, :]
+        return (keys <= positions) & (positions - keys < window)
+
+    def __call__(self, ids: mx.array, caches: list[KVCache], last_only: bool = True) -> mx.array:
+        """Logits [T or 1, vocab] of ids [T] following what the caches hold."""
+        t = ids.shape[0]
+        mask = self.mask(caches[0].offset, t)
+        h = self.embed.rows(ids)[None]
+        for layer, cache in zip(self.layers, caches, strict=True):
+            h = layer(h, cache, self.rotary, mask)
+        if last_only:
+            h = h[:, -1:, :]
+        return self.lm_head(mx.fast.rms_norm(h, self.norm, self.spec.rms_norm_eps))[0]

@@ -1,0 +1,207 @@
+"""MLX artifacts on MLX's CPU backend: packing against MLX's own kernels, parity with the numpy
+reference for every family, loading by mlx-lm and loading mlx-lm's conversions, agreement with
+the ONNX backend, and bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers import rel_err
+
+from edgekit.cli import cli
+from edgekit.errors import EdgekitError
+from edgekit.exporters.mlx import MlxFolderWeights, unpack_mlx, write_mlx
+from edgekit.exporters.pipeline import export
+from edgekit.quant.packing import to_mlx
+from edgekit.quant.pipeline import quantize_checkpoint
+from edgekit.quant.recipe import Recipe
+from edgekit.quant.rtn import quantize_rtn
+from edgekit.reference import ReferenceModel
+from edgekit.runtimes.loader import load_runtime
+from edgekit.runtimes.mlx import MlxRuntime
+from edgekit.sources import open_checkpoint
+from edgekit.testing import write_tiny_checkpoint
+
+mx = pytest.importorskip("mlx.core")
+
+PROMPT = [int(i) for i in np.random.default_rng(5).integers(3, 380, 20)]
+CASES = {
+    "llama": {},
+    "mistral-sliding-window": {"sliding_window": 12},
+    "qwen2": {},
+    "qwen3": {},
+    "phi3-partial-rotary": {"partial_rotary_factor": 0.5, "hidden_size": 128},
+    "llama-tied-llama3-rope": {
+        "tie_word_embeddings": True,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 64},
+    },
+    "qwen2-yarn": {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}},
+}
+FAST = Recipe(algorithm="rtn", group_size=32, lm_head_bits=8)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("zeros", ["integer", "float"])
+def test_packing_matches_mlx_dequantize(bits, zeros):
+    w = np.random.default_rng(0).standard_normal((48, 256)).astype(np.float32)
+    qt = quantize_rtn(w, bits, 64, symmetric=False)
+    if zeros == "float":  # HQQ's optimized zero points
+        qt.zeros = qt.zeros + np.float32(0.25)
+    packed = to_mlx(qt, np.float32)
+    assert np.array_equal(unpack_mlx(packed.weight, bits), qt.codes)
+    theirs = mx.dequantize(
+        mx.array(packed.weight), mx.array(packed.scales), mx.array(packed.biases), group_size=64, bits=bits
+    )
+    assert np.allclose(np.array(theirs), qt.dequantize(), atol=1e-6)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_mlx_matches_reference_prompt_and_32_decode_steps(tmp_path, case):
+    family = case.split("-")[0]
+    checkpoint = open_checkpoint(write_tiny_checkpoint(tmp_path / "hf", family, **CASES[case]))
+    qm = quantize_checkpoint(checkpoint, Recipe(algorithm="hqq", group_size=32, embedding_bits=4))
+    write_mlx(tmp_path, checkpoint, qm)
+    runtime = MlxRuntime(tmp_path, 64, dtype="float32", prefill_chunk=8)  # the prompt in three chunks
+    reference = ReferenceModel(checkpoint.spec, MlxFolderWeights.open(tmp_path))
+    ids = list(PROMPT)
+    got = [runtime.prefill(ids)]
+    for _ in range(32):
+        ids.append(int(np.argmax(got[-1])))
+        got.append(runtime.decode(ids[-1]))
+    expected = reference.forward(ids)[len(PROMPT) - 1 :]
+    assert rel_err(np.stack(got), expected) < 1e-3
+    assert runtime.length == len(ids)
+    assert rel_err(runtime.logits_all(PROMPT), reference.forward(PROMPT)) < 1e-3
+    runtime.trim(len(PROMPT) - 1)  # a cache trimmed back gives the same logits as before
+    assert rel_err(runtime.decode(PROMPT[-1]), expected[0]) < 1e-3
+
+
+@pytest.fixture(scope="module")
+def mlx_artifact(tmp_path_factory, tiny_models):
+    out = tmp_path_factory.mktemp("mlx") / "tiny-llama-mlx"
+    export(tiny_models["llama"], out, format="mlx", recipe=FAST, max_context=128)
+    return out
+
+
+def test_artifact_layout_and_manifest(mlx_artifact):
+    names = sorted(p.name for p in mlx_artifact.iterdir())
+    assert names == sorted(
+        [
+            "chat_template.jinja",
+            "config.json",
+            "edgekit.json",
+            "generation_config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ]
+    )
+    manifest = json.loads((mlx_artifact / "edgekit.json").read_text())
+    assert manifest["format"] == "mlx" and manifest["flavor"] is None and manifest["max_context"] == 128
+    assert manifest["verify"]["checked"] and manifest["verify"]["top1_agreement"] == 1.0
+    assert manifest["verify"]["packing_error_in_bias_roundings"] <= 1.0
+    config = json.loads((mlx_artifact / "config.json").read_text())
+    assert config["quantization"]["group_size"] == 32 and config["quantization"]["bits"] == 4
+    assert config["quantization"]["lm_head"] == {"group_size": 32, "bits": 8}  # per-layer override
+    assert config["quantization_config"] == config["quantization"]
+
+
+def test_layers_mlx_cannot_quantize_fall_back_per_layer(tmp_path):
+    # intermediate 80: the down projection's input is not a multiple of 32 (nor of 64/128)
+    checkpoint = open_checkpoint(write_tiny_checkpoint(tmp_path / "hf", "llama", intermediate_size=80))
+    qm = quantize_checkpoint(checkpoint, FAST)
+    write_mlx(tmp_path, checkpoint, qm)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["quantization"]["model.layers.0.mlp.down_proj"] is False
+    weights = MlxFolderWeights.open(tmp_path)
+    assert weights.packed("model.layers.0.mlp.down_proj.weight") is None
+    runtime = MlxRuntime(tmp_path, 64, dtype="float32")
+    reference = ReferenceModel(checkpoint.spec, weights)
+    assert rel_err(runtime.logits_all(PROMPT), reference.forward(PROMPT)) < 1e-3
+
+
+def test_sharded_weights_load_like_one_file(tmp_path, tiny_models):
+    checkpoint = open_checkpoint(tiny_models["qwen3"])
+    qm = quantize_checkpoint(checkpoint, FAST)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "many").mkdir()
+    write_mlx(tmp_path / "one", checkpoint, qm)
+    files = write_mlx(tmp_path / "many", checkpoint, qm, shard_bytes=20_000)
+    assert len(files) > 2 and (tmp_path / "many" / "model.safetensors.index.json").is_file()
+    one = MlxRuntime(tmp_path / "one", 64, dtype="float32").logits_all(PROMPT)
+    many = MlxRuntime(tmp_path / "many", 64, dtype="float32").logits_all(PROMPT)
+    assert np.array_equal(one, many)
+
+
+def test_mlx_lm_loads_the_artifact_and_generates_the_same_greedy_tokens(mlx_artifact):
+    mlx_lm = pytest.importorskip("mlx_lm")
+    from mlx_lm.generate import generate_step
+
+    model, _ = mlx_lm.load(str(mlx_artifact))
+    theirs = []
+    for token, _ in generate_step(mx.array(PROMPT), model, max_tokens=16):
+        theirs.append(int(token))
+    # mlx-lm computes in the artifact's float16; edgekit's runtime does the same when asked
+    runtime = MlxRuntime(mlx_artifact, 64, dtype="float16")
+    ours = [int(np.argmax(runtime.prefill(PROMPT)))]
+    while len(ours) < 16:
+        ours.append(int(np.argmax(runtime.decode(ours[-1]))))
+    assert ours == theirs
+
+
+def test_edgekit_runs_an_mlx_lm_conversion(tmp_path, tiny_models):
+    convert = pytest.importorskip("mlx_lm").convert
+    out = tmp_path / "mlx-lm-q4"
+    convert(str(tiny_models["qwen2"]), str(out), quantize=True, q_group_size=32, q_bits=4, dtype="float32")
+    loaded = load_runtime(out, max_context=64)
+    assert loaded.backend == "mlx" and loaded.spec.family == "qwen2"
+    weights = MlxFolderWeights.open(out)
+    assert weights.packed("model.layers.1.self_attn.q_proj.weight") is not None  # really quantized
+    reference = ReferenceModel(loaded.spec, weights)
+    assert rel_err(loaded.runtime.logits_all(PROMPT), reference.forward(PROMPT)) < 1e-3
+
+    import edgekit
+
+    done = edgekit.load(out, profile=None).chat([{"role": "user", "content": "hi"}], max_new_tokens=8)
+    assert done.stats.generated_tokens > 0
+
+
+def test_onnx_and_mlx_backends_give_the_same_greedy_tokens(tmp_path, tiny_models):
+    import edgekit
+
+    engines = {}
+    for fmt in ("onnx", "mlx"):
+        out = tmp_path / fmt
+        export(tiny_models["llama"], out, format=fmt, recipe=FAST, max_context=128, accuracy_level=0)
+        engines[fmt] = edgekit.load(out, profile=None)
+    kw = {"max_new_tokens": 24, "ignore_eos": True}
+    onnx = engines["onnx"].generate("Paris is the capital of", **kw)
+    mlx = engines["mlx"].generate("Paris is the capital of", **kw)
+    assert onnx.token_ids == mlx.token_ids and len(mlx.token_ids) == 24
+
+
+def test_bad_input(tmp_path, tiny_models, monkeypatch, mlx_artifact):
+    # an mlx-lm folder of a family edgekit does not run
+    folder = tmp_path / "gpt2-mlx"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "quantization": {"bits": 4}}))
+    (folder / "model.safetensors").write_bytes(b"")
+    with pytest.raises(EdgekitError, match="architecture 'gpt2' is not supported.*supported: llama"):
+        load_runtime(folder)
+    result = CliRunner().invoke(cli, ["run", str(folder), "-p", "hi"])
+    assert result.exit_code == 2 and "gpt2" in result.output
+    # a flavor is an ONNX notion
+    with pytest.raises(EdgekitError, match="flavor 'cuda' applies to ONNX"):
+        export(tiny_models["llama"], tmp_path / "x", format="mlx", flavor="cuda", recipe=FAST)
+    # MLX not installed: one line saying what to install, before any work is done
+    monkeypatch.setitem(sys.modules, "mlx", None)
+    monkeypatch.setitem(sys.modules, "mlx.core", None)
+    with pytest.raises(EdgekitError, match=r"pip install 'edgekit\[mlx\]'"):
+        export(tiny_models["llama"], tmp_path / "y", format="mlx", recipe=FAST)
+    assert not (tmp_path / "y").exists()
+    with pytest.raises(EdgekitError, match=r"pip install 'edgekit\[mlx\]'"):
+        load_runtime(mlx_artifact)
