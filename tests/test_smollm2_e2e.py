@@ -162,3 +162,29 @@ def test_chat_command_answers_from_a_pipe(smollm2_onnx):
     )
     assert out.returncode == 0, out.stderr
     assert "Paris" in out.stdout and "tokens/s" in out.stderr
+
+
+@pytest.fixture(scope="module")
+def smollm2_mlx(smollm2_gguf, tmp_path_factory):
+    """SmolLM2 exported to MLX with the mlx-cpu profile, HQQ instead of its calibrated algorithm
+    (a minute instead of several)."""
+    from dataclasses import replace
+
+    pytest.importorskip("mlx.core")
+    import edgekit
+    from edgekit.device_profiles import load_profile
+    from edgekit.exporters.pipeline import profile_recipe
+
+    recipe = replace(profile_recipe(load_profile("mlx-cpu").export), algorithm="hqq")
+    out = tmp_path_factory.mktemp("smollm2") / "mlx"
+    result = edgekit.export(smollm2_gguf, out, profile="mlx-cpu", recipe=recipe, max_context=1024)
+    assert result.verify["checked"] and result.verify["top1_agreement"] == 1.0
+    return out
+
+
+def test_mlx_export_answers_through_the_generation_api(smollm2_mlx):
+    import edgekit
+
+    engine = edgekit.load(smollm2_mlx, profile="mlx-cpu")
+    done = engine.chat([{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=32)
+    assert "Paris" in done.text and done.finish_reason == "stop"

@@ -79,8 +79,9 @@ class MlxRuntime:
         weights = {k: v if v.dtype == mx.uint32 else v.astype(self.dtype) for k, v in weights.items()}
         self.model = Model(self.spec, weights, self._settings)
         mx.eval([v for v in weights.values()])
-        self._new_cache = lambda: [KVCache(self.max_context) for _ in range(self.spec.num_layers)]
-        self.caches = self._new_cache()
+        s = self.spec
+        self.caches = [KVCache(self.max_context, s.num_kv_heads, s.head_dim, self.dtype) for _ in range(s.num_layers)]
+        self._step = mx.compile(self.model.step)
 
     def _settings(self, module: str) -> tuple[int, int]:
         q = self.quantization
@@ -107,8 +108,22 @@ class MlxRuntime:
         return logits[-1]
 
     def decode(self, token: int) -> np.ndarray:
-        check_room(self.length, 1, self.max_context)
-        return self._run([token])[-1]
+        """The compiled step over the whole cache buffers, grown first when full."""
+        mx = _mx()
+        offset = self.length
+        check_room(offset, 1, self.max_context)
+        for cache in self.caches:
+            cache.reserve(offset + 1)
+        logits, keys, values = self._step(
+            mx.array([token], dtype=mx.int32),
+            mx.array(offset, dtype=mx.int32),
+            [c.keys for c in self.caches],
+            [c.values for c in self.caches],
+        )
+        mx.eval(logits, keys, values)
+        for cache, k, v in zip(self.caches, keys, values, strict=True):
+            cache.keys, cache.values, cache.offset = k, v, offset + 1
+        return np.array(logits.astype(mx.float32))[-1]
 
     def logits_all(self, ids: Sequence[int]) -> np.ndarray:
         self.reset()

@@ -76,26 +76,48 @@ class KVCache:
 
     step = 256
 
-    def __init__(self, capacity_limit: int):
+    def __init__(self, capacity_limit: int, kv_heads: int, head_dim: int, dtype):
         self.limit = capacity_limit
+        self.shape = (1, kv_heads, 0, head_dim)
+        self.dtype = dtype
         self.keys: mx.array | None = None
         self.values: mx.array | None = None
         self.offset = 0
 
+    def reserve(self, length: int) -> None:
+        """Buffers that hold at least `length` positions, keeping what is there."""
+        if self.keys is not None and length <= self.keys.shape[2]:
+            return
+        capacity = min(self.limit, -(-length // self.step) * self.step)
+        shape = (1, self.shape[1], capacity, self.shape[3])
+        keys, values = mx.zeros(shape, self.dtype), mx.zeros(shape, self.dtype)
+        if self.keys is not None and self.offset:
+            keys[..., : self.offset, :] = self.keys[..., : self.offset, :]
+            values[..., : self.offset, :] = self.values[..., : self.offset, :]
+        self.keys, self.values = keys, values
+
     def update(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
         start, t = self.offset, k.shape[2]
-        if self.keys is None or start + t > self.keys.shape[2]:
-            capacity = min(self.limit, -(-(start + t) // self.step) * self.step)
-            shape = (1, k.shape[1], capacity, k.shape[3])
-            keys, values = mx.zeros(shape, k.dtype), mx.zeros(shape, v.dtype)
-            if self.keys is not None and start:
-                keys[..., :start, :] = self.keys[..., :start, :]
-                values[..., :start, :] = self.values[..., :start, :]
-            self.keys, self.values = keys, values
+        self.reserve(start + t)
         self.keys[..., start : start + t, :] = k
         self.values[..., start : start + t, :] = v
         self.offset = start + t
         return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
+
+
+class StepCache:
+    """A layer's whole cache buffers inside the compiled decode step: the new position is written
+    with slice_update at an offset that is an array, so one compiled graph serves every position
+    until the buffers grow."""
+
+    def __init__(self, keys: mx.array, values: mx.array, offset: mx.array):
+        self.keys, self.values, self.offset = keys, values, offset
+
+    def update(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
+        start = self.offset.reshape(1)
+        self.keys = mx.slice_update(self.keys, k, start, axes=(2,))
+        self.values = mx.slice_update(self.values, v, start, axes=(2,))
+        return self.keys, self.values
 
 
 class Rotary:
@@ -107,7 +129,7 @@ class Rotary:
         self.dims = spec.rotary_dim
         self.periods = mx.array(1.0 / freqs)
 
-    def __call__(self, x: mx.array, offset: int) -> mx.array:
+    def __call__(self, x: mx.array, offset: int | mx.array) -> mx.array:
         if self.attention != 1.0:
             x = mx.concatenate([x[..., : self.dims] * self.attention, x[..., self.dims :]], axis=-1)
         return mx.fast.rope(x, self.dims, traditional=False, base=None, scale=1.0, offset=offset, freqs=self.periods)
@@ -206,10 +228,22 @@ class Model:
         keys = mx.arange(offset + t)[None, :]
         return (keys <= positions) & (positions - keys < window)
 
-    def __call__(self, ids: mx.array, caches: list[KVCache], last_only: bool = True) -> mx.array:
+    def step(self, token: mx.array, offset: mx.array, keys: list[mx.array], values: list[mx.array]):
+        """One decode step over whole cache buffers (pure, for mx.compile): the logits [1, vocab]
+        of `token` at position `offset`, and the buffers with its keys and values written in."""
+        positions = mx.arange(keys[0].shape[2])
+        mask = positions <= offset
+        if self.spec.sliding_window:
+            mask = mask & (offset - positions < self.spec.sliding_window)
+        caches = [StepCache(k, v, offset) for k, v in zip(keys, values, strict=True)]
+        logits = self(token, caches, mask=mask)
+        return logits, [c.keys for c in caches], [c.values for c in caches]
+
+    def __call__(self, ids: mx.array, caches: list, last_only: bool = True, mask=None) -> mx.array:
         """Logits [T or 1, vocab] of ids [T] following what the caches hold."""
         t = ids.shape[0]
-        mask = self.mask(caches[0].offset, t)
+        if mask is None:
+            mask = self.mask(caches[0].offset, t)
         h = self.embed.rows(ids)[None]
         for layer, cache in zip(self.layers, caches, strict=True):
             h = layer(h, cache, self.rotary, mask)
