@@ -10,7 +10,7 @@ from edgekit.errors import EdgekitError
 from edgekit.evaluate import evaluate
 from edgekit.quant.awq import output_error, quantize_clipped, search_scales
 from edgekit.quant.calibration import read_text, token_windows
-from edgekit.quant.gptq import quantize_gptq
+from edgekit.quant.gptq import _inverse_cholesky_upper, quantize_gptq
 from edgekit.quant.hqq import quantize_hqq
 from edgekit.quant.pipeline import _fold_awq, _points, quantize_checkpoint
 from edgekit.quant.recipe import Recipe
@@ -33,6 +33,24 @@ def layer_problem():
     x = (rng.standard_normal((2048, k)) @ mix * np.exp(rng.standard_normal(k))).astype(np.float32)
     w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
     return w, (x.T.astype(np.float64) @ x / len(x)).astype(np.float32)
+
+
+@pytest.mark.parametrize("k", [300, 1100])  # one block and several, neither a multiple of the block
+def test_gptq_blocked_float32_inverse_cholesky_matches_float64(k):
+    rng = np.random.default_rng(k)
+    x = (rng.standard_normal((2 * k, k)) * rng.uniform(0.1, 3, k)).astype(np.float32)
+    x[:, 7] = 0.0  # an input never active
+    h = x.T @ x / np.float32(2 * k)
+    order = np.argsort(-np.diag(h), kind="stable")
+    dead = np.diag(h) == 0
+    before = h.copy()
+    u = _inverse_cholesky_upper(h, order, dead, 0.01)
+    expected = h[np.ix_(order, order)].astype(np.float64)
+    expected[dead[order], dead[order]] = 1.0
+    expected[np.diag_indices(k)] += 0.01 * np.mean(np.diag(expected))
+    expected = np.linalg.cholesky(np.linalg.inv(expected)).T  # upper, U^T U = H^-1
+    assert rel_err(u, expected) < 1e-5 and np.array_equal(np.triu(u), u)
+    assert np.array_equal(h, before)  # the caller's Hessian is left alone
 
 
 @pytest.mark.parametrize("group", [32, 64, 128])

@@ -13,20 +13,55 @@ import numpy as np
 
 from .tensor import QuantizedTensor, fp16, grouped, searched_params
 
+BLOCK = 512  # rows per step of the blocked factorizations below
 
-def _inverse_cholesky_upper(h: np.ndarray, damp: float) -> np.ndarray:
-    """Upper Cholesky factor of (H + damping)^-1, in float32 like GPTQ's own implementation; H is
-    damped in place. Each step frees the previous matrix: for a 8192-wide input each is 256 MB."""
-    diag = np.arange(h.shape[0])
-    h[diag, diag] += damp * np.mean(np.diag(h))
-    for _ in range(6):
+
+def _cholesky_in_place(a: np.ndarray) -> None:
+    """a <- its lower Cholesky factor (zeros above the diagonal), in float32 and in place, by
+    blocks: numpy.linalg computes in float64 on copies, which for an 8192-wide input holds over
+    2 GB; here only one block-wide panel is allocated at a time."""
+    n = a.shape[0]
+    for j in range(0, n, BLOCK):
+        e = min(j + BLOCK, n)
+        d = np.linalg.cholesky(a[j:e, j:e])  # reads the lower triangle only
+        a[j:e, j:e] = d
+        a[j:e, e:] = 0.0
+        if e == n:
+            break
+        a[e:, j:e] = a[e:, j:e] @ np.linalg.inv(d).T
+        for c in range(e, n, BLOCK):  # the lower part of the trailing matrix -= panel panel^T
+            c2 = min(c + BLOCK, n)
+            a[c:, c:c2] -= a[c:, j:e] @ a[c:c2, j:e].T
+
+
+def _invert_lower_in_place(a: np.ndarray) -> None:
+    """a (lower triangular) <- its inverse, in place, one block row at a time from the top."""
+    n = a.shape[0]
+    for r in range(0, n, BLOCK):
+        r2 = min(r + BLOCK, n)
+        d_inv = np.tril(np.linalg.inv(a[r:r2, r:r2]))
+        if r:
+            a[r:r2, :r] = -d_inv @ (a[r:r2, :r] @ a[:r, :r])
+        a[r:r2, r:r2] = d_inv
+
+
+def _inverse_cholesky_upper(hessian: np.ndarray, order: np.ndarray, dead: np.ndarray, damp: float) -> np.ndarray:
+    """U, upper triangular, with U^T U = (H + damping)^-1, H taken in visiting `order`.
+
+    With J the reversal, (J H J)^-1 = X^T X for X = L^-1, L the lower Cholesky factor of J H J, so
+    U = J X J: one float32 copy of H, factored and inverted in place, returned as a reversed view."""
+    reverse = order[::-1]
+    diag = np.arange(len(order))
+    for attempt in range(1, 7):
+        h = np.asarray(hessian, dtype=np.float32)[np.ix_(reverse, reverse)]
+        h[diag[dead[reverse]], diag[dead[reverse]]] = 1.0  # inputs never active: no error to spread
+        h[diag, diag] += attempt * damp * np.mean(np.diag(h))
         try:
-            inverse = np.linalg.inv(np.linalg.cholesky(h))  # L^-1
-            hinv = inverse.T @ inverse  # H^-1
-            del inverse
-            return np.linalg.cholesky(hinv).T
+            _cholesky_in_place(h)
         except np.linalg.LinAlgError:
-            h[diag, diag] += damp * np.mean(np.diag(h))
+            continue
+        _invert_lower_in_place(h)
+        return h[::-1, ::-1]
     raise np.linalg.LinAlgError("calibration Hessian is not positive definite")
 
 
@@ -46,16 +81,12 @@ def quantize_gptq(
     kp = -(-k // g) * g
     weights = np.zeros((n, kp), np.float32)
     weights[:, :k] = w
-    if kp == k:
-        h = np.asarray(hessian, dtype=np.float32)
-    else:
+    h = hessian
+    if kp != k:
         h = np.zeros((kp, kp), np.float32)
         h[:k, :k] = hessian
     dead = np.diag(h) == 0
-    if dead.any():  # inputs never active: no error to spread through them
-        h = h.copy() if h is hessian else h
-        h[dead, dead] = 1.0
-        weights[:, dead] = 0.0
+    weights[:, dead] = 0.0
 
     # static groups, [n, groups]; norm 2.4 as in GPTQ's own grid search
     scales, zeros = searched_params(grouped(weights, g), bits, symmetric, norm=2.4)
@@ -63,9 +94,7 @@ def quantize_gptq(
         zeros = np.full(scales.shape, 2 ** (bits - 1), np.float32)
     order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(kp)
     weights = weights[:, order]
-    h = h[np.ix_(order, order)]  # a copy: the caller's Hessian stays as it was
-    hinv = _inverse_cholesky_upper(h, damp)
-    del h
+    hinv = _inverse_cholesky_upper(h, order, dead, damp)  # the caller's Hessian stays as it was
     col_scale = scales[:, order // g]  # [n, kp] in visiting order
     col_zero = zeros[:, order // g]
 

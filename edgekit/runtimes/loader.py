@@ -63,7 +63,7 @@ def load_runtime(
         tokenizer = TextTokenizer(read_tokenizer_files(folder), eos)  # the artifact keeps HF's file layout
         name = manifest["source"]["name"]
         if manifest["format"] == "mlx":
-            runtime: Runtime = MlxRuntime(folder, context, prefill_chunk=prefill_chunk)
+            runtime: Runtime = MlxRuntime(folder, context, prefill_chunk=prefill_chunk, threads=threads)
             return Loaded(runtime, tokenizer, spec, name, "mlx", manifest)
         flavor = manifest["flavor"]
         if flavor not in DEFAULT_PROVIDERS:
@@ -79,7 +79,7 @@ def load_runtime(
         )
         return Loaded(runtime, tokenizer, spec, name, "onnx", manifest)
     if is_mlx_folder(folder):  # an mlx-lm conversion
-        runtime = MlxRuntime(folder, max_context, prefill_chunk=prefill_chunk)
+        runtime = MlxRuntime(folder, max_context, prefill_chunk=prefill_chunk, threads=threads)
         files = read_tokenizer_files(folder)
         eos = tuple(dict.fromkeys(runtime.spec.eos_token_ids + _ids(files.generation_config.get("eos_token_id"))))
         return Loaded(runtime, TextTokenizer(files, eos), runtime.spec, folder.name, "mlx")

@@ -9,6 +9,7 @@ are built lazily and evaluated once, cache updates included.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,10 @@ class MlxRuntime:
         *,
         dtype: str | None = None,
         prefill_chunk: int | None = None,
+        threads: int | None = None,
     ):
+        """threads: on MLX's CPU backend, the number of CPU streams each big matmul is split over
+        (default: one per core); unused on the GPU."""
         mx = _mx()
         from .mlx_decoder import KVCache, Model
 
@@ -77,7 +81,9 @@ class MlxRuntime:
         for path in weight_files(self.folder):
             weights.update(mx.load(str(path)))
         weights = {k: v if v.dtype == mx.uint32 else v.astype(self.dtype) for k, v in weights.items()}
-        self.model = Model(self.spec, weights, self._settings)
+        parts = 1 if on_gpu else threads or os.cpu_count() or 1
+        streams = tuple(mx.new_stream(mx.cpu) for _ in range(parts)) if parts > 1 else ()
+        self.model = Model(self.spec, weights, self._settings, streams)
         mx.eval([v for v in weights.values()])
         s = self.spec
         self.caches = [KVCache(self.max_context, s.num_kv_heads, s.head_dim, self.dtype) for _ in range(s.num_layers)]

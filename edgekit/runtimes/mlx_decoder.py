@@ -20,7 +20,10 @@ from ..spec import ModelSpec
 
 @dataclass
 class Linear:
-    """y = x W^T + b, with W quantized (affine, MLX layout) or dense [out, in]."""
+    """y = x W^T + b, with W quantized (affine, MLX layout) or dense [out, in].
+
+    With `streams`, a quantized W's output rows are split in as many parts, each multiplied on its
+    own stream: MLX's CPU kernels run on one core, separate CPU streams run side by side."""
 
     weight: mx.array
     bias: mx.array | None = None
@@ -28,14 +31,29 @@ class Linear:
     biases: mx.array | None = None
     group_size: int = 0
     bits: int = 0
+    streams: tuple = ()
+
+    def _matmul(self, x: mx.array, rows: slice, stream=None) -> mx.array:
+        return mx.quantized_matmul(
+            x,
+            self.weight[rows],
+            self.scales[rows],
+            self.biases[rows],
+            transpose=True,
+            group_size=self.group_size,
+            bits=self.bits,
+            stream=stream,
+        )
 
     def __call__(self, x: mx.array) -> mx.array:
-        if self.scales is not None:
-            y = mx.quantized_matmul(
-                x, self.weight, self.scales, self.biases, transpose=True, group_size=self.group_size, bits=self.bits
-            )
-        else:
+        if self.scales is None:
             y = x @ self.weight.T
+        elif len(self.streams) > 1:
+            cuts = [round(i * self.weight.shape[0] / len(self.streams)) for i in range(len(self.streams) + 1)]
+            parts = [self._matmul(x, slice(a, b), st) for a, b, st in zip(cuts, cuts[1:], self.streams, strict=False)]
+            y = mx.concatenate(parts, axis=-1)
+        else:
+            y = self._matmul(x, slice(None))
         return y if self.bias is None else y + self.bias
 
     def rows(self, ids: mx.array) -> mx.array:
@@ -64,6 +82,7 @@ class Linear:
             return None if arrays[0] is None else mx.concatenate(arrays, axis=0)
 
         fused = Linear(cat("weight"), cat("bias"), cat("scales"), cat("biases"), first.group_size, first.bits)
+        fused.streams = first.streams
         return [fused]
 
 
@@ -201,9 +220,9 @@ class DecoderLayer:
 class Model:
     """Embedding, decoder layers, final norm and (tied or own) lm_head."""
 
-    def __init__(self, spec: ModelSpec, weights: dict[str, mx.array], settings):
+    def __init__(self, spec: ModelSpec, weights: dict[str, mx.array], settings, streams: tuple = ()):
         """weights: the folder's tensors (already in the compute dtype); settings(module) gives the
-        (bits, group_size) of a quantized module."""
+        (bits, group_size) of a quantized module; streams: CPU streams to split matmuls over."""
 
         def linear(module: str) -> Linear:
             bias = weights.get(module + ".bias")
@@ -211,7 +230,8 @@ class Model:
                 return Linear(weights[module + ".weight"], bias)
             bits, group = settings(module)
             w = weights
-            return Linear(w[module + ".weight"], bias, w[module + ".scales"], w[module + ".biases"], group, bits)
+            scales, biases = w[module + ".scales"], w[module + ".biases"]
+            return Linear(w[module + ".weight"], bias, scales, biases, group, bits, streams)
 
         self.spec = spec
         self.embed = linear("model.embed_tokens")
