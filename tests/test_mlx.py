@@ -194,6 +194,14 @@ def test_bad_input(tmp_path, tiny_models, monkeypatch, mlx_artifact):
         load_runtime(folder)
     result = CliRunner().invoke(cli, ["run", str(folder), "-p", "hi"])
     assert result.exit_code == 2 and "gpt2" in result.output
+    # an MLX folder is something to run, not a source to export from
+    result = CliRunner().invoke(cli, ["inspect", str(mlx_artifact)])
+    assert result.exit_code == 2 and "an exported artifact, not a source checkpoint" in result.output
+    (mlx_artifact.parent / "plain").mkdir(exist_ok=True)
+    for name in ("config.json", "model.safetensors"):
+        (mlx_artifact.parent / "plain" / name).write_bytes((mlx_artifact / name).read_bytes())
+    with pytest.raises(EdgekitError, match="an MLX quantized model .mlx-lm layout., not a source checkpoint"):
+        export(mlx_artifact.parent / "plain", tmp_path / "z", recipe=FAST)
     # a flavor is an ONNX notion
     with pytest.raises(EdgekitError, match="flavor 'cuda' applies to ONNX"):
         export(tiny_models["llama"], tmp_path / "x", format="mlx", flavor="cuda", recipe=FAST)

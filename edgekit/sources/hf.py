@@ -108,6 +108,11 @@ def read_tokenizer_files(folder: Path) -> TokenizerFiles:
 
 def open_hf_folder(folder: Path) -> Checkpoint:
     config_path = folder / "config.json"
+    if (folder / "edgekit.json").is_file() or (folder / "genai_config.json").is_file():
+        raise SourceError(
+            f"{folder}: an exported artifact, not a source checkpoint; run it (`edgekit run`, "
+            "edgekit.load) or export again from the original checkpoint"
+        )
     if not config_path.is_file():
         raise SourceError(
             f"{folder}: no config.json; pass a Hugging Face model folder (config.json + *.safetensors) or a .gguf file"
@@ -115,6 +120,11 @@ def open_hf_folder(folder: Path) -> Checkpoint:
     config = read_json(config_path)
     if not isinstance(config, dict):
         raise SourceError(f"{config_path}: expected a JSON object")
+    if "quantization" in config:
+        raise SourceError(
+            f"{folder}: an MLX quantized model (mlx-lm layout), not a source checkpoint; run it "
+            "(`edgekit run`, edgekit.load) or export from the unquantized Hugging Face checkpoint"
+        )
     spec = spec_from_config(config, str(config_path))
     store = SafetensorsStore(safetensors_files(folder))
     check_tensors(spec, store, str(folder))
