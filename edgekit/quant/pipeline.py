@@ -126,8 +126,10 @@ class _Hessians:
     def __init__(self) -> None:
         self.sums: dict[str, np.ndarray] = {}
         self.rows: dict[str, int] = {}
+        self.normalized: set[str] = set()
 
     def __call__(self, name: str, x: np.ndarray) -> None:
+        assert name not in self.normalized, "observed after its Hessian was read"
         x = np.asarray(x, dtype=np.float32)
         if name in self.sums:
             self.sums[name] += x.T @ x
@@ -136,7 +138,13 @@ class _Hessians:
         self.rows[name] = self.rows.get(name, 0) + len(x)
 
     def get(self, name: str) -> np.ndarray | None:
-        return None if name not in self.sums else self.sums[name] / np.float32(self.rows[name])
+        """The mean, normalized in place (no copy; read-only for callers): observing ends here."""
+        if name not in self.sums:
+            return None
+        if name not in self.normalized:
+            self.sums[name] /= np.float32(self.rows[name])
+            self.normalized.add(name)
+        return self.sums[name]
 
     def rescale(self, name: str, s: np.ndarray) -> None:
         """The Hessian of the inputs divided by s (AWQ folded s into the layer before)."""
