@@ -10,12 +10,13 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import rel_err
+from helpers import FAMILY_CASES, rel_err
 
 from edgekit.cli import cli
 from edgekit.errors import EdgekitError
 from edgekit.exporters.mlx import MlxFolderWeights, unpack_mlx, write_mlx
 from edgekit.exporters.pipeline import export
+from edgekit.exporters.verify import run_greedy
 from edgekit.quant.packing import to_mlx
 from edgekit.quant.pipeline import quantize_checkpoint
 from edgekit.quant.recipe import Recipe
@@ -29,18 +30,6 @@ from edgekit.testing import write_tiny_checkpoint
 mx = pytest.importorskip("mlx.core")
 
 PROMPT = [int(i) for i in np.random.default_rng(5).integers(3, 380, 20)]
-CASES = {
-    "llama": {},
-    "mistral-sliding-window": {"sliding_window": 12},
-    "qwen2": {},
-    "qwen3": {},
-    "phi3-partial-rotary": {"partial_rotary_factor": 0.5, "hidden_size": 128},
-    "llama-tied-llama3-rope": {
-        "tie_word_embeddings": True,
-        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 64},
-    },
-    "qwen2-yarn": {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}},
-}
 FAST = Recipe(algorithm="rtn", group_size=32, lm_head_bits=8)
 
 
@@ -59,21 +48,17 @@ def test_packing_matches_mlx_dequantize(bits, zeros):
     assert np.allclose(np.array(theirs), qt.dequantize(), atol=1e-6)
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", sorted(FAMILY_CASES))
 def test_mlx_matches_reference_prompt_and_32_decode_steps(tmp_path, case):
     family = case.split("-")[0]
-    checkpoint = open_checkpoint(write_tiny_checkpoint(tmp_path / "hf", family, **CASES[case]))
+    checkpoint = open_checkpoint(write_tiny_checkpoint(tmp_path / "hf", family, **FAMILY_CASES[case]))
     qm = quantize_checkpoint(checkpoint, Recipe(algorithm="hqq", group_size=32, embedding_bits=4))
     write_mlx(tmp_path, checkpoint, qm)
     runtime = MlxRuntime(tmp_path, 64, dtype="float32", prefill_chunk=8)  # the prompt in three chunks
     reference = ReferenceModel(checkpoint.spec, MlxFolderWeights.open(tmp_path))
-    ids = list(PROMPT)
-    got = [runtime.prefill(ids)]
-    for _ in range(32):
-        ids.append(int(np.argmax(got[-1])))
-        got.append(runtime.decode(ids[-1]))
+    ids, got = run_greedy(runtime, PROMPT, 32)
     expected = reference.forward(ids)[len(PROMPT) - 1 :]
-    assert rel_err(np.stack(got), expected) < 1e-3
+    assert rel_err(got, expected) < 1e-3
     assert runtime.length == len(ids)
     assert rel_err(runtime.logits_all(PROMPT), reference.forward(PROMPT)) < 1e-3
     runtime.trim(len(PROMPT) - 1)  # a cache trimmed back gives the same logits as before

@@ -8,13 +8,14 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import rel_err
+from helpers import FAMILY_CASES, rel_err
 
 from edgekit.cli import cli
 from edgekit.errors import EdgekitError
 from edgekit.exporters.onnx import ALL_LOGITS_FILE, MODEL_FILE, write_onnx
 from edgekit.exporters.onnx_decoder import OnnxOptions
 from edgekit.exporters.pipeline import export
+from edgekit.exporters.verify import run_greedy
 from edgekit.quant.pipeline import quantize_checkpoint
 from edgekit.quant.recipe import Recipe
 from edgekit.reference import ReferenceModel
@@ -26,21 +27,9 @@ from edgekit.testing import write_tiny_checkpoint
 pytest.importorskip("onnx")
 
 PROMPT = [int(i) for i in np.random.default_rng(3).integers(3, 380, 20)]
-CASES = {
-    "llama": {},
-    "mistral-sliding-window": {"sliding_window": 12},
-    "qwen2": {},
-    "qwen3": {},
-    "phi3-partial-rotary": {"partial_rotary_factor": 0.5, "hidden_size": 128},
-    "llama-tied-llama3-rope": {
-        "tie_word_embeddings": True,
-        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 64},
-    },
-    "qwen2-yarn": {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}},
-}
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", sorted(FAMILY_CASES))
 @pytest.mark.parametrize(
     "recipe",
     [
@@ -51,18 +40,14 @@ CASES = {
 )
 def test_onnx_matches_reference_prompt_and_32_decode_steps(tmp_path, case, recipe):
     family = case.split("-")[0]
-    checkpoint = open_checkpoint(write_tiny_checkpoint(tmp_path / "hf", family, **CASES[case]))
+    checkpoint = open_checkpoint(write_tiny_checkpoint(tmp_path / "hf", family, **FAMILY_CASES[case]))
     qm = quantize_checkpoint(checkpoint, recipe)
     write_onnx(tmp_path, checkpoint, qm, OnnxOptions(max_context=64, accuracy_level=0))
     runtime = OnnxRuntime(tmp_path / MODEL_FILE, checkpoint.spec, 64)
     reference = ReferenceModel(checkpoint.spec, qm.weights())
-    ids = list(PROMPT)
-    got = [runtime.prefill(ids)]
-    for _ in range(32):
-        ids.append(int(np.argmax(got[-1])))
-        got.append(runtime.decode(ids[-1]))
+    ids, got = run_greedy(runtime, PROMPT, 32)
     expected = reference.forward(ids)[len(PROMPT) - 1 :]
-    assert rel_err(np.stack(got), expected) < 1e-3
+    assert rel_err(got, expected) < 1e-3
     assert runtime.length == len(ids)
     # every position at once, from an empty cache, through the second graph over the same weights
     everything = OnnxRuntime(tmp_path / ALL_LOGITS_FILE, checkpoint.spec, 64).logits_all(PROMPT)
