@@ -179,6 +179,22 @@ def test_bad_input(tmp_path, tiny_models, monkeypatch, mlx_artifact):
         load_runtime(folder)
     result = CliRunner().invoke(cli, ["run", str(folder), "-p", "hi"])
     assert result.exit_code == 2 and "gpt2" in result.output
+    # a truncated weight file, a missing tensor
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "config.json").write_bytes((mlx_artifact / "config.json").read_bytes())
+    (cut / "model.safetensors").write_bytes((mlx_artifact / "model.safetensors").read_bytes()[:5000])
+    with pytest.raises(EdgekitError, match="model.safetensors: MLX cannot read it .* truncated or corrupt"):
+        MlxRuntime(cut)
+    from edgekit.sources.safetensors_io import SafetensorsFile, write_safetensors
+
+    full = SafetensorsFile(mlx_artifact / "model.safetensors")
+    kept = {n: np.array(full.raw(n)) for n in full.tensors if not n.startswith("model.layers.1.mlp.down_proj")}
+    write_safetensors(
+        cut / "model.safetensors", {n: a.astype(np.float16) if a.dtype == np.uint16 else a for n, a in kept.items()}
+    )
+    with pytest.raises(EdgekitError, match="tensor 'model.layers.1.mlp.down_proj.weight' is missing"):
+        MlxRuntime(cut)
     # an MLX folder is something to run, not a source to export from
     result = CliRunner().invoke(cli, ["inspect", str(mlx_artifact)])
     assert result.exit_code == 2 and "an exported artifact, not a source checkpoint" in result.output

@@ -79,11 +79,20 @@ class MlxRuntime:
         self.dtype = getattr(mx, dtype or ("float16" if on_gpu else "float32"))
         weights: dict[str, Any] = {}
         for path in weight_files(self.folder):
-            weights.update(mx.load(str(path)))
+            try:
+                weights.update(mx.load(str(path)))
+            except (RuntimeError, ValueError, OSError) as exc:
+                raise EdgekitError(f"{path}: MLX cannot read it ({exc}); the file is truncated or corrupt") from None
         weights = {k: v if v.dtype == mx.uint32 else v.astype(self.dtype) for k, v in weights.items()}
         parts = 1 if on_gpu else threads or os.cpu_count() or 1
         streams = tuple(mx.new_stream(mx.cpu) for _ in range(parts)) if parts > 1 else ()
-        self.model = Model(self.spec, weights, self._settings, streams)
+        try:
+            self.model = Model(self.spec, weights, self._settings, streams)
+        except KeyError as exc:
+            raise EdgekitError(
+                f"{self.folder}: tensor {exc} is missing for a {self.spec.family} model with "
+                f"{self.spec.num_layers} layers; the folder is incomplete or does not match its config"
+            ) from None
         mx.eval([v for v in weights.values()])
         s = self.spec
         self.caches = [KVCache(self.max_context, s.num_kv_heads, s.head_dim, self.dtype) for _ in range(s.num_layers)]
