@@ -25,7 +25,7 @@ def devices(as_json: bool) -> None:
                 "name": m.profile.name,
                 "description": m.profile.description,
                 "format": m.profile.export.format,
-                "flavor": m.profile.export.flavor,
+                "flavor": None if m.profile.export.format == "mlx" else m.profile.export.flavor,
                 "matches": m.matched,
                 "selected": best is not None and m.profile.name == best.profile.name,
                 "auto": m.profile.auto,
@@ -39,7 +39,8 @@ def devices(as_json: bool) -> None:
     width = max(len(p.name) for p in profiles)
     for m in matches:
         mark = "*" if best is not None and m.profile.name == best.profile.name else " "
-        export = f"{m.profile.export.format}/{m.profile.export.flavor}"
+        settings = m.profile.export
+        export = settings.format if settings.format == "mlx" else f"{settings.format}/{settings.flavor}"
         why = ("matches: " if m.matched else "") + "; ".join(m.reasons)
         if not m.profile.auto:
             why += " (used only by name)"
