@@ -212,3 +212,11 @@ def test_bad_input(tmp_path, tiny_models, monkeypatch, mlx_artifact):
     assert not (tmp_path / "y").exists()
     with pytest.raises(EdgekitError, match=r"pip install 'edgekit\[mlx\]'"):
         load_runtime(mlx_artifact)
+
+
+def test_matmuls_split_over_cpu_streams_give_identical_logits(mlx_artifact):
+    one = MlxRuntime(mlx_artifact, 64, threads=1)
+    three = MlxRuntime(mlx_artifact, 64, threads=3)
+    assert not one.model.layers[0].mlp.down.streams and len(three.model.layers[0].mlp.down.streams) == 3
+    assert np.array_equal(one.prefill(PROMPT), three.prefill(PROMPT))
+    assert np.array_equal(one.decode(7), three.decode(7))
