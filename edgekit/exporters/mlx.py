@@ -113,6 +113,14 @@ def mlx_config(checkpoint: Checkpoint, qm: QuantizedModel, per_module: dict[str,
         head_dim=s.head_dim,
         torch_dtype="float16",
     )
+    if s.rope.scaling == "llama3":  # HF's defaults written out: mlx-lm requires every key
+        for key in ("rope_scaling", "rope_parameters"):
+            if isinstance(config.get(key), dict):
+                config[key] = {
+                    **config[key],
+                    "low_freq_factor": s.rope.low_freq_factor,
+                    "high_freq_factor": s.rope.high_freq_factor,
+                }
     if s.eos_token_ids:
         eos = list(checkpoint.eos_token_ids)
         config["eos_token_id"] = eos[0] if len(eos) == 1 else eos
