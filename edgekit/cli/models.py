@@ -134,17 +134,20 @@ def _recipe(
 class _LayerProgress:
     """A progress bar on stderr fed by the quantizer's (step, total, what) callback."""
 
+    bar = None  # started by the first layer, so an error before quantizing prints no bar
+
     def __enter__(self):
-        self.bar = click.progressbar(length=1, label="quantizing", file=sys.stderr, item_show_func=lambda w: w)
-        self.bar.__enter__()
         return self
 
     def __call__(self, step: int, total: int, what: str) -> None:
-        self.bar.length = total
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label="quantizing", file=sys.stderr, item_show_func=lambda w: w)
+            self.bar.__enter__()
         self.bar.update(step - self.bar.pos, what)
 
     def __exit__(self, *exc) -> None:
-        self.bar.__exit__(*exc)
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
 
 
 @cli.command()
