@@ -179,7 +179,8 @@ def _required(config: dict[str, Any], key: str, where: str) -> Any:
     return config[key]
 
 
-def _ids(value: Any) -> tuple[int, ...]:
+def id_tuple(value: Any) -> tuple[int, ...]:
+    """A config's token id field (one id, a list, or None) as a tuple."""
     if value is None:
         return ()
     if isinstance(value, (list, tuple)):
@@ -228,7 +229,7 @@ def spec_from_config(config: dict[str, Any], where: str = "config.json") -> Mode
         fused_gate_up=family.fused_gate_up,
         sliding_window=int(sliding) if sliding else None,
         bos_token_id=config.get("bos_token_id"),
-        eos_token_ids=_ids(config.get("eos_token_id")),
+        eos_token_ids=id_tuple(config.get("eos_token_id")),
         pad_token_id=config.get("pad_token_id"),
     )
 

@@ -122,7 +122,7 @@ def export(
                 "profile": profile.name if profile else None,
                 "spec": checkpoint.spec.to_dict(),
                 "max_context": context,
-                "accuracy_level": accuracy_level,
+                "accuracy_level": accuracy_level if format == "onnx" else None,
                 "quantization": {
                     "recipe": recipe.to_dict(),
                     "layers": qm.records,

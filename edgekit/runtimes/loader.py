@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import EdgekitError
 from ..generation.tokenizer import TextTokenizer
 from ..sources.hf import read_tokenizer_files
-from ..spec import ModelSpec
+from ..spec import ModelSpec, id_tuple
 from .base import Runtime
 
 
@@ -27,12 +27,6 @@ class Loaded:
 
 
 DEFAULT_PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
-
-
-def _ids(value: Any) -> tuple[int, ...]:
-    if value is None:
-        return ()
-    return tuple(int(v) for v in value) if isinstance(value, list) else (int(value),)
 
 
 def load_runtime(
@@ -81,7 +75,7 @@ def load_runtime(
     if is_mlx_folder(folder):  # an mlx-lm conversion
         runtime = MlxRuntime(folder, max_context, prefill_chunk=prefill_chunk, threads=threads)
         files = read_tokenizer_files(folder)
-        eos = tuple(dict.fromkeys(runtime.spec.eos_token_ids + _ids(files.generation_config.get("eos_token_id"))))
+        eos = tuple(dict.fromkeys(runtime.spec.eos_token_ids + id_tuple(files.generation_config.get("eos_token_id"))))
         return Loaded(runtime, TextTokenizer(files, eos), runtime.spec, folder.name, "mlx")
     from ..reference import ReferenceModel
     from ..sources import open_checkpoint
