@@ -79,24 +79,24 @@ def quantize_gptq(
     n, k = w.shape
     g = group_size
     kp = -(-k // g) * g
-    weights = np.zeros((n, kp), np.float32)
-    weights[:, :k] = w
     h = hessian
     if kp != k:
         h = np.zeros((kp, kp), np.float32)
         h[:k, :k] = hessian
     dead = np.diag(h) == 0
-    weights[:, dead] = 0.0
+    padded = np.zeros((n, kp), np.float32) if kp != k or dead.any() else None
+    if padded is not None:
+        padded[:, :k] = w
+        padded[:, dead] = 0.0
 
     # static groups, [n, groups]; norm 2.4 as in GPTQ's own grid search
-    scales, zeros = searched_params(grouped(weights, g), bits, symmetric, norm=2.4)
+    scales, zeros = searched_params(grouped(padded if padded is not None else w, g), bits, symmetric, norm=2.4)
     if zeros is None:
         zeros = np.full(scales.shape, 2 ** (bits - 1), np.float32)
     order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(kp)
-    weights = weights[:, order]
+    weights = (padded if padded is not None else np.asarray(w, dtype=np.float32))[:, order]  # visiting order
+    del padded
     hinv = _inverse_cholesky_upper(h, order, dead, damp)  # the caller's Hessian stays as it was
-    col_scale = scales[:, order // g]  # [n, kp] in visiting order
-    col_zero = zeros[:, order // g]
 
     codes = np.zeros((n, kp), np.uint8)
     qmax = 2**bits - 1
@@ -105,8 +105,10 @@ def quantize_gptq(
         w_blk = weights[:, b0:b1].copy()
         err_blk = np.zeros_like(w_blk)
         h_blk = hinv[b0:b1, b0:b1]
+        col_scale = scales[:, order[b0:b1] // g]  # [n, block] in visiting order
+        col_zero = zeros[:, order[b0:b1] // g]
         for i in range(b1 - b0):
-            s_col, z_col = col_scale[:, b0 + i], col_zero[:, b0 + i]
+            s_col, z_col = col_scale[:, i], col_zero[:, i]
             q = np.clip(np.rint(w_blk[:, i] / s_col + z_col), 0, qmax)
             codes[:, b0 + i] = q
             err = (w_blk[:, i] - (q - z_col) * s_col) / h_blk[i, i]

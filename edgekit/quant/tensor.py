@@ -183,21 +183,26 @@ def searched_params(
     norm: float = 2.0,
     grid: int = 12,
     max_shrink: float = 0.3,
+    rows: int = 1024,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-group scale and zero point of the range shrunk by the factor (1 down to 1 - max_shrink)
-    that minimizes sum importance * |w - q(w)|^norm over each group of grouped weights [N, G, g]."""
+    that minimizes sum importance * |w - q(w)|^norm over each group of grouped weights [N, G, g].
+    `rows` output rows at a time, which bounds the temporaries of the search."""
     mid = np.float32(2 ** (bits - 1))
-    best_err = np.full(wg.shape[:2], np.inf, np.float32)
     best_s = np.zeros(wg.shape[:2], np.float32)
     best_z = np.full(wg.shape[:2], mid, np.float32)
-    for shrink in np.linspace(1.0, 1.0 - max_shrink, grid):
-        s, z = minmax_params(wg * np.float32(shrink), bits, symmetric)
-        z_full = np.full(s.shape, mid, np.float32) if z is None else z
-        q = encode(wg, s, z_full, bits).astype(np.float32)
-        diff = np.abs((q - z_full[..., None]) * s[..., None] - wg) ** norm
-        err = np.sum(diff * importance if importance is not None else diff, axis=-1)
-        better = err < best_err
-        best_err = np.where(better, err, best_err)
-        best_s = np.where(better, s, best_s)
-        best_z = np.where(better, z_full, best_z)
+    for r0 in range(0, wg.shape[0], rows):
+        part = wg[r0 : r0 + rows]
+        weight = importance if importance is None or importance.shape[0] == 1 else importance[r0 : r0 + rows]
+        best_err = np.full(part.shape[:2], np.inf, np.float32)
+        for shrink in np.linspace(1.0, 1.0 - max_shrink, grid):
+            s, z = minmax_params(part * np.float32(shrink), bits, symmetric)
+            z_full = np.full(s.shape, mid, np.float32) if z is None else z
+            q = encode(part, s, z_full, bits).astype(np.float32)
+            diff = np.abs((q - z_full[..., None]) * s[..., None] - part) ** norm
+            err = np.sum(diff * weight if weight is not None else diff, axis=-1)
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            best_s[r0 : r0 + rows] = np.where(better, s, best_s[r0 : r0 + rows])
+            best_z[r0 : r0 + rows] = np.where(better, z_full, best_z[r0 : r0 + rows])
     return best_s, None if symmetric else best_z
