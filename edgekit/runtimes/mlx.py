@@ -93,7 +93,7 @@ class MlxRuntime:
                 f"{self.folder}: tensor {exc} is missing for a {self.spec.family} model with "
                 f"{self.spec.num_layers} layers; the folder is incomplete or does not match its config"
             ) from None
-        mx.eval([v for v in weights.values()])
+        mx.eval(list(weights.values()))
         s = self.spec
         self.caches = [KVCache(self.max_context, s.num_kv_heads, s.head_dim, self.dtype) for _ in range(s.num_layers)]
         self._step = mx.compile(self.model.step)

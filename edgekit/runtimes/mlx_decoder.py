@@ -81,9 +81,8 @@ class Linear:
             arrays = [getattr(p, attr) for p in parts]
             return None if arrays[0] is None else mx.concatenate(arrays, axis=0)
 
-        fused = Linear(cat("weight"), cat("bias"), cat("scales"), cat("biases"), first.group_size, first.bits)
-        fused.streams = first.streams
-        return [fused]
+        weight, bias, scales, biases = cat("weight"), cat("bias"), cat("scales"), cat("biases")
+        return [Linear(weight, bias, scales, biases, first.group_size, first.bits, first.streams)]
 
 
 def apply_all(linears: list[Linear], x: mx.array) -> mx.array:
@@ -97,8 +96,7 @@ class KVCache:
 
     def __init__(self, capacity_limit: int, kv_heads: int, head_dim: int, dtype):
         self.limit = capacity_limit
-        self.shape = (1, kv_heads, 0, head_dim)
-        self.dtype = dtype
+        self.kv_heads, self.head_dim, self.dtype = kv_heads, head_dim, dtype
         self.keys: mx.array | None = None
         self.values: mx.array | None = None
         self.offset = 0
@@ -108,7 +106,7 @@ class KVCache:
         if self.keys is not None and length <= self.keys.shape[2]:
             return
         capacity = min(self.limit, -(-length // self.step) * self.step)
-        shape = (1, self.shape[1], capacity, self.shape[3])
+        shape = (1, self.kv_heads, capacity, self.head_dim)
         keys, values = mx.zeros(shape, self.dtype), mx.zeros(shape, self.dtype)
         if self.keys is not None and self.offset:
             keys[..., : self.offset, :] = self.keys[..., : self.offset, :]
