@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import EdgekitError
 from ..quant.packing import MLXWeights, to_mlx
 from ..quant.pipeline import QuantizedModel
-from ..runtimes.mlx import INDEX_FILE, weight_files
+from ..runtimes.mlx import INDEX_FILE, module_settings, weight_files
 from ..sources.checkpoint import Checkpoint
 from ..sources.safetensors_io import DTYPES, SafetensorsFile, write_safetensors_streamed
 from ..spec import ModelSpec, weight_shapes
@@ -91,11 +91,15 @@ def plan(qm: QuantizedModel) -> tuple[list[Planned], dict[str, bool], dict[str, 
     return planned, quantize, per_module
 
 
+def _nbytes(entry: Planned) -> int:
+    return int(np.prod(entry[2])) * DTYPES[entry[1]][1]
+
+
 def _shards(planned: list[Planned], limit: int) -> list[list[Planned]]:
     shards: list[list[Planned]] = [[]]
     size = 0
     for entry in planned:
-        nbytes = int(np.prod(entry[2])) * DTYPES[entry[1]][1]
+        nbytes = _nbytes(entry)
         if shards[-1] and size + nbytes > limit:
             shards.append([])
             size = 0
@@ -148,7 +152,7 @@ def write_mlx(folder: Path, checkpoint: Checkpoint, qm: QuantizedModel, shard_by
     for file_name, shard in zip(names, shards, strict=True):
         write_safetensors_streamed(folder / file_name, shard, produce, {"format": "mlx"})
     if len(shards) > 1:
-        total = sum(int(np.prod(e[2])) * DTYPES[e[1]][1] for e in planned)
+        total = sum(_nbytes(e) for e in planned)
         weight_map = {e[0]: f for f, shard in zip(names, shards, strict=True) for e in shard}
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (folder / INDEX_FILE).write_text(json.dumps(index, indent=2))
@@ -187,17 +191,15 @@ class MlxFolderWeights(Mapping[str, np.ndarray]):
     def _read(self, name: str) -> np.ndarray:
         return np.asarray(self.where[name].get(name), dtype=np.float32)
 
-    def settings(self, module: str) -> tuple[int, int]:
-        entry = self.quantization.get(module)
-        entry = entry if isinstance(entry, dict) else {}
-        return entry.get("bits", self.quantization["bits"]), entry.get("group_size", self.quantization["group_size"])
+    def is_quantized(self, name: str) -> bool:
+        return module_of(name) + ".scales" in self.where
 
     def packed(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int] | None:
         """(uint32 words, scales, biases, bits, group) of a quantized weight; None for a dense one."""
-        module = module_of(name)
-        if module + ".scales" not in self.where:
+        if not self.is_quantized(name):
             return None
-        bits, group = self.settings(module)
+        module = module_of(name)
+        bits, group = module_settings(self.quantization, module, self.folder / "config.json")
         words = self.where[name].get(name)
         return words, self._read(module + ".scales"), self._read(module + ".biases"), bits, group
 
@@ -227,7 +229,7 @@ def check_packing(weights: MlxFolderWeights, qm: QuantizedModel) -> float:
         qt = qm.quantized[name]
         expected = qt.dequantize()
         got = weights[name]
-        if weights.packed(name) is None:  # written dense: float16 of the dequantized weight
+        if not weights.is_quantized(name):  # written dense: float16 of the dequantized weight
             bound = np.abs(expected) * 2.0**-10 + 1e-7
         else:
             bias = np.abs(qt.zero_points() * qt.scales)[:, :, None]

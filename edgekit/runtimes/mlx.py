@@ -46,6 +46,16 @@ def weight_files(folder: Path) -> list[Path]:
     return files
 
 
+def module_settings(quantization: dict[str, Any], module: str, where: Path) -> tuple[int, int]:
+    """(bits, group size) of a quantized module: its own entry in mlx-lm's `quantization` key, else
+    the key's defaults (mlx-lm's group size 64 when none is written)."""
+    entry = quantization.get(module)
+    entry = entry if isinstance(entry, dict) else {}
+    if "bits" not in quantization and "bits" not in entry:
+        raise EdgekitError(f"{where}: module {module} is quantized but the config gives no quantization bits")
+    return entry.get("bits", quantization.get("bits")), entry.get("group_size", quantization.get("group_size", 64))
+
+
 def _mx():
     return require("mlx.core", "mlx")
 
@@ -99,12 +109,7 @@ class MlxRuntime:
         self._step = mx.compile(self.model.step)
 
     def _settings(self, module: str) -> tuple[int, int]:
-        q = self.quantization
-        entry = q.get(module)
-        entry = entry if isinstance(entry, dict) else {}
-        if "bits" not in q and "bits" not in entry:
-            raise EdgekitError(f"{self.folder}/config.json: quantized module {module} but no quantization bits")
-        return entry.get("bits", q.get("bits")), entry.get("group_size", q.get("group_size", 64))
+        return module_settings(self.quantization, module, self.folder / "config.json")
 
     @property
     def length(self) -> int:
