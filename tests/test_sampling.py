@@ -93,3 +93,15 @@ def test_repetition_penalty_as_transformers_defines_it():
 def test_bad_parameters_are_named(kw, name):
     with pytest.raises(EdgekitError, match=name):
         SamplingParams(**kw)
+
+
+def test_presence_and_frequency_penalties_follow_openai():
+    """logit -= count * frequency + presence, over the tokens this sampler has chosen."""
+    logits = np.array([3.0, 2.9, 0.0, -1.0], dtype=np.float32)
+    sampler = Sampler(SamplingParams(presence_penalty=0.05, frequency_penalty=0.1))
+    assert [sampler(logits) for _ in range(3)] == [0, 1, 0]  # 3.0-0.15 < 2.9; then 2.9-0.15 < 2.85
+    assert sampler.generated == {0: 2, 1: 1}
+    plain = Sampler(SamplingParams())
+    assert [plain(logits) for _ in range(3)] == [0, 0, 0]
+    with pytest.raises(EdgekitError, match="presence_penalty"):
+        SamplingParams(presence_penalty=2.5)

@@ -188,3 +188,54 @@ def test_mlx_export_answers_through_the_generation_api(smollm2_mlx):
     engine = edgekit.load(smollm2_mlx, profile="mlx-cpu")
     done = engine.chat([{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=32)
     assert "Paris" in done.text and done.finish_reason == "stop"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_answers_the_openai_client(smollm2_onnx):
+    """`edgekit serve` as a process: /health is 503 until the model is loaded, then the official
+    openai client gets Paris streaming and not; SIGTERM stops it cleanly."""
+    import signal
+    import time
+    import urllib.error
+    import urllib.request
+
+    openai = pytest.importorskip("openai")
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "edgekit", "serve", str(smollm2_onnx), "--port", str(port)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 503  # loading
+            except OSError:
+                pass  # not listening yet
+            assert time.monotonic() < deadline and server.poll() is None, "the server did not come up"
+            time.sleep(0.2)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        question = [{"role": "user", "content": "What is the capital of France?"}]
+        done = client.chat.completions.create(model="smollm2", messages=question, max_tokens=32)
+        assert "Paris" in done.choices[0].message.content
+        assert done.choices[0].finish_reason == "stop"
+        streamed = client.chat.completions.create(model="smollm2", messages=question, max_tokens=32, stream=True)
+        assert "Paris" in "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, log = server.communicate(timeout=30)
+    assert server.returncode == 0, log
+    assert "tokens/s" in log and "ready:" in log

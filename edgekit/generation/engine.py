@@ -27,6 +27,8 @@ class GenerationConfig:
     top_p: float = 1.0
     min_p: float = 0.0
     repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     seed: int | None = None
     stop: tuple[str, ...] = ()  # strings that end the answer; not part of the returned text
     stop_token_ids: tuple[int, ...] = ()  # on top of the model's end-of-sequence ids
@@ -40,7 +42,8 @@ class GenerationConfig:
 
     @property
     def sampling(self) -> SamplingParams:
-        return SamplingParams(self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty, self.seed)
+        names = [f.name for f in fields(SamplingParams)]
+        return SamplingParams(**{name: getattr(self, name) for name in names})
 
     def updated(self, **changes: Any) -> GenerationConfig:
         known = {f.name for f in fields(self)}
@@ -78,6 +81,12 @@ class Stats:
         steps = self.decode_steps
         return steps / self.generation_seconds if steps > 0 and self.generation_seconds > 0 else 0.0
 
+    @property
+    def usage(self) -> dict[str, int]:
+        """OpenAI's token counts."""
+        prompt, completion = self.prompt_tokens, self.generated_tokens
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             **asdict(self),
@@ -101,8 +110,7 @@ class Completion:
 
     @property
     def usage(self) -> dict[str, int]:
-        prompt, completion = self.stats.prompt_tokens, self.stats.generated_tokens
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        return self.stats.usage
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Choosing the next token from logits, in numpy.
 
 Order of the processors, as transformers applies them: repetition penalty, temperature, top-k,
-top-p, min-p; then one draw from what is left. Temperature 0 is greedy.
+top-p, min-p; then one draw from what is left. Temperature 0 is greedy. OpenAI's presence and
+frequency penalties, over the tokens generated so far, come first.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ class SamplingParams:
     min_p: float = 0.0  # 0 = off; relative to the most likely token's probability
     repetition_penalty: float = 1.0  # 1 = off; over every token of the prompt and the answer
     seed: int | None = None
+    presence_penalty: float = 0.0  # subtracted once from the logit of every token generated so far
+    frequency_penalty: float = 0.0  # subtracted per time a token was generated so far
 
     def __post_init__(self) -> None:
         checks = [
@@ -30,6 +33,8 @@ class SamplingParams:
             ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
             ("min_p", 0 <= self.min_p < 1, "in [0, 1)"),
             ("repetition_penalty", self.repetition_penalty > 0, "> 0"),
+            ("presence_penalty", -2 <= self.presence_penalty <= 2, "in [-2, 2]"),
+            ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "in [-2, 2]"),
         ]
         for name, ok, allowed in checks:
             if not ok:
@@ -48,6 +53,17 @@ def penalize_repeats(logits: np.ndarray, history: Sequence[int], penalty: float)
     out = logits.copy()
     values = out[seen]
     out[seen] = np.where(values > 0, values / penalty, values * penalty)
+    return out
+
+
+def penalize_generated(logits: np.ndarray, counts: dict[int, int], presence: float, frequency: float) -> np.ndarray:
+    """OpenAI's penalties: logit -= count * frequency + presence, for each token generated so far."""
+    if not counts or (presence == 0.0 and frequency == 0.0):
+        return logits
+    ids = np.fromiter(counts, dtype=np.int64, count=len(counts))
+    times = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
+    out = np.array(logits, dtype=np.float32)
+    out[ids] -= times * np.float32(frequency) + np.float32(presence)
     return out
 
 
@@ -89,16 +105,23 @@ def candidates(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, 
 
 
 class Sampler:
-    """One per generation: holds the random generator, so the same seed gives the same tokens."""
+    """One per generation: holds the random generator, so the same seed gives the same tokens, and
+    counts the tokens it has chosen, for the presence and frequency penalties."""
 
     def __init__(self, params: SamplingParams):
         self.params = params
         self.rng = np.random.default_rng(params.seed)
+        self.generated: dict[int, int] = {}
 
     def __call__(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
-        logits = penalize_repeats(logits, history, self.params.repetition_penalty)
-        if self.params.greedy:
-            return int(np.argmax(logits))
+        p = self.params
+        logits = penalize_generated(logits, self.generated, p.presence_penalty, p.frequency_penalty)
+        logits = penalize_repeats(logits, history, p.repetition_penalty)
+        token = int(np.argmax(logits)) if p.greedy else self._draw(logits)
+        self.generated[token] = self.generated.get(token, 0) + 1
+        return token
+
+    def _draw(self, logits: np.ndarray) -> int:
         ids, probs = candidates(logits, self.params)
         index = int(np.searchsorted(np.cumsum(probs), self.rng.random(), side="right"))
         return int(ids[min(index, len(ids) - 1)])
