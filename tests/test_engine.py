@@ -175,6 +175,25 @@ def test_one_engine_shared_by_threads_serializes(engine):
     assert results == expected
 
 
+def test_one_engine_per_thread_runs_in_parallel(engine, tiny_artifact):
+    prompts = ("Hello", "Paris", "def", "Once")
+    expected = {p: engine.generate(p, max_new_tokens=8, ignore_eos=True).token_ids for p in prompts}
+    engines = {p: edgekit.load(tiny_artifact, profile=None, threads=1) for p in prompts}
+    results: dict[str, list[int]] = {}
+    barrier = threading.Barrier(len(prompts))
+
+    def worker(prompt):
+        barrier.wait()
+        results[prompt] = engines[prompt].generate(prompt, max_new_tokens=8, ignore_eos=True).token_ids
+
+    threads = [threading.Thread(target=worker, args=(p,)) for p in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == expected
+
+
 def test_source_checkpoint_runs_on_the_reference(tiny_models):
     engine = edgekit.load(tiny_models["qwen3"], profile=None)
     assert engine.backend.startswith("numpy")

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from ..errors import EdgekitError
@@ -105,8 +106,9 @@ class Server(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
 
-    def set_engine(self, engine: Any) -> None:
-        self.model_id = engine.name
+    def set_engine(self, engine: Any, model_id: str | None = None) -> None:
+        """Attach the loaded model; clients see it as `model_id` (default: the model's name)."""
+        self.model_id = model_id or engine.name
         self.engine = engine
 
 
@@ -405,9 +407,9 @@ def serve(
         server.shutdown()
         server.server_close()
         raise
-    server.set_engine(engine)
+    server.set_engine(engine, Path(artifact).resolve().name)
     server.log(
-        f"ready: {engine.name} ({engine.backend}, context {engine.max_context}); "
+        f"ready: {server.model_id} = {engine.name} ({engine.backend}, context {engine.max_context}); "
         f"chat page {server.url}/ , API {server.url}/v1"
     )
 
