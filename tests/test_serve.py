@@ -236,14 +236,18 @@ def test_a_non_streaming_client_that_leaves_stops_too(server):
     body = json.dumps({"model": "m", "prompt": "a", "max_tokens": 8000, "ignore_eos": True}).encode()
     sock = socket.create_connection(server.server_address[:2], timeout=30)
     head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
-    sock.sendall(head.encode() + body)
-    time.sleep(0.1)
-    sock.close()
     before = len([x for x in server.logged.lines if "client left" in x])
+    sock.sendall(head.encode() + body)
     end = time.monotonic() + 10
+    while server.turnstile.waiting or not server.turnstile.busy:  # wait until it is generating
+        assert time.monotonic() < end
+        time.sleep(0.005)
+    sock.close()
     while len([x for x in server.logged.lines if "client left" in x]) == before and time.monotonic() < end:
         time.sleep(0.02)
-    assert len([x for x in server.logged.lines if "client left" in x]) == before + 1
+    left = [x for x in server.logged.lines if "client left" in x][before:]
+    assert len(left) == 1 and "generation stopped" in left[0]
+    assert int(left[0].split("after ")[1].split()[0]) < 8000
     _healthy(server)
 
 

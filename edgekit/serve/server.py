@@ -47,6 +47,10 @@ class Turnstile:
     def waiting(self) -> int:
         return len(self._line)
 
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
     @contextmanager
     def turn(self, gone: Callable[[], bool]) -> Iterator[None]:
         ticket = object()
@@ -62,7 +66,7 @@ class Turnstile:
                 while self._busy or self._line[0] is not ticket:
                     self._cond.wait(0.25)
                     if gone():
-                        raise ClientGone
+                        raise ClientGone("while waiting for its turn")
             except BaseException:
                 self._line.remove(ticket)
                 self._cond.notify_all()
@@ -100,6 +104,12 @@ class Server(ThreadingHTTPServer):
         self.load_error: str | None = None
         self.turnstile = Turnstile(max_waiting)
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that fails outside a handler (a client resetting it mid-request line)."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, ConnectionError | TimeoutError):
+            self.log(f"connection from {client_address[0]}: {type(exc).__name__}: {exc}")
 
     @property
     def url(self) -> str:
@@ -147,8 +157,9 @@ class Handler(BaseHTTPRequestHandler):
             self._complete(routes[path](parse_json(body)))
         except ApiError as exc:
             self._error(exc)
-        except ClientGone:
+        except ClientGone as exc:
             self.close_connection = True
+            self.server.log(f"{self.command} {self.path}: the client left {exc}")
         except Exception as exc:  # a bug or a runtime failure: answer it and keep serving
             self.close_connection = True
             self._error(ApiError(f"internal error: {type(exc).__name__}: {exc}", 500, code="internal_error"))
@@ -164,7 +175,10 @@ class Handler(BaseHTTPRequestHandler):
     def _health(self) -> None:
         srv = self.server
         if srv.engine is not None:
-            self._json(200, {"status": "ok", "model": srv.model_id, "waiting": srv.turnstile.waiting})
+            self._json(
+                200,
+                {"status": "ok", "model": srv.model_id, "busy": srv.turnstile.busy, "waiting": srv.turnstile.waiting},
+            )
         elif srv.load_error is not None:
             self._json(503, {"status": "error", "error": srv.load_error})
         else:
@@ -227,8 +241,7 @@ class Handler(BaseHTTPRequestHandler):
         with _closing(chunks):
             while last.finish_reason is None:
                 if self._client_gone():
-                    self._log_left(answer, made)
-                    raise ClientGone
+                    raise ClientGone(f"after {made} tokens; generation stopped")
                 last = next(chunks)
                 text.append(last.text)
                 made += len(last.token_ids)
@@ -255,7 +268,7 @@ class Handler(BaseHTTPRequestHandler):
                     if last.finish_reason is not None:
                         break
                     if self._client_gone():
-                        raise ClientGone
+                        raise ClientGone("mid-answer")
                     last = next(chunks)
                     made += len(last.token_ids)
                 if answer.request.include_usage:
@@ -263,9 +276,7 @@ class Handler(BaseHTTPRequestHandler):
                 self._event("[DONE]")
                 self._write_chunk(b"")
             except (BrokenPipeError, ConnectionResetError, TimeoutError, ClientGone):
-                self.close_connection = True
-                self._log_left(answer, made)
-                return
+                raise ClientGone(f"after {made} tokens; generation stopped") from None
             except Exception as exc:  # the status line is sent: report it in the stream, then end
                 self.close_connection = True
                 error = ApiError(f"internal error: {type(exc).__name__}: {exc}", 500, code="internal_error")
@@ -288,9 +299,6 @@ class Handler(BaseHTTPRequestHandler):
 
     def _log_answer(self, answer: Answer, stats: Any) -> None:
         self.server.log(f"{answer.id}: {stats.summary()}")
-
-    def _log_left(self, answer: Answer, tokens: int) -> None:
-        self.server.log(f"{answer.id}: the client left after {tokens} tokens; generation stopped")
 
     # --- plumbing ---
 
@@ -317,7 +325,7 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(f"the request body is {length} bytes; the limit is {MAX_BODY_BYTES}", 413)
         body = self.rfile.read(length)
         if len(body) < length:
-            raise ClientGone
+            raise ClientGone("before sending its whole request")
         return body
 
     def _common_headers(self, length: int | None) -> None:
