@@ -222,9 +222,25 @@ def _start_stream(server, max_tokens: int = 8000) -> socket.socket:
     return sock
 
 
+def _read_until(sock: socket.socket, marker: bytes) -> None:
+    seen = b""
+    while marker not in seen:
+        data = sock.recv(4096)
+        assert data, f"the connection ended before {marker!r}: {seen!r}"
+        seen += data
+
+
+def _wait_idle(server) -> None:
+    end = time.monotonic() + 10
+    while server.turnstile.busy or server.turnstile.waiting:
+        assert time.monotonic() < end, "the server stayed busy"
+        time.sleep(0.01)
+
+
 def test_a_client_that_leaves_mid_stream_stops_its_generation(server):
+    _wait_idle(server)
     sock = _start_stream(server)
-    assert b"data: " in sock.recv(4096)  # the answer has started
+    _read_until(sock, b'"text":"')  # the answer has started
     sock.close()
     line = server.logged.wait_for("the client left after")
     made = int(line.split("after ")[1].split()[0])
@@ -236,6 +252,7 @@ def test_a_non_streaming_client_that_leaves_stops_too(server):
     body = json.dumps({"model": "m", "prompt": "a", "max_tokens": 8000, "ignore_eos": True}).encode()
     sock = socket.create_connection(server.server_address[:2], timeout=30)
     head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    _wait_idle(server)
     before = len([x for x in server.logged.lines if "client left" in x])
     sock.sendall(head.encode() + body)
     end = time.monotonic() + 10
@@ -255,7 +272,7 @@ def test_the_waiting_line_refuses_past_its_length_and_forgets_clients_that_leave
     srv, thread = _serve(long_artifact, max_waiting=1)
     try:
         busy = _start_stream(srv)  # holds the engine for a while
-        busy.recv(4096)
+        _read_until(busy, b'"text":"')
         waiting = _start_stream(srv, max_tokens=4)
         end = time.monotonic() + 5
         while srv.turnstile.waiting < 1 and time.monotonic() < end:

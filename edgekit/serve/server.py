@@ -84,6 +84,7 @@ class Turnstile:
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # the listen backlog: the standard library's 5 resets bursts of clients
 
     def __init__(
         self,
