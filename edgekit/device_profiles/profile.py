@@ -4,8 +4,9 @@ set is an error naming the file, the key and what is allowed."""
 
 from __future__ import annotations
 
+import re
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +71,22 @@ class RuntimeSettings:
 
 
 @dataclass(frozen=True)
+class BundleSettings:
+    """What `edgekit bundle` resolves the runtime's wheels for: the target's CPython "3.N" and the
+    newest manylinux tag its C library runs (older manylinux tags of that architecture are implied)."""
+
+    python: str
+    platform: str
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
     name: str
     description: str
     detect: Detect = Detect()
     export: ExportSettings = ExportSettings()
     runtime: RuntimeSettings = RuntimeSettings()
+    bundle: BundleSettings | None = None  # None: not a target of `edgekit bundle`
     auto: bool = True  # False: used only when asked for by name, never picked by `--profile auto`
     path: Path | None = None
 
@@ -93,6 +104,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "accuracy_level": (0, 1, 2, 3, 4),
 }
 _MINIMUM = {"threads": 0, "max_context": 16, "prefill_chunk": 1}
+_PATTERNS = {"python": (r"3\.\d+", '"3.N"'), "platform": (r"manylinux_2_\d+_(aarch64|x86_64)", '"manylinux_2_N_ARCH"')}
 
 
 def _fail(path: Path | str, key: str, message: str) -> ProfileError:
@@ -109,6 +121,8 @@ def _check_value(path: Path | str, key: str, name: str, value: Any, kind: type) 
         raise _fail(path, key, f"{value!r} is not allowed; allowed: {', '.join(map(str, _CHOICES[name]))}")
     if name in _MINIMUM and value < _MINIMUM[name]:
         raise _fail(path, key, f"{value!r} is below the minimum {_MINIMUM[name]}")
+    if name in _PATTERNS and not re.fullmatch(_PATTERNS[name][0], value):
+        raise _fail(path, key, f"{value!r} is not of the form {_PATTERNS[name][1]}")
     return value
 
 
@@ -122,7 +136,7 @@ def _table(path: Path | str, where: str, data: Any, cls: type) -> Any:
         key = f"{where}.{name}" if where else name
         if name not in known:
             raise _fail(path, key, f"unknown key; allowed here: {', '.join(known)}")
-        annotation = str(known[name].type)
+        annotation = str(known[name].type).removesuffix(" | None")
         if annotation.startswith("tuple[str"):
             if not isinstance(value, list):
                 raise _fail(path, key, f"expected a list of strings, got {value!r}")
@@ -131,11 +145,14 @@ def _table(path: Path | str, where: str, data: Any, cls: type) -> Any:
             if not isinstance(value, list) or not value:
                 raise _fail(path, key, "expected a non-empty list of {name = ..., options = {...}} tables")
             values[name] = tuple(_provider(path, f"{key}[{i}]", v) for i, v in enumerate(value))
-        elif annotation in ("Detect", "ExportSettings", "RuntimeSettings"):
+        elif annotation in ("Detect", "ExportSettings", "RuntimeSettings", "BundleSettings"):
             values[name] = _table(path, key, value, globals()[annotation])
         else:
-            kind = {"str": str, "int": int, "bool": bool, "bool | None": bool}[annotation]
+            kind = {"str": str, "int": int, "bool": bool}[annotation]
             values[name] = _check_value(path, key, name, value, kind)
+    missing = [f.name for f in fields(cls) if f.name not in values and f.default is MISSING and f.name != "path"]
+    if missing and where:
+        raise _fail(path, f"{where}.{missing[0]}", "missing; this table needs " + ", ".join(missing))
     return cls(**values)
 
 
