@@ -65,11 +65,23 @@ $(VENV)/.system: | $(BIN)/python
 			&& touch $@; \
 	else echo "not installing$$missing (needs root and apt-get): the tests that use them skip"; fi
 
-test: $(VENV)/.dev $(VENV)/.system
+# optimum-onnx needs transformers < 5, which mlx-lm (dev extra) refuses: the optimum path's tests
+# run again in a virtualenv of their own, with the optimum extra.
+OPT_VENV ?= .venv-optimum
+
+$(OPT_VENV)/.ready: pyproject.toml
+	$(PYTHON) -m venv $(OPT_VENV)
+	$(OPT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OPT_VENV)/bin/pip install --quiet "$(TORCH)"
+	$(OPT_VENV)/bin/pip install --quiet -e ".[optimum]" pytest
+	touch $@
+
+test: $(VENV)/.dev $(VENV)/.system $(OPT_VENV)/.ready
 	$(BIN)/python -m pytest -q tests
+	$(OPT_VENV)/bin/python -m pytest -q tests/test_optimum.py
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check edgekit tests bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(OPT_VENV) build *.egg-info

@@ -171,7 +171,7 @@ def bench(
     runtime = engine.runtime
     if needed > runtime.max_context:
         raise EdgekitError(f"pp{n_prompt} + tg{n_gen} needs {needed} positions; the context is {runtime.max_context}")
-    ids = [int(i) for i in np.random.default_rng(0).integers(0, engine.spec.vocab_size, max(n_prompt, 1))]
+    ids = [int(i) for i in np.random.default_rng(0).integers(0, engine.vocab_size, max(n_prompt, 1))]
     runtime.reset()
     runtime.prefill(ids[: min(16, len(ids))])  # warm-up: first-run allocations and thread start-up
     rows = []

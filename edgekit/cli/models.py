@@ -175,6 +175,13 @@ class _LayerProgress:
     type=click.IntRange(0, 4),
     help="MatMulNBits compute: 4 = int8 activations (fast on CPU), 0 = float32 [default: 4].",
 )
+@click.option(
+    "--via",
+    default=None,
+    type=click.Choice(["native", "optimum"]),
+    help="Graph builder: edgekit's own (llama, mistral, qwen2, qwen3, phi3) or optimum's (any architecture; "
+    "extra 'optimum') [default: native, optimum for other architectures when installed].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def export(
@@ -191,6 +198,7 @@ def export(
     calibration: str | None,
     max_context: int | None,
     accuracy_level: int | None,
+    via: str | None,
     overwrite: bool,
     as_json: bool,
 ) -> None:
@@ -217,6 +225,7 @@ def export(
             overwrite=overwrite,
             progress=progress,
             stage=lambda message: click.echo(f"\n{message}", err=True),
+            via=via,
         )
     if as_json:
         click.echo(json.dumps(export_result_dict(result), indent=2))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..device_profiles import DeviceProfile, ExportSettings, load_profile
-from ..errors import EdgekitError, require
+from ..errors import EdgekitError, UnsupportedArchitectureError, require
 from ..quant.calibration import calibration_sequences
 from ..quant.pipeline import Progress, quantize_checkpoint
 from ..quant.recipe import DEFAULT_RECIPE, Recipe
@@ -20,6 +20,7 @@ from .onnx import verify_onnx, write_onnx
 from .onnx_decoder import FLAVORS, OnnxOptions
 
 FORMATS = ("onnx", "mlx")
+VIAS = ("native", "optimum")
 
 
 @dataclass
@@ -58,12 +59,17 @@ def export(
     overwrite: bool = False,
     progress: Progress | None = None,
     stage: Any = None,
+    via: str | None = None,
 ) -> ExportResult:
     """Export SOURCE (HF folder, GGUF file or hub id) to an artifact folder at OUTPUT.
 
     profile: a device profile (name, .toml path or DeviceProfile) whose [export] table gives the
     defaults; every other argument given overrides it. Without a profile: ONNX, cpu flavor, the
     default recipe, the model's full context.
+
+    via: "native" (edgekit's graph builder, the five families), "optimum" (any architecture
+    optimum exports), or None: native, and optimum for an architecture the native builder does not
+    know, when the optimum extra is installed.
     """
     if profile is not None and not isinstance(profile, DeviceProfile):
         profile = load_profile(profile)
@@ -84,12 +90,37 @@ def export(
         raise EdgekitError(f"flavor '{flavor}' is not supported; supported: {', '.join(FLAVORS)}")
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise EdgekitError(f"accuracy level {accuracy_level} is not one of 0-4")
+    if via not in (None, *VIAS):
+        raise EdgekitError(f"export path '{via}' is not one of {', '.join(VIAS)}")
     note = stage or (lambda message: None)
     start = time.perf_counter()
     output = Path(output)
     if output.exists() and not overwrite:
         raise EdgekitError(f"{output} already exists; choose another output folder or pass --overwrite")
-    checkpoint = open_checkpoint(source)
+    generic = {
+        "format": format,
+        "flavor": flavor,
+        "recipe": recipe,
+        "calibration": calibration,
+        "max_context": max_context,
+        "accuracy_level": accuracy_level,
+        "overwrite": overwrite,
+        "progress": progress,
+        "stage": note,
+    }
+    if via == "optimum":
+        return _export_via_optimum(source, output, **generic)
+    try:
+        checkpoint = open_checkpoint(source)
+    except UnsupportedArchitectureError as exc:
+        if via == "native":
+            raise
+        if not _optimum_installed():
+            raise UnsupportedArchitectureError(
+                f"{exc}; other architectures export through optimum: pip install 'edgekit[optimum]'"
+            ) from None
+        note(f"notice: {exc}; exporting through optimum instead")
+        return _export_via_optimum(source, output, **generic)
     context = min(max_context or checkpoint.spec.max_position_embeddings, checkpoint.spec.max_position_embeddings)
     options = OnnxOptions(flavor=flavor or "cpu", max_context=context, accuracy_level=accuracy_level)
     sequences = None
@@ -136,6 +167,31 @@ def export(
         )
         size = sum(p.stat().st_size for p in folder.iterdir())
     return ExportResult(output, time.perf_counter() - start, size / 1e6, qm.bits_per_weight, result)
+
+
+def _optimum_installed() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("optimum.exporters.onnx") is not None
+    except ImportError:
+        return False
+
+
+def _export_via_optimum(source: str | Path, output: Path, **options: Any) -> ExportResult:
+    from .optimum import ALGORITHMS, export_via_optimum
+
+    format, flavor, recipe = options.pop("format"), options.pop("flavor"), options.pop("recipe")
+    if format != "onnx" or flavor != "cpu":
+        raise EdgekitError(
+            f"the optimum path writes ONNX artifacts of the cpu flavor, not {format}/{flavor}; "
+            "pass --format onnx --flavor cpu (or a cpu profile)"
+        )
+    if recipe.algorithm not in ALGORITHMS:  # AWQ folds scales into the norms of the native families
+        algorithm = "gptq" if options["calibration"] else "hqq"
+        options["stage"](f"notice: {recipe.algorithm} needs a native family; quantizing with {algorithm}")
+        recipe = replace(recipe, algorithm=algorithm)
+    return export_via_optimum(source, output, recipe=recipe, **options)
 
 
 def export_result_dict(result: ExportResult) -> dict[str, Any]:

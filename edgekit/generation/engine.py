@@ -150,6 +150,7 @@ class Engine:
         self.runtime = loaded.runtime
         self.tokenizer = loaded.tokenizer
         self.spec = loaded.spec
+        self.vocab_size: int = loaded.vocab_size
         self.name: str = loaded.name
         self.backend: str = loaded.backend
         self.manifest: dict[str, Any] | None = loaded.manifest
@@ -172,7 +173,7 @@ class Engine:
             raise EdgekitError("the prompt is empty; pass a string, token ids or chat messages")
         if all(isinstance(m, dict) for m in items):
             return self.tokenizer.apply_chat_template(items, add_generation_prompt=add_generation_prompt)
-        vocab = self.spec.vocab_size
+        vocab = self.vocab_size
         if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in items):
             raise EdgekitError(
                 f"a prompt list must be all token ids in [0, {vocab}) or all chat messages "

@@ -20,10 +20,15 @@ from .base import Runtime
 class Loaded:
     runtime: Runtime
     tokenizer: TextTokenizer
-    spec: ModelSpec
+    spec: ModelSpec | None  # None for an architecture outside the native families (optimum path)
     name: str
     backend: str
     manifest: dict[str, Any] | None = None
+    vocab_size: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.vocab_size and self.spec is not None:
+            self.vocab_size = self.spec.vocab_size
 
 
 DEFAULT_PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -46,6 +51,8 @@ def load_runtime(
     folder = Path(path)
     if (folder / MANIFEST).is_file():
         manifest = read_manifest(folder)
+        if manifest.get("graph") == "optimum":
+            return _load_optimum(folder, manifest, max_context, threads, providers, prefill_chunk)
         spec = ModelSpec.from_dict(manifest["spec"])
         context = min(max_context or 4096, manifest["max_context"])
         if max_context and max_context > manifest["max_context"]:
@@ -86,3 +93,30 @@ def load_runtime(
     runtime = ReferenceRuntime(ReferenceModel.from_checkpoint(checkpoint), context)
     tokenizer = TextTokenizer(checkpoint.tokenizer, checkpoint.eos_token_ids)
     return Loaded(runtime, tokenizer, checkpoint.spec, checkpoint.name, "numpy reference (fp32)")
+
+
+def _load_optimum(
+    folder: Path,
+    manifest: dict[str, Any],
+    max_context: int | None,
+    threads: int | None,
+    providers: list[str | tuple[str, dict[str, str]]] | None,
+    prefill_chunk: int | None,
+) -> Loaded:
+    from .onnx_optimum import MODEL_FILE, OptimumRuntime
+
+    if max_context and max_context > manifest["max_context"]:
+        raise EdgekitError(
+            f"{folder}: max context {max_context} is longer than the artifact's "
+            f"{manifest['max_context']}; re-export with --max-context {max_context}"
+        )
+    runtime = OptimumRuntime(
+        folder / MODEL_FILE,
+        min(max_context or 4096, manifest["max_context"]),
+        providers=providers or DEFAULT_PROVIDERS["cpu"],
+        threads=threads or None,
+        prefill_chunk=prefill_chunk,
+    )
+    tokenizer = TextTokenizer(read_tokenizer_files(folder), tuple(manifest.get("eos_token_ids", ())))
+    name = manifest["source"]["name"]
+    return Loaded(runtime, tokenizer, None, name, "onnx (optimum graph)", manifest, manifest["vocab_size"])
