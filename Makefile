@@ -49,6 +49,9 @@ bench: $(VENV)/.bench $(VENV)/.demo
 		--genai-artifact out/peers/smollm2-genai-int4
 	$(BIN)/python bench/export_memory.py --shape 1b
 	$(BIN)/python bench/quant_quality.py
+	$(BIN)/python bench/serve_load.py --artifact $(DEMO_ARTIFACT)
+	$(MAKE) $(OPT_VENV)/.ready
+	$(OPT_VENV)/bin/python bench/optimum_path.py --source $(SMOLLM2)
 
 # Debian packages that tests drive, as command:package: Xvfb and xdotool (the desktop example),
 # chromium (the chat page). Installed only as root with apt-get; elsewhere those tests skip (fail under CI=1).
