@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -131,6 +134,19 @@ def _recipe(
     return replace(base, **{k: v for k, v in changes.items() if v is not None})
 
 
+def _echo(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@contextlib.contextmanager
+def _removed(folder: Path):
+    """Remove `folder` (an intermediate student) when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 class _LayerProgress:
     """A progress bar on stderr fed by the quantizer's (step, total, what) callback."""
 
@@ -182,6 +198,20 @@ class _LayerProgress:
     help="Graph builder: edgekit's own (llama, mistral, qwen2, qwen3, phi3) or optimum's (any architecture; "
     "extra 'optimum') [default: native, optimum for other architectures when installed].",
 )
+@click.option(
+    "--distill-layers",
+    default=None,
+    type=click.IntRange(1),
+    help="First distill SOURCE into a student of this many layers (extra 'distill'; `edgekit distill` has "
+    "every training option).",
+)
+@click.option(
+    "--qad-steps",
+    default=None,
+    type=click.IntRange(1),
+    help="Quantization-aware distillation after quantizing: train scales and norms this many steps toward "
+    "the unquantized model on the calibration text (extra 'distill').",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def export(
@@ -199,6 +229,8 @@ def export(
     max_context: int | None,
     accuracy_level: int | None,
     via: str | None,
+    distill_layers: int | None,
+    qad_steps: int | None,
     overwrite: bool,
     as_json: bool,
 ) -> None:
@@ -211,7 +243,23 @@ def export(
     chosen = load_profile(profile) if profile else None
     base = profile_recipe(chosen.export) if chosen else DEFAULT_RECIPE
     recipe = _recipe(base, algorithm, bits, group_size, symmetric, embedding_bits)
-    with _LayerProgress() as progress:
+    qad = None
+    if qad_steps:
+        from ..distill.qad import qad_config
+
+        qad = qad_config(qad_steps)
+    student = Path(output).parent / f".{Path(output).name}.student"
+    if distill_layers:
+        from ..distill import distill
+        from .distill import StepProgress
+
+        steps = StepProgress("distilling")
+        try:
+            distill(source, student, layers=distill_layers, overwrite=True, progress=steps, stage=_echo)
+        finally:
+            steps.close()
+        source = str(student)
+    with _LayerProgress() as progress, _removed(student):
         result = run_export(
             source,
             output,
@@ -226,6 +274,7 @@ def export(
             progress=progress,
             stage=lambda message: click.echo(f"\n{message}", err=True),
             via=via,
+            qad=qad,
         )
     if as_json:
         click.echo(json.dumps(export_result_dict(result), indent=2))

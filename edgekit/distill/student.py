@@ -1,0 +1,110 @@
+"""A student made from the teacher: a subset of its layers (renumbered), optionally a narrower MLP
+keeping the intermediate channels that carry the most weight, and everything else copied."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import EdgekitError
+from ..spec import ModelSpec, spec_from_config
+
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+
+
+@dataclass
+class StudentPlan:
+    keep_layers: list[int]  # teacher layer indices, in order
+    intermediate_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"keep_layers": self.keep_layers, "intermediate_size": self.intermediate_size}
+
+
+def plan_student(
+    spec: ModelSpec,
+    layers: int | None = None,
+    keep_layers: Sequence[int] | None = None,
+    mlp_ratio: float = 1.0,
+) -> StudentPlan:
+    """`layers`: that many layers spread evenly (first and last kept); `keep_layers`: exactly those."""
+    total = spec.num_layers
+    if layers is not None and keep_layers is not None:
+        raise EdgekitError("give the student's layers once: --layers N or --keep-layers i,j,…")
+    if keep_layers is not None:
+        keep = list(keep_layers)
+        bad = [i for i in keep if not 0 <= i < total]
+        if bad:
+            raise EdgekitError(f"--keep-layers {bad[0]} is out of range: the teacher has layers 0-{total - 1}")
+        if len(set(keep)) != len(keep) or keep != sorted(keep):
+            raise EdgekitError("--keep-layers must be distinct layer indices in increasing order")
+    else:
+        count = total if layers is None else layers
+        if not 1 <= count <= total:
+            raise EdgekitError(f"a student of {count} layers cannot come from a teacher of {total}; pick 1 to {total}")
+        keep = np.linspace(0, total - 1, count).round().astype(int).tolist() if count > 1 else [0]
+    if not 0 < mlp_ratio <= 1:
+        raise EdgekitError(f"--mlp-ratio {mlp_ratio} must be in (0, 1]: a student is never wider than its teacher")
+    inter = max(1, int(round(spec.intermediate_size * mlp_ratio)))
+    if len(keep) == total and inter == spec.intermediate_size:
+        raise EdgekitError("this student is the teacher itself; drop layers (--layers) or narrow the MLP (--mlp-ratio)")
+    return StudentPlan(keep, inter)
+
+
+def _mlp_channels(w: Mapping[str, np.ndarray], p: str, spec: ModelSpec, keep: int) -> np.ndarray:
+    """The intermediate channels with the largest |gate row| * |up row| * |down column|."""
+    inter = spec.intermediate_size
+    if spec.fused_gate_up:
+        gate_up = np.asarray(w[p + "mlp.gate_up_proj.weight"], dtype=np.float32)
+        gate, up = gate_up[:inter], gate_up[inter:]
+    else:
+        gate = np.asarray(w[p + "mlp.gate_proj.weight"], dtype=np.float32)
+        up = np.asarray(w[p + "mlp.up_proj.weight"], dtype=np.float32)
+    down = np.asarray(w[p + "mlp.down_proj.weight"], dtype=np.float32)
+    score = np.linalg.norm(gate, axis=1) * np.linalg.norm(up, axis=1) * np.linalg.norm(down, axis=0)
+    return np.sort(np.argsort(-score)[:keep])
+
+
+def _narrow(name: str, a: np.ndarray, channels: np.ndarray, inter: int) -> np.ndarray:
+    if name.endswith(("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.gate_proj.bias", "mlp.up_proj.bias")):
+        return a[channels]
+    if name.endswith(("mlp.gate_up_proj.weight", "mlp.gate_up_proj.bias")):
+        return np.concatenate([a[:inter][channels], a[inter:][channels]])
+    if name.endswith("mlp.down_proj.weight"):
+        return a[:, channels]
+    return a
+
+
+def student_weights(spec: ModelSpec, teacher: Mapping[str, np.ndarray], plan: StudentPlan) -> dict[str, np.ndarray]:
+    """The student's tensors under HF names, float32."""
+    out: dict[str, np.ndarray] = {}
+    narrow = plan.intermediate_size < spec.intermediate_size
+    for new, old in enumerate(plan.keep_layers):
+        p = f"model.layers.{old}."
+        channels = _mlp_channels(teacher, p, spec, plan.intermediate_size) if narrow else None
+        for name in [n for n in teacher if n.startswith(p)]:
+            a = np.array(teacher[name], dtype=np.float32)
+            if channels is not None:
+                a = _narrow(name, a, channels, spec.intermediate_size)
+            out[f"model.layers.{new}.{name[len(p) :]}"] = a
+    for name in teacher:
+        if not _LAYER.match(name):
+            out[name] = np.array(teacher[name], dtype=np.float32)
+    return out
+
+
+def student_config(config: dict[str, Any], plan: StudentPlan) -> dict[str, Any]:
+    """The teacher's HF config with the student's depth and width (and a record of both)."""
+    student = dict(config)
+    student["num_hidden_layers"] = len(plan.keep_layers)
+    student["intermediate_size"] = plan.intermediate_size
+    if isinstance(student.get("layer_types"), list):  # per-layer attention kinds follow their layers
+        student["layer_types"] = [student["layer_types"][i] for i in plan.keep_layers]
+    if isinstance(student.get("max_window_layers"), int):
+        student["max_window_layers"] = min(student["max_window_layers"], len(plan.keep_layers))
+    spec_from_config(student)  # the student must be a model edgekit reads
+    return student

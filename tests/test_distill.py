@@ -1,0 +1,157 @@
+"""Distillation and quantization-aware distillation on tiny random checkpoints (torch, CPU)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import FAMILY_CASES
+
+import edgekit
+from edgekit.errors import EdgekitError
+from edgekit.quant.recipe import Recipe
+from edgekit.testing import write_tiny_checkpoint
+
+torch = pytest.importorskip("torch")
+
+from safetensors.numpy import load_file as read_safetensors  # noqa: E402
+
+from edgekit.distill import distill  # noqa: E402
+from edgekit.distill.student import plan_student  # noqa: E402
+from edgekit.distill.torch_model import Decoder, Weights  # noqa: E402
+from edgekit.distill.train import TrainConfig  # noqa: E402
+from edgekit.sources import open_checkpoint  # noqa: E402
+
+SHORT = {"samples": 8, "held_out": 2, "sequence_length": 32}
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("teacher") / "llama", "llama", num_hidden_layers=4)
+
+
+@pytest.mark.parametrize("case", sorted(FAMILY_CASES))
+def test_torch_decoder_matches_the_numpy_reference(case, tmp_path):
+    family = case.split("-")[0]
+    checkpoint = open_checkpoint(write_tiny_checkpoint(tmp_path / case, family, **FAMILY_CASES[case]))
+    ids = list(range(3, 60))
+    want = edgekit.ReferenceModel.from_checkpoint(checkpoint).forward(ids)
+    model = Decoder(checkpoint.spec, Weights({n: checkpoint.tensors.get(n) for n in checkpoint.tensors}))
+    got = model(torch.tensor([ids])).detach().numpy()[0]
+    assert np.abs(got - want).max() / np.abs(want).max() < 1e-5
+
+
+def test_student_layers_are_spread_or_exact(teacher):
+    spec = open_checkpoint(teacher).spec
+    assert plan_student(spec, layers=2).keep_layers == [0, 3]
+    assert plan_student(spec, keep_layers=[1, 2]).keep_layers == [1, 2]
+    assert plan_student(spec, mlp_ratio=0.5).intermediate_size == spec.intermediate_size // 2
+    for kwargs, message in [
+        ({"layers": 5}, "cannot come from a teacher of 4"),
+        ({"keep_layers": [0, 4]}, "out of range"),
+        ({"keep_layers": [2, 1]}, "increasing"),
+        ({"mlp_ratio": 1.5}, "never wider"),
+        ({}, "the teacher itself"),
+    ]:
+        with pytest.raises(EdgekitError, match=message):
+            plan_student(spec, **kwargs)
+
+
+def test_kl_falls_monotonically_and_the_student_exports_to_onnx_and_mlx(teacher, tmp_path):
+    config = TrainConfig(steps=8, batch_size=8, learning_rate=1e-3, warmup=1)  # one full batch per step
+    result = distill(teacher, tmp_path / "student", layers=2, mlp_ratio=0.5, config=config, **SHORT)
+    assert all(b < a for a, b in zip(result.losses, result.losses[1:], strict=False)), result.losses
+    assert result.after["kl"] < result.before["kl"]
+    config_json = json.loads((tmp_path / "student" / "config.json").read_text())
+    assert config_json["num_hidden_layers"] == 2 and config_json["edgekit_distillation"]["keep_layers"] == [0, 3]
+    for fmt in ("onnx", "mlx"):
+        artifact = tmp_path / f"student-{fmt}"
+        edgekit.export(tmp_path / "student", artifact, format=fmt, recipe=Recipe(algorithm="rtn"))
+        done = edgekit.load(artifact, profile=None).generate("hello", max_new_tokens=4, ignore_eos=True)
+        assert len(done.token_ids) == 4
+
+
+def test_resume_continues_with_the_same_loss_curve(teacher, tmp_path):
+    config = TrainConfig(steps=6, batch_size=4, learning_rate=1e-3, warmup=1, checkpoint_every=3)
+    whole = distill(teacher, tmp_path / "whole", layers=2, config=config, **SHORT).losses
+
+    def stop_at_step_4(step, total, info):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(teacher, tmp_path / "split", layers=2, config=config, progress=stop_at_step_4, **SHORT)
+    assert not (tmp_path / "split").exists() and (tmp_path / ".split.distill" / "checkpoint.pt").is_file()
+    resumed = distill(teacher, tmp_path / "split", layers=2, config=config, resume=True, **SHORT)
+    np.testing.assert_allclose(resumed.losses, whole, rtol=1e-5)
+    a = read_safetensors(tmp_path / "whole" / "model.safetensors")
+    b = read_safetensors(tmp_path / "split" / "model.safetensors")
+    assert all(np.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_torchrun_with_two_processes_equals_one_process(teacher, tmp_path):
+    """gloo on CPU: each process takes half of every global batch of 4."""
+    args = ["distill", str(teacher), "--layers", "2", "--steps", "4", "--batch-size", "4", "--lr", "1e-3"]
+    args += ["--warmup", "1", "--samples", "8", "--held-out", "2", "--seq-len", "32"]
+    single = subprocess.run(
+        [sys.executable, "-m", "edgekit", *args, "-o", str(tmp_path / "one")], capture_output=True, text=True
+    )
+    assert single.returncode == 0, single.stderr
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "edgekit"]
+    double = subprocess.run([*run, *args, "-o", str(tmp_path / "two")], capture_output=True, text=True, timeout=600)
+    assert double.returncode == 0, double.stderr[-3000:]
+    a = read_safetensors(tmp_path / "one" / "model.safetensors")
+    b = read_safetensors(tmp_path / "two" / "model.safetensors")
+    assert sorted(a) == sorted(b)
+    # Adam moves each weight by up to lr = 1e-3 per step; summing the batch in two halves changes
+    # the gradients in their last float bits, which Adam's normalization can magnify to ~1e-5
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-4
+
+
+def test_quantization_aware_distillation_trains_scales_and_norms(tmp_path):
+    source = write_tiny_checkpoint(tmp_path / "llama", "llama")
+    plain = edgekit.export(source, tmp_path / "plain", recipe=Recipe(algorithm="rtn"))
+    config = TrainConfig(steps=12, batch_size=16, learning_rate=1e-3, warmup=1)
+    qad = edgekit.export(source, tmp_path / "qad", recipe=Recipe(algorithm="rtn"), qad=config)
+    record = json.loads((qad.output / "edgekit.json").read_text())["quantization"]["recipe"]["qad"]
+    assert record["loss_last"] < record["loss_first"]
+    assert qad.verify["checked"] and plain.verify["checked"]
+    layers = json.loads((plain.output / "edgekit.json").read_text())["quantization"]["layers"]
+    assert layers == json.loads((qad.output / "edgekit.json").read_text())["quantization"]["layers"]
+
+
+def test_quantized_weight_round_trip_keeps_codes_and_integer_zero_points():
+    from edgekit.distill.torch_model import QuantizedWeight
+    from edgekit.quant.rtn import quantize_rtn
+
+    qt = quantize_rtn(np.random.default_rng(0).normal(size=(8, 64)).astype(np.float32), 4, 32)
+    module = QuantizedWeight(qt)
+    assert [n for n, _ in module.named_parameters()] == ["log_gain"]  # integer zero points stay fixed
+    np.testing.assert_allclose(module().detach().numpy(), qt.dequantize(), rtol=1e-6)
+    back = module.to_quantized()
+    assert np.array_equal(back.codes, qt.codes) and np.array_equal(back.zeros, qt.zeros)
+
+
+def test_bad_input_is_one_line_and_exit_2(teacher, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    out = tmp_path / "student"
+    for extra, message in [
+        (["--layers", "9"], "cannot come from a teacher of 4"),
+        (["--keep-layers", "0,7"], "out of range"),
+        (["--mlp-ratio", "2"], "never wider"),
+        (["--layers", "2", "--data", str(tmp_path / "none.txt")], "no such file"),
+    ]:
+        result = CliRunner().invoke(cli, ["distill", str(teacher), "-o", str(out), *extra])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and result.output.strip().splitlines()[-1].startswith("error: ")
+        assert not out.exists()
+    monkeypatch.setitem(sys.modules, "torch", None)
+    result = CliRunner().invoke(cli, ["distill", str(teacher), "-o", str(out), "--layers", "2"])
+    assert result.exit_code == 2 and "pip install 'edgekit[distill]'" in result.output
