@@ -155,3 +155,19 @@ def test_bad_input_is_one_line_and_exit_2(teacher, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
     result = CliRunner().invoke(cli, ["distill", str(teacher), "-o", str(out), "--layers", "2"])
     assert result.exit_code == 2 and "pip install 'edgekit[distill]'" in result.output
+
+
+def test_export_chains_distill_quantize_emit(teacher, tmp_path):
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    out = tmp_path / "artifact"
+    result = CliRunner().invoke(
+        cli, ["export", str(teacher), "-o", str(out), "--distill-layers", "2", "--distill-steps", "3", "-a", "rtn"]
+    )
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "edgekit.json").read_text())
+    assert manifest["spec"]["num_layers"] == 2
+    assert not (tmp_path / ".artifact.student").exists()
+    assert edgekit.load(out, profile=None).generate("hi", max_new_tokens=3, ignore_eos=True).stats.generated_tokens == 3

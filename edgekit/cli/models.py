@@ -205,6 +205,7 @@ class _LayerProgress:
     help="First distill SOURCE into a student of this many layers (extra 'distill'; `edgekit distill` has "
     "every training option).",
 )
+@click.option("--distill-steps", default=200, show_default=True, type=click.IntRange(1), help="With --distill-layers.")
 @click.option(
     "--qad-steps",
     default=None,
@@ -230,6 +231,7 @@ def export(
     accuracy_level: int | None,
     via: str | None,
     distill_layers: int | None,
+    distill_steps: int,
     qad_steps: int | None,
     overwrite: bool,
     as_json: bool,
@@ -251,11 +253,13 @@ def export(
     student = Path(output).parent / f".{Path(output).name}.student"
     if distill_layers:
         from ..distill import distill
+        from ..distill.train import TrainConfig
         from .distill import StepProgress
 
         steps = StepProgress("distilling")
+        config = TrainConfig(steps=distill_steps)
         try:
-            distill(source, student, layers=distill_layers, overwrite=True, progress=steps, stage=_echo)
+            distill(source, student, layers=distill_layers, config=config, overwrite=True, progress=steps, stage=_echo)
         finally:
             steps.close()
         source = str(student)
