@@ -51,6 +51,9 @@ class ExportSettings:
     lm_head_bits: int = 8
     accuracy_level: int = 4
     max_context: int = 4096
+    # npu flavor: the QNN SoC to also compile EPContext models for ("" = none), and its HTP arch
+    qnn_soc_model: str = ""
+    qnn_htp_arch: str = ""
 
 
 @dataclass(frozen=True)

@@ -91,8 +91,12 @@ def export(
         if flavor is not None:
             raise EdgekitError(f"flavor '{flavor}' applies to ONNX artifacts; MLX artifacts have no flavor")
         require("mlx.core", "mlx")  # the export ends by running the artifact
-    elif flavor not in FLAVORS:
-        raise EdgekitError(f"flavor '{flavor}' is not supported; supported: {', '.join(FLAVORS)}")
+    elif flavor not in (*FLAVORS, "npu"):
+        raise EdgekitError(f"flavor '{flavor}' is not supported; supported: {', '.join(FLAVORS)}, npu")
+    elif flavor == "npu":
+        from .onnx_npu import require_npu
+
+        require_npu()  # onnxruntime-qnn: the export ends by running the graphs on QNN's HTP backend
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise EdgekitError(f"accuracy level {accuracy_level} is not one of 0-4")
     if via not in (None, *VIAS):
@@ -128,6 +132,12 @@ def export(
         return _export_via_optimum(source, output, **generic)
     context = min(max_context or checkpoint.spec.max_position_embeddings, checkpoint.spec.max_position_embeddings)
     options = OnnxOptions(flavor=flavor or "cpu", max_context=context, accuracy_level=accuracy_level)
+    if flavor == "npu":
+        from .onnx_npu import npu_options, require_npu
+
+        require_npu(checkpoint.spec.family)
+        npu = npu_options(settings, profile.runtime.prefill_chunk if profile else None, max_context, context)
+        context = npu.context
     if qad is not None:
         require("torch", "distill")
     sequences = None
@@ -154,6 +164,10 @@ def export(
             write_mlx(folder, checkpoint, qm)
             note("verifying against the numpy reference")
             result = verify_mlx(folder, checkpoint, qm, prompt)
+        elif flavor == "npu":
+            from .onnx_npu import export_npu
+
+            result, npu_table = export_npu(folder, checkpoint, qm, npu, calibration, prompt, note)
         else:
             note("writing the ONNX graph")
             written = write_onnx(folder, checkpoint, qm, options)
@@ -177,6 +191,7 @@ def export(
                 "source": {"path": checkpoint.source, "format": checkpoint.format, "name": checkpoint.name},
                 "eos_token_ids": list(checkpoint.eos_token_ids),
                 "verify": result,
+                **({"npu": npu_table} if flavor == "npu" else {}),
             },
         )
         size = sum(p.stat().st_size for p in folder.iterdir())

@@ -67,6 +67,11 @@ def load_runtime(
             runtime: Runtime = MlxRuntime(folder, context, prefill_chunk=prefill_chunk, threads=threads)
             return Loaded(runtime, tokenizer, spec, name, "mlx", manifest)
         flavor = manifest["flavor"]
+        if flavor == "npu":  # static QDQ graphs on QNN's HTP backend (onnxruntime-qnn)
+            from .onnx_npu import NpuRuntime
+
+            runtime = NpuRuntime(folder, spec, manifest["npu"], context, qnn_options=manifest["npu"].get("qnn_options"))
+            return Loaded(runtime, tokenizer, spec, name, "onnx npu (QNN HTP)", manifest)
         if flavor not in DEFAULT_PROVIDERS:
             raise EdgekitError(f"{folder}: flavor '{flavor}' cannot be run by this edgekit; re-export for cpu or cuda")
         runtime = OnnxRuntime(

@@ -1,0 +1,115 @@
+"""The npu flavor: static QDQ graphs exported for every family and run on the QNN HTP backend that
+onnxruntime-qnn ships (an emulator of the Hexagon NPU on x86-64 Linux), CPU fallback disabled."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers import ALL_FAMILIES
+
+from edgekit import export, load
+from edgekit.errors import EdgekitError
+from edgekit.exporters.onnx_npu import MEDIAN_TOLERANCE, TOLERANCE, NpuWeights, npu_weights
+from edgekit.quant.recipe import Recipe
+from edgekit.reference import ReferenceModel
+
+pytest.importorskip("onnxruntime_qnn", reason="the npu flavor needs onnxruntime-qnn")
+
+PROMPT = [1, 5, 9, 20, 7, 3, 11, 2, 30, 17]  # 10 tokens: one full 8-token chunk and a padded one
+STEPS = 64
+
+
+def npu_export(source, out, **kwargs):
+    return export(source, out, flavor="npu", recipe=Recipe(algorithm="rtn"), max_context=96, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def npu_artifacts(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("npu")
+    return {family: npu_export(tiny_models[family], root / family).output for family in ALL_FAMILIES}
+
+
+def reference_for(folder) -> ReferenceModel:
+    """The numpy reference on the weights the artifact's graphs hold (rebuilt from the source)."""
+    from edgekit.quant.pipeline import quantize_checkpoint
+    from edgekit.sources import open_checkpoint
+
+    manifest = json.loads((folder / "edgekit.json").read_text())
+    checkpoint = open_checkpoint(manifest["source"]["path"])
+    w: NpuWeights = npu_weights(checkpoint.spec, quantize_checkpoint(checkpoint, Recipe(algorithm="rtn")).weights())
+    return ReferenceModel(w.reference_spec, w.reference)
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_npu_greedy_tokens_follow_the_reference(npu_artifacts, family):
+    folder = npu_artifacts[family]
+    manifest = json.loads((folder / "edgekit.json").read_text())
+    assert manifest["flavor"] == "npu" and manifest["verify"]["checked"]
+    assert manifest["verify"]["max_rel_error"] <= TOLERANCE
+    runtime = load(folder).runtime
+    assert type(runtime).__name__ == "NpuRuntime"
+    ids, got = list(PROMPT), [runtime.prefill(PROMPT)]
+    for _ in range(STEPS - 1):
+        ids.append(int(np.argmax(got[-1])))
+        got.append(runtime.decode(ids[-1]))
+    got = np.stack(got)
+    # teacher-forced: the reference sees the artifact's own tokens, so one early flip does not
+    # turn every later step into a disagreement
+    expected = reference_for(folder).forward(ids)[len(PROMPT) - 1 :]
+    agree = np.mean(got.argmax(-1) == expected.argmax(-1))
+    error = np.abs(got - expected).max(-1) / np.abs(expected).max()
+    assert agree >= 0.9, (agree, error.max())
+    assert np.median(error) <= MEDIAN_TOLERANCE and error.max() <= TOLERANCE, error
+
+
+def test_npu_runtime_trims_and_resets(npu_artifacts):
+    runtime = load(npu_artifacts["llama"]).runtime
+    first = runtime.prefill(PROMPT)
+    runtime.decode(int(np.argmax(first)))
+    runtime.trim(len(PROMPT) - 1)
+    again = runtime.prefill(PROMPT[-1:])  # the last prompt token through the decode graph
+    assert np.argmax(again) == np.argmax(first) and np.abs(again - first).max() < 0.05 * np.abs(first).max()
+    runtime.reset()
+    assert runtime.length == 0
+    all_logits = runtime.logits_all(PROMPT)
+    assert all_logits.shape == (len(PROMPT), runtime.spec.vocab_size)
+    with pytest.raises(EdgekitError, match="context"):
+        runtime.prefill(list(range(runtime.max_context + 1)))
+
+
+def test_epcontext_gives_the_same_tokens(tiny_models, npu_artifacts, tmp_path):
+    result = export(
+        tiny_models["qwen3"],
+        tmp_path / "ctx",
+        profile="snapdragon-8-gen-3",
+        recipe=Recipe(algorithm="rtn"),
+        max_context=96,
+    )
+    manifest = json.loads((result.output / "edgekit.json").read_text())
+    assert manifest["npu"]["context_graphs"] and manifest["npu"]["qnn_options"]["soc_model"] == "57"
+    assert manifest["verify"]["epcontext"]["same_tokens"]
+    for name in manifest["npu"]["context_graphs"].values():
+        assert b"EPContext" in (result.output / name).read_bytes()[:4096]
+    compiled = load(result.output).generate("hello", max_new_tokens=12).text
+    assert compiled == load(npu_artifacts["qwen3"]).generate("hello", max_new_tokens=12).text
+
+
+def test_npu_bad_input(tiny_models, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+    from edgekit.runtimes import onnx_npu
+
+    with pytest.raises(EdgekitError, match="npu flavor supports .*use --flavor cpu"):
+        from edgekit.exporters.onnx_npu import require_npu
+
+        require_npu("gemma")
+    monkeypatch.setattr(onnx_npu, "_registered", [])
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime_qnn", None)  # as if not installed
+    args = ["export", str(tiny_models["llama"]), "-o", str(tmp_path / "x"), "--flavor", "npu"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert "pip install onnxruntime-qnn" in result.output and "--flavor cpu" in result.output
+    assert not (tmp_path / "x").exists()
