@@ -158,7 +158,17 @@ def export(
 
             note(f"quantization-aware distillation: {qad.steps} steps on the calibration text")
             shown = progress and (lambda step, total, info: progress(step, total, f"QAD loss {info['loss']:.4f}"))
-            qad_record = quantization_aware_distill(checkpoint, qm, sequences, qad, progress=shown or None)
+            held_out = sequences[-max(1, len(sequences) // 8) :] if len(sequences) > 1 else []
+            train_on = sequences[: len(sequences) - len(held_out)]
+            qad_record = quantization_aware_distill(
+                checkpoint, qm, train_on, qad, held_out=held_out, progress=shown or None
+            )
+            if held_out:
+                before, after = qad_record["held_out_before"], qad_record["held_out_after"]
+                note(
+                    f"QAD on {len(held_out)} held-out calibration sequences: perplexity {before['perplexity']:.2f} -> "
+                    f"{after['perplexity']:.2f}, KL to the unquantized model {before['kl']:.4f} -> {after['kl']:.4f}"
+                )
         if format == "mlx":
             note("writing the MLX weights")
             write_mlx(folder, checkpoint, qm)
