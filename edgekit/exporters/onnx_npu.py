@@ -445,6 +445,7 @@ def verify_npu(folder: Path, npu: dict, w: NpuWeights, prompt: list[int], steps:
     result["qnn_htp"] = compare(got, reference.forward(ids)[len(prompt) - 1 :], "QNN HTP", HTP_TOLERANCE)
     result["max_rel_error"] = result["qnn_htp"]["max_rel_error"]
     result["top1_agreement"] = result["qnn_htp"]["top1_agreement"]
+    result["tolerance"] = HTP_TOLERANCE
     if npu.get("context_graphs"):
         runtime = NpuRuntime(folder, w.spec, npu, embedding=w.embedding, qnn_options=npu.get("qnn_options"))
         context_ids, context_got = run_greedy(runtime, prompt, steps)
