@@ -1,6 +1,7 @@
 """edgekit: export decoder LLMs to small INT4 artifacts for edge devices, and run them."""
 
 from .device_profiles import DeviceProfile, detect, load_profile
+from .distill import DistillResult, distill
 from .errors import EdgekitError, MissingDependencyError, SourceError, UnsupportedArchitectureError
 from .exporters.pipeline import ExportResult, export
 from .generation import (
@@ -17,6 +18,7 @@ from .generation import (
 from .quant import QuantizedModel, QuantizedTensor, Recipe, quantize_checkpoint
 from .reference import KVCache, ReferenceModel
 from .runtimes.loader import load_runtime
+from .serve import serve
 from .sources import Checkpoint, TokenizerFiles, open_checkpoint
 from .spec import FAMILIES, ModelSpec, RopeSpec
 
@@ -31,7 +33,10 @@ __all__ = [
     "SamplingParams",
     "Stats",
     "detect",
+    "distill",
+    "DistillResult",
     "load",
+    "serve",
     "load_profile",
     "FAMILIES",
     "ExportResult",
