@@ -431,7 +431,7 @@ def verify_npu(folder: Path, npu: dict, w: NpuWeights, prompt: list[int], steps:
     the QDQ graphs' tokens on the HTP. Raises when any check fails."""
     from ..reference import ReferenceModel
     from ..runtimes.onnx_npu import NpuRuntime, cpu_session
-    from .verify import run_greedy
+    from .verify import compare, run_greedy
 
     plain = {k: v for k, v in npu.items() if k not in ("context_graphs", "qnn_options")}
     reference = ReferenceModel(w.reference_spec, w.reference)
@@ -501,17 +501,6 @@ def export_npu(
     note("verifying on QNN HTP against the numpy reference")
     result = verify_npu(folder, npu, w, prompt)
     return result, npu
-
-
-def compare(got: np.ndarray, expected: np.ndarray, what: str, tolerance: float) -> dict[str, Any]:
-    error = float(np.abs(got - expected).max() / np.abs(expected).max())
-    agree = float(np.mean(got.argmax(-1) == expected.argmax(-1)))
-    if error > tolerance:
-        raise EdgekitError(
-            f"verification failed: {what} logits differ from the reference by {error:.2e} "
-            f"(tolerance {tolerance:.2g}), top-1 agreement {agree:.0%}; nothing was written"
-        )
-    return {"max_rel_error": error, "tolerance": tolerance, "top1_agreement": agree, "positions": len(got)}
 
 
 DEFAULT_CONTEXT = 1024  # without a profile or --max-context: the KV cache is static, so not the model's

@@ -33,17 +33,16 @@ def compare_with_reference(
     """Raises when `got` (from run_greedy) is not the reference's logits within TOLERANCE."""
     reference = ReferenceModel(spec, {}, layers=False, head=False)
     expected = reference.forward_streamed(weights, ids)[prompt_length - 1 :]
+    return {"checked": True, **compare(got, expected, what)}
+
+
+def compare(got: np.ndarray, expected: np.ndarray, what: str, tolerance: float = TOLERANCE) -> dict[str, Any]:
+    """Raises when got's logits are not expected's within tolerance x the largest |logit|."""
     error = float(np.abs(got - expected).max() / np.abs(expected).max())
     agree = float(np.mean(got.argmax(-1) == expected.argmax(-1)))
-    if error > TOLERANCE:
+    if error > tolerance:
         raise EdgekitError(
             f"verification failed: {what} logits differ from the reference by {error:.2e} "
-            f"(tolerance {TOLERANCE:.2g}), top-1 agreement {agree:.0%}; nothing was written"
+            f"(tolerance {tolerance:.2g}), top-1 agreement {agree:.0%}; nothing was written"
         )
-    return {
-        "checked": True,
-        "max_rel_error": error,
-        "tolerance": TOLERANCE,
-        "top1_agreement": agree,
-        "positions": len(got),
-    }
+    return {"max_rel_error": error, "tolerance": tolerance, "top1_agreement": agree, "positions": len(got)}
