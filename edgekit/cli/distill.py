@@ -11,7 +11,7 @@ from .app import cli
 
 
 def training_options(command: Any) -> Any:
-    """The training loop's settings, shared by `distill` and `export --qad-steps`."""
+    """The training loop's settings."""
     options = [
         click.option("--steps", default=200, show_default=True, type=click.IntRange(1), help="Optimizer steps."),
         click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Sequences per step."),
