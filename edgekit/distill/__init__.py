@@ -85,6 +85,7 @@ def distill(
     from ..exporters.artifact import staging
     from ..sources import open_checkpoint
     from ..sources.safetensors_io import write_safetensors
+    from ..spec import spec_from_config
     from .student import plan_student, student_config, student_weights
     from .torch_model import Decoder, Weights
     from .train import TrainConfig, distributed, train
@@ -99,9 +100,7 @@ def distill(
     checkpoint = open_checkpoint(teacher)
     plan = plan_student(checkpoint.spec, layers, keep_layers, mlp_ratio)
     config_json = student_config(checkpoint.config, plan)
-    from ..spec import spec_from_config
-
-    student_spec = spec_from_config(config_json)
+    student_spec = spec_from_config(config_json)  # the student must be a model edgekit reads
     train_set, eval_set = training_data(checkpoint, data, sequence_length, samples, held_out, note)
     teacher_tensors = {name: checkpoint.tensors.get(name) for name in checkpoint.tensors}
     teacher_model = Decoder(checkpoint.spec, Weights(teacher_tensors, trainable=False), sequence_length)

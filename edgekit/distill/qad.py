@@ -6,6 +6,8 @@ keeps its layout and kernels."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any
 
 import numpy as np
@@ -42,9 +44,6 @@ def quantization_aware_distill(
     quantized_params = [p for module in weights.quantized.values() for p in module.parameters()]
     student = Decoder(spec, weights, length)
     before = evaluate(student, teacher, held_out) if held_out else {}
-    from pathlib import Path
-    from tempfile import TemporaryDirectory
-
     with TemporaryDirectory(prefix="edgekit-qad-") as work:
         losses = train(student, teacher, [*quantized_params, *norms], sequences, config, Path(work), progress=progress)
     after = evaluate(student, teacher, held_out) if held_out else {}

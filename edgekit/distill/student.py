@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgekitError
-from ..spec import ModelSpec, spec_from_config
+from ..spec import ModelSpec
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
@@ -106,5 +106,4 @@ def student_config(config: dict[str, Any], plan: StudentPlan) -> dict[str, Any]:
         student["layer_types"] = [student["layer_types"][i] for i in plan.keep_layers]
     if isinstance(student.get("max_window_layers"), int):
         student["max_window_layers"] = min(student["max_window_layers"], len(plan.keep_layers))
-    spec_from_config(student)  # the student must be a model edgekit reads
     return student

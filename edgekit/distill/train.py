@@ -173,7 +173,7 @@ def held_out(student: nn.Module, teacher: nn.Module, sequences: Sequence[Sequenc
     for seq in sequences:
         ids = torch.tensor([list(seq)])
         s_log = F.log_softmax(student(ids)[0, :-1].double(), -1)
-        t_log = F.log_softmax(teacher(ids)[0, :-1].double(), -1)
+        t_log = s_log if teacher is student else F.log_softmax(teacher(ids)[0, :-1].double(), -1)
         nll -= float(s_log.gather(1, ids[0, 1:, None]).sum())
         kl += float((t_log.exp() * (t_log - s_log)).sum())
         count += len(seq) - 1

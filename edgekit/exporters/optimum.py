@@ -99,7 +99,7 @@ def export_via_optimum(
         _save(quantized, folder / MODEL_FILE)  # last: saving moves the model's tensors out to the file
         tokenizer.write(folder)
         weight_bytes = sum(r["bytes"] for r in records.values())
-        params = sum(r["parameters"] for r in records.values())
+        bits_per_weight = 8 * weight_bytes / max(1, sum(r["parameters"] for r in records.values()))
         eos = id_tuple(tokenizer.generation_config.get("eos_token_id")) or id_tuple(config.get("eos_token_id"))
         write_manifest(
             folder,
@@ -116,7 +116,7 @@ def export_via_optimum(
                 "quantization": {
                     "recipe": recipe.to_dict(),
                     "layers": records,
-                    "bits_per_weight": 8 * weight_bytes / max(params, 1),
+                    "bits_per_weight": bits_per_weight,
                     "weight_bytes": weight_bytes,
                 },
                 "source": {"path": str(source), "format": "hf", "name": Path(str(source)).name},
@@ -125,7 +125,7 @@ def export_via_optimum(
             },
         )
         size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-    return ExportResult(output, time.perf_counter() - start, size / 1e6, 8 * weight_bytes / max(params, 1), result)
+    return ExportResult(output, time.perf_counter() - start, size / 1e6, bits_per_weight, result)
 
 
 def _hf_folder(source: Path, scratch: Path) -> Path:
