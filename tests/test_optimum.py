@@ -86,6 +86,13 @@ def _opt(folder):
 BUILDERS = {"gpt2": _gpt2, "gemma": _gemma, "opt": _opt}
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """transformers draws a new model's weights from torch's generator: the same tiny model every run."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+
+
 def _matmulnbits_weights(artifact) -> dict[str, np.ndarray]:
     """Each quantized weight as the artifact's MatMulNBits computes with it, [N, K], by node name."""
     import onnx
