@@ -58,6 +58,8 @@ class OnnxRuntime:
         self.length = 0
         self.prefill_chunk = prefill_chunk or max_context
         self.session = make_session(model_path, providers, threads)
+        self._every_position: OnnxRuntime | None = None
+        self._options = (model_path, spec, providers, threads, kv_dtype)
         device = "cuda" if any("CUDA" in (p if isinstance(p, str) else p[0]) for p in providers) else "cpu"
         shape = [1, spec.num_kv_heads, max_context, spec.head_dim]
         self.cache = [
@@ -116,7 +118,21 @@ class OnnxRuntime:
 
     def logits_all(self, ids: Sequence[int]) -> np.ndarray:
         self.reset()
-        return self._run(ids)
+        if self._last_logits is None:
+            return self._run(ids)
+        # the generation graph returns the last position only; evaluation loads its twin over the
+        # same weight file, which returns every position, the first time it is asked for
+        if self._every_position is None:
+            from ..exporters.onnx import ALL_LOGITS_FILE
+
+            path, spec, providers, threads, kv_dtype = self._options
+            twin = path.with_name(ALL_LOGITS_FILE)
+            if not twin.is_file():
+                raise EdgekitError(f"{path.parent}: no {ALL_LOGITS_FILE} to compute every position's logits; re-export it")
+            self._every_position = OnnxRuntime(
+                twin, spec, self.max_context, providers=providers, threads=threads, kv_dtype=kv_dtype
+            )
+        return self._every_position.logits_all(ids)
 
     def reset(self) -> None:
         self.length = 0
