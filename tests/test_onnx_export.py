@@ -205,12 +205,3 @@ def test_runtime_path_imports_no_heavy_packages(artifact):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
-
-
-def test_hqq_float_zero_points_get_a_speed_notice(tiny_models, tmp_path):
-    notes: list[str] = []
-    export(tiny_models["llama"], tmp_path / "hqq", recipe=Recipe(algorithm="hqq"), stage=notes.append)
-    assert any("float zero points" in n and "25x slower" in n for n in notes)
-    notes.clear()
-    export(tiny_models["llama"], tmp_path / "rtn", recipe=Recipe(algorithm="rtn"), stage=notes.append)
-    assert not any("float zero points" in n for n in notes)

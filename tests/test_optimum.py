@@ -102,6 +102,12 @@ def _matmulnbits_weights(artifact) -> dict[str, np.ndarray]:
 
     model = onnx.load(str(artifact / "model.onnx"))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    # float zero points: a MatMulNBits without them plus x's group sums @ C, C [groups, N] (see packing)
+    tables = {
+        n.name.removesuffix("/zero_point_term"): inits[n.input[1]]
+        for n in model.graph.node
+        if n.op_type == "MatMul" and n.name.endswith("/zero_point_term")
+    }
     out = {}
     for node in model.graph.node:
         if node.op_type != "MatMulNBits":
@@ -118,7 +124,11 @@ def _matmulnbits_weights(artifact) -> dict[str, np.ndarray]:
             zeros = zp.reshape(n, blocks, 1).astype(np.float32)
         else:
             zeros = np.float32(2 ** (bits - 1))
-        out[node.name.removesuffix("/MatMulNBits")] = ((codes - zeros) * scales).reshape(n, -1)[:, :k]
+        w = (codes - zeros) * scales
+        name = node.name.removesuffix("/MatMulNBits")
+        if name in tables:
+            w = w + tables[name].T[:, :, None]
+        out[name] = w.reshape(n, -1)[:, :k]
     return out
 
 

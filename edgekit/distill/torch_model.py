@@ -56,7 +56,8 @@ class QuantizedWeight(nn.Module):
         from ..quant.tensor import fp16
 
         n = self.shape[0]
-        zeros = None if self.symmetric else self.zeros.detach().numpy().astype(np.float32)
+        # float16 values like HQQ's, as artifacts store them (integer zero points are unchanged)
+        zeros = None if self.symmetric else fp16(self.zeros.detach().numpy())
         return QuantizedTensor(
             self.codes.numpy().reshape(n, -1).copy(),
             fp16(self.scales.detach().numpy()),

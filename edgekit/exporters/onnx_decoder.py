@@ -6,6 +6,13 @@ MatMulNBits (fused gate/up) -> SiLU * up -> MatMulNBits (down). The embedding is
 same quantized blocks the (tied) lm_head multiplies with. Built straight from the quantized
 tensors: no torch, no tracing. Node names follow `/model/layers.{n}/{block}/{op}`.
 
+Float zero points (HQQ's, or trained by QAD) would send MatMulNBits to ONNX Runtime's slow
+unpacked path (its int8 CPU kernels and CUDA's fused GEMV take integer zero points only), so such a
+weight is split exactly: W = (q - z) * s = (q - m) * s + (m - z) * s, m = 2**(bits - 1). The first
+term is a MatMulNBits without zero points (m is its default); the second is constant over each group
+of g inputs, so x @ its transpose = (x summed over each group) @ C, C [groups, N] = ((m - z) * s)^T,
+computed in the graph from the stored float16 zero points and scales and folded once at load.
+
 Inputs follow onnxruntime-genai's decoder convention (input_ids, attention_mask,
 past_key_values.{n}.key/value; outputs logits, present.{n}.key/value) so its runtime loads the
 same model.
@@ -47,6 +54,9 @@ class DecoderBuilder:
         self.elem = TensorProto.FLOAT16 if options.flavor == "cuda" else TensorProto.FLOAT
         self.g = Graph("edgekit_decoder", data, written)
         self._packed: dict[str, str] = {}
+        self._zero_tables: dict[str, str] = {}  # weight with float zero points -> its C [groups, N]
+        self._float_zeros: dict[str, str] = {}  # weight -> its float zero points [N * groups], float32
+        self._group_sums: dict[tuple[str, int, int], str] = {}  # (input, groups, group size) -> sums
 
     def dense(self, name: str) -> str:
         return self.g.const(name, self.qm.dense[name].astype(self.float))
@@ -68,7 +78,31 @@ class DecoderBuilder:
             block_size=qt.group_size,
             accuracy_level=self.opt.accuracy_level,
         )
+        if weight in self._zero_tables:  # float zero points: add x's group sums @ C
+            sums = self.group_sums(x, k, qt.n_groups, qt.group_size, scope)
+            (term,) = self.g.op("MatMul", [sums, self._zero_tables[weight]], scope + "/zero_point_term")
+            (y,) = self.g.op("Add", [y, term], scope + "/zero_point_term")
         return y
+
+    def group_sums(self, x: str, k: int, groups: int, group_size: int, scope: str) -> str:
+        """x [batch, sequence, k] summed over each block of `group_size` inputs: [batch, sequence,
+        groups] (a last block past k counts zeros). Made once per input and grouping."""
+        key = (x, groups, group_size)
+        if key not in self._group_sums:
+            pad = groups * group_size - k
+            if pad:
+                pads = self.g.const(f"const/pad_last_{pad}", np.array([0, 0, 0, 0, 0, pad], np.int64))
+                (x,) = self.g.op("Pad", [x, pads], scope + "/group_sums")
+            shape = self.g.const(f"const/groups_{groups}x{group_size}", np.array([0, 0, groups, group_size], np.int64))
+            (blocks,) = self.g.op("Reshape", [x, shape], scope + "/group_sums")
+            (sums,) = self.g.op(
+                "ReduceSum",
+                [blocks, self.g.const("const/axes_last", np.array([-1], np.int64))],
+                scope + "/group_sums",
+                keepdims=0,
+            )
+            self._group_sums[key] = sums
+        return self._group_sums[key]
 
     def embedding(self, ids: str) -> str:
         """Gather rows of the quantized embedding's blocks and dequantize them in the graph."""
@@ -104,16 +138,20 @@ class DecoderBuilder:
         shape3 = self.g.const("const/embed_scales_shape", np.array([qt.shape[0], qt.n_groups, 1], np.int64))
         (scales,) = self.g.op("Reshape", [flat_scales, shape3], scope + "/scales_reshape")
         (s,) = self.g.op("Gather", [scales, ids], scope + "/scales", axis=0)  # [1, S, G, 1]
-        zeros = qt.zero_points().astype(self.float)
         if qt.zeros is None:
-            z = self.g.const("model.embed_tokens.weight.zero", np.array(zeros.flat[0], self.float))
-        else:
+            z = self.g.const("model.embed_tokens.weight.zero", np.array(2 ** (qt.bits - 1), self.float))
+        elif qt.integer_zeros:
+            zeros = qt.zeros.astype(self.float)[:, :, None]
             (z,) = self.g.op(
                 "Gather",
-                [self.g.const("model.embed_tokens.weight.zeros2d", zeros[:, :, None]), ids],
+                [self.g.const("model.embed_tokens.weight.zeros2d", zeros), ids],
                 scope + "/zeros",
                 axis=0,
             )
+        else:  # the float16 zero points the (tied) lm_head's C is made of: one copy in the file
+            flat = self.float_zeros("model.embed_tokens.weight", qt, self.elem)
+            (zeros,) = self.g.op("Reshape", [flat, shape3], scope + "/zeros_reshape")
+            (z,) = self.g.op("Gather", [zeros, ids], scope + "/zeros", axis=0)
         (centered,) = self.g.op("Sub", [codes, z], scope + "/center")
         (values,) = self.g.op("Mul", [centered, s], scope + "/scale")
         flat = self.g.const("const/embed_flat_shape", np.array([1, -1, qt.n_groups * qt.group_size], np.int64))
@@ -145,9 +183,42 @@ class DecoderBuilder:
         names = [self.g.const(weight + ".qweight", lambda: pack().B), self.stored_half(weight + ".scales", pack)]
         if qt.zeros is not None and qt.integer_zeros:
             names.append(self.g.const(weight + ".qzeros", lambda: pack().zero_points))
-        elif qt.zeros is not None:  # HQQ's float zero points
-            names.append(self.stored_half(weight + ".qzeros", lambda: pack().zero_points, "qzeros"))
+        elif qt.zeros is not None:  # float zero points: none on the MatMulNBits, a C table beside it
+            self._zero_tables[weight] = self.zero_point_table(weight, qt, names[1])
         self._packed[weight] = ",".join(names)
+
+    def float_zeros(self, weight: str, qt: QuantizedTensor, elem: int) -> str:
+        """A weight's float zero points [N * groups] (row-major), stored once as float16 (their
+        precision) and cast once at load to `elem` where that is float32."""
+        from onnx import TensorProto
+
+        stored = self.g.const(weight + ".qzeros", lambda: qt.zeros.astype(np.float16).reshape(-1))
+        if elem == TensorProto.FLOAT16:
+            return stored
+        if weight not in self._float_zeros:
+            (cast,) = self.g.op("Cast", [stored], "/model/constants/" + stored, to=TensorProto.FLOAT)
+            self._float_zeros[weight] = cast
+        return self._float_zeros[weight]
+
+    def zero_point_table(self, weight: str, qt: QuantizedTensor, scales: str) -> str:
+        """C [groups, N] = ((m - z) * s)^T of a weight with float zero points, m = 2**(bits - 1):
+        from the stored float16 zero points and scales, in float32 (see zero_point_table), rounded
+        once to float16 for the cuda flavor. Constant, so ONNX Runtime folds it at load."""
+        from onnx import TensorProto
+
+        n, groups = qt.shape[0], qt.n_groups
+        scope = "/model/constants/" + weight + ".zero_point_term"
+        zeros = self.float_zeros(weight, qt, TensorProto.FLOAT)
+        if self.float is np.float16:
+            (scales,) = self.g.op("Cast", [scales], scope + "/scales", to=TensorProto.FLOAT)
+        mid = self.g.const(f"const/f32_{2 ** (qt.bits - 1)}", np.array(2 ** (qt.bits - 1), np.float32))
+        (c,) = self.g.op("Sub", [mid, zeros], scope)
+        (c,) = self.g.op("Mul", [c, scales], scope)
+        (c,) = self.g.op("Reshape", [c, self.g.const(f"{scope}/shape", np.array([n, groups], np.int64))], scope)
+        (c,) = self.g.op("Transpose", [c], scope, perm=[1, 0])
+        if self.float is np.float16:
+            (c,) = self.g.op("Cast", [c], scope + "/half", to=TensorProto.FLOAT16)
+        return c
 
     def stored_half(self, name: str, source, field: str = "scales") -> str:
         """Float16 in the file; float32 flavors cast it once at load (ONNX Runtime folds the Cast),

@@ -196,7 +196,7 @@ def quantize_graph(
     import onnx
     from onnx import helper, numpy_helper
 
-    from ..quant.packing import to_matmulnbits
+    from ..quant.packing import group_indicator, to_matmulnbits, zero_point_table
     from ..quant.pipeline import quantize_tensor
 
     out = onnx.ModelProto()
@@ -204,6 +204,7 @@ def quantize_graph(
     inits = {i.name: i for i in out.graph.initializer}
     weights = list(constant_weights(out))
     done: dict[str, tuple[QuantizedTensor, list[str]]] = {}  # initializer -> (tensor, packed names)
+    terms: dict[str, tuple[str, str]] = {}  # float zero points: initializer -> (group indicator, C)
     records: dict[str, dict[str, Any]] = {}
     replaced: dict[int, list[Any]] = {}
     for step, weight in enumerate(weights, 1):
@@ -220,18 +221,26 @@ def quantize_graph(
             packed = to_matmulnbits(qt)
             stem = weight.initializer.replace("::", "_").replace("/", "_") + "_q"
             arrays = {f"{stem}.B": packed.B, f"{stem}.scales": packed.scales}
-            if packed.zero_points is not None:
+            if packed.zero_points is not None and qt.integer_zeros:
                 arrays[f"{stem}.zero_points"] = packed.zero_points
+            names = list(arrays)
+            if not qt.integer_zeros:  # float zero points: x's group sums @ C beside a MatMulNBits without them
+                indicator = f"edgekit_group_sums_{k}x{qt.group_size}"
+                if indicator not in {i for i, _ in terms.values()}:  # one per input size and group
+                    arrays[indicator] = group_indicator(k, qt.n_groups, qt.group_size)
+                arrays[f"{stem}.zero_point_term"] = zero_point_table(qt)
+                terms[weight.initializer] = (indicator, f"{stem}.zero_point_term")
             out.graph.initializer.extend(numpy_helper.from_array(a, name) for name, a in arrays.items())
-            done[weight.initializer] = (qt, list(arrays))
+            done[weight.initializer] = (qt, names)
         qt, names = done[weight.initializer]
         node = weight.node
         result = node.output[0] if weight.bias is None else node.output[0] + "/no_bias"
+        product = result if weight.initializer not in terms else result + "/without_zero_points"
         nodes = [
             helper.make_node(
                 "MatMulNBits",
                 [node.input[0], *names],
-                [result],
+                [product],
                 name=node.name + "/MatMulNBits",
                 domain="com.microsoft",
                 K=k,
@@ -241,6 +250,14 @@ def quantize_graph(
                 accuracy_level=accuracy_level,
             )
         ]
+        if weight.initializer in terms:
+            indicator, table = terms[weight.initializer]
+            sums, term = result + "/group_sums", result + "/zero_point_term"
+            nodes += [
+                helper.make_node("MatMul", [node.input[0], indicator], [sums], name=node.name + "/group_sums"),
+                helper.make_node("MatMul", [sums, table], [term], name=node.name + "/zero_point_term"),
+                helper.make_node("Add", [product, term], [result], name=node.name + "/zero_point_term/Add"),
+            ]
         if weight.bias is not None:
             nodes.append(helper.make_node("Add", [result, weight.bias], [node.output[0]], name=node.name + "/bias"))
         replaced[id(node)] = nodes

@@ -152,8 +152,6 @@ def export(
     with SpilledTensors(output.parent) as spilled, staging(output, overwrite) as folder:
         note(f"quantizing {checkpoint.name}: {recipe.algorithm} {recipe.bits}-bit g{recipe.group_size}")
         qm = quantize_checkpoint(checkpoint, recipe, sequences, progress, into=spilled)
-        if format == "onnx" and flavor == "cpu":
-            _note_float_zero_points(qm.records, note)
         qad_record = None
         if qad is not None:
             from ..distill.qad import quantization_aware_distill
@@ -208,17 +206,6 @@ def export(
         )
         size = sum(p.stat().st_size for p in folder.iterdir())
     return ExportResult(output, time.perf_counter() - start, size / 1e6, qm.bits_per_weight, result)
-
-
-def _note_float_zero_points(records: dict[str, dict[str, Any]], note: Any) -> None:
-    """HQQ's 4-bit asymmetric weights keep float zero points, which ONNX Runtime's CPU MatMulNBits
-    runs without its int8 kernels (SmolLM2 here: 6 against 170 tokens/s of decode)."""
-    floats = [n for n, r in records.items() if r["algorithm"] == "hqq" and r["bits"] == 4 and not r["symmetric"]]
-    if floats:
-        note(
-            f"notice: {len(floats)} weights have HQQ's float zero points, which ONNX Runtime's CPU kernels run "
-            "about 25x slower at decode; for a fast CPU artifact use rtn, gptq or awq-gptq (or --symmetric)"
-        )
 
 
 def _optimum_installed() -> bool:

@@ -3,6 +3,9 @@
 - ONNX Runtime `com.microsoft.MatMulNBits`: B uint8 [N, blocks, block_size * bits / 8] with codes
   packed low bits first along K; scales [N * blocks]; zero points either packed like the codes,
   one row of ceil(blocks * bits / 8) bytes per output row, or (non-integer zeros) float [N * blocks].
+  ONNX Runtime runs float zero points on slow unpacked paths only, so exporters split such a weight
+  exactly instead: a MatMulNBits without zero points plus the group sums of x times
+  `zero_point_table` (see there).
 - MLX affine: weight uint32 [N, K * bits / 32] (codes packed low bits first along K), scales and
   biases [N, K / group], dequantized as codes * scale + bias.
 """
@@ -68,6 +71,28 @@ def to_matmulnbits(qt: QuantizedTensor, scale_dtype=np.float32) -> MatMulNBitsWe
         else:
             zero_points = qt.zeros.astype(scale_dtype).reshape(-1)
     return MatMulNBitsWeights(b, scales, zero_points, k, n, qt.bits, qt.group_size)
+
+
+def zero_point_table(qt: QuantizedTensor) -> np.ndarray:
+    """C [groups, N] float32 of a weight with float zero points z: with m = 2**(bits - 1),
+
+        W = (q - z) * s = (q - m) * s + (m - z) * s,
+
+    the first term a MatMulNBits without zero points (m is its default, so ONNX Runtime's int8 and
+    fused kernels run it), the second constant over each group, so x @ its transpose is x's sums over
+    each group @ C, C = ((m - z) * s)^T. With z and s float16 values C is exact in float32 where
+    |z| >= 1 (m - z then has at most 13 significant bits, s 11), else rounded once, as float32's own
+    (q - z) * s may be."""
+    mid = np.float32(2 ** (qt.bits - 1))
+    return np.ascontiguousarray(((mid - qt.zero_points()) * qt.scales).T, dtype=np.float32)
+
+
+def group_indicator(k: int, groups: int, group_size: int) -> np.ndarray:
+    """E [k, groups] float32, 1 where input row i is in group j: x @ E sums x over each group (exactly:
+    adding products by 1 and 0) for inputs of any rank, K not divisible by the group included."""
+    e = np.zeros((k, groups), np.float32)
+    e[np.arange(k), np.arange(k) // group_size] = 1
+    return e
 
 
 @dataclass

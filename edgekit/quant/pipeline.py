@@ -99,8 +99,8 @@ def quantize_tensor(w: np.ndarray, how: TensorRecipe, hessian: np.ndarray | None
     if how.algorithm == "awq" and hessian is not None:
         return quantize_clipped(w, hessian, how.bits, group, how.symmetric)
     # Without activations (an untied embedding) a calibrated algorithm becomes HQQ. 8-bit HQQ falls
-    # back to rounding: near lossless at 8 bits anyway, and HQQ's float zero points are not accepted
-    # for 8-bit weights by ONNX Runtime's CPU kernel.
+    # back to rounding: near lossless at 8 bits anyway, and its integer zero points take one byte a
+    # group where HQQ's float16 ones would take two.
     if how.algorithm in ("hqq", *CALIBRATED) and how.bits == 4:
         return quantize_hqq(w, how.bits, group, how.symmetric)
     return quantize_rtn(w, how.bits, group, how.symmetric)
