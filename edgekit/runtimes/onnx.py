@@ -128,7 +128,9 @@ class OnnxRuntime:
             path, spec, providers, threads, kv_dtype = self._options
             twin = path.with_name(ALL_LOGITS_FILE)
             if not twin.is_file():
-                raise EdgekitError(f"{path.parent}: no {ALL_LOGITS_FILE} to compute every position's logits; re-export it")
+                raise EdgekitError(
+                    f"{path.parent}: no {ALL_LOGITS_FILE} to compute every position's logits; re-export it"
+                )
             self._every_position = OnnxRuntime(
                 twin, spec, self.max_context, providers=providers, threads=threads, kv_dtype=kv_dtype
             )
