@@ -5,8 +5,9 @@ BIN    := $(VENV)/bin
 # PyTorch is only for reference checks (dev extra). This pin takes the local CPU build on the
 # project's machines; any other spec downloads gigabytes of CUDA wheels.
 TORCH  ?= torch==2.13.0
+OPT_VENV ?= .venv-optimum
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-studies clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,24 +35,28 @@ demo: $(VENV)/.demo
 	$(BIN)/edgekit export $(SMOLLM2) -o $(DEMO_ARTIFACT) --profile auto --overwrite
 	echo "What is the capital of France?" | $(BIN)/edgekit chat $(DEMO_ARTIFACT)
 
-# Benchmarks against the peers (not part of `make test`): installs them into the same virtualenv.
-# llama-cpp-python compiles llama.cpp (about 6 minutes on 2 cores; pip caches the wheel).
+# Benchmarks against the peers (not part of `make test`): installs them into the same virtualenv
+# (optimum into its own). llama-cpp-python compiles llama.cpp (about 6 minutes on 2 cores; pip
+# caches the wheel). `make bench` measures everything in one go (bench/run.py, under an hour on 2
+# cores) and writes the README's results section and its plots (bench/report.py).
 $(VENV)/.bench: $(VENV)/.dev
-	$(BIN)/pip install --quiet onnxruntime-genai onnx-ir
+	$(BIN)/pip install --quiet onnxruntime-genai onnx-ir matplotlib
 	CMAKE_ARGS="-DGGML_NATIVE=ON" $(BIN)/pip install --quiet llama-cpp-python
-	command -v fortune >/dev/null || [ -d /usr/share/games/fortunes ] || apt-get install -y -qq fortunes
+	[ -f /usr/share/games/fortunes/literature ] || apt-get install -y -qq fortunes
 	touch $@
 
-bench: $(VENV)/.bench $(VENV)/.demo
+bench: $(VENV)/.bench $(OPT_VENV)/.ready
+	$(BIN)/python bench/run.py
+	$(BIN)/python bench/report.py --readme README.md
+
+# The longer studies behind the README's other tables, each with its own results file.
+bench-studies: $(VENV)/.bench $(VENV)/.demo $(OPT_VENV)/.ready
 	$(BIN)/edgekit export $(SMOLLM2) -o $(DEMO_ARTIFACT) --profile auto --overwrite
-	$(BIN)/python bench/peer_exports.py --out out/peers
-	$(BIN)/python bench/speed.py --artifact $(DEMO_ARTIFACT) --gguf $(SMOLLM2) \
-		--genai-artifact out/peers/smollm2-genai-int4
-	$(BIN)/python bench/export_memory.py --shape 1b
 	$(BIN)/python bench/quant_quality.py
+	$(BIN)/python bench/export_memory.py --shape llama-3.2-1b-shape --calibration out/calibration.txt -a awq-gptq
 	$(BIN)/python bench/serve_load.py --artifact $(DEMO_ARTIFACT)
-	$(MAKE) $(OPT_VENV)/.ready
 	$(OPT_VENV)/bin/python bench/optimum_path.py --source $(SMOLLM2)
+	$(BIN)/python bench/distill_smollm2.py
 
 # Debian packages that tests drive, as command:package: Xvfb and xdotool (the desktop example),
 # chromium (the chat page). Installed only as root with apt-get; elsewhere those tests skip (fail under CI=1).
@@ -69,8 +74,7 @@ $(VENV)/.system: | $(BIN)/python
 	else echo "not installing$$missing (needs root and apt-get): the tests that use them skip"; fi
 
 # optimum-onnx needs transformers < 5, which mlx-lm (dev extra) refuses: the optimum path's tests
-# run again in a virtualenv of their own, with the optimum extra.
-OPT_VENV ?= .venv-optimum
+# (and the optimum engine of bench/) run in a virtualenv of their own, with the optimum extra.
 
 $(OPT_VENV)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(OPT_VENV)

@@ -6,7 +6,10 @@ compared with the checkpoint's fp16 size. Target: under half of it. (Linux carri
 peak RSS across exec, so this parent stays small: a child forked from a big parent would report
 the parent's size.)
 
-    python bench/export_memory.py --shape 1b --algorithm rtn
+    python bench/export_memory.py --shape llama-3.2-1b-shape --algorithm rtn
+
+(bench/run.py measures the RTN export of every shape with the other engines; this script is for
+the calibrated recipes, which take half an hour at 1B on 2 cores.)
 """
 
 from __future__ import annotations
@@ -23,79 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-SHAPES = {
-    # Llama-3.2-1B's shape
-    "1b": {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
-        "vocab_size": 128256,
-        "hidden_size": 2048,
-        "intermediate_size": 8192,
-        "num_hidden_layers": 16,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "head_dim": 64,
-        "tie_word_embeddings": True,
-        "rope_theta": 500000.0,
-    },
-    # Qwen2.5-0.5B's shape
-    "0.5b": {
-        "model_type": "qwen2",
-        "architectures": ["Qwen2ForCausalLM"],
-        "vocab_size": 151936,
-        "hidden_size": 896,
-        "intermediate_size": 4864,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 14,
-        "num_key_value_heads": 2,
-        "tie_word_embeddings": True,
-        "rope_theta": 1000000.0,
-    },
-}
-
-
-def write_random_checkpoint(folder: Path, shape: str, seed: int = 0) -> tuple[Path, int]:
-    """An HF folder of random bf16 weights with one shard per layer; returns it and the parameter count."""
-    from edgekit.sources.safetensors_io import write_safetensors
-    from edgekit.spec import spec_from_config, weight_shapes
-    from edgekit.testing.tiny import tiny_tokenizer
-
-    config = {
-        **SHAPES[shape],
-        "hidden_act": "silu",
-        "max_position_embeddings": 4096,
-        "rms_norm_eps": 1e-5,
-        "bos_token_id": 0,
-        "eos_token_id": 2,
-        "torch_dtype": "bfloat16",
-    }
-    spec = spec_from_config(config)
-    shapes = weight_shapes(spec)
-    groups: dict[str, list[str]] = {}
-    for name in shapes:
-        key = ".".join(name.split(".")[:3]) if name.startswith("model.layers.") else "rest"
-        groups.setdefault(key, []).append(name)
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    weight_map, params = {}, 0
-    for k, names in enumerate(groups.values()):
-        shard = f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"
-        tensors = {}
-        for name in names:
-            shp = shapes[name]
-            scale = 1.0 if name == "model.embed_tokens.weight" else 1 / np.sqrt(shp[-1])
-            base = 1.0 if name.endswith("norm.weight") else 0.0
-            tensors[name] = (base + scale * rng.standard_normal(shp, dtype=np.float32)).astype(np.float32)
-            params += int(np.prod(shp))
-        write_safetensors(folder / shard, tensors, bf16=frozenset(tensors))
-        weight_map.update({n: shard for n in names})
-        del tensors
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    tiny_tokenizer(512).save(str(folder / "tokenizer.json"))  # the tokenizer does not matter to memory
-    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>"}))
-    return folder, params
+from sources import SHAPES, write_random_checkpoint
 
 
 def _shapes(folder: Path) -> dict[str, tuple[int, ...]]:
@@ -111,7 +42,7 @@ def _shapes(folder: Path) -> dict[str, tuple[int, ...]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="1b")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="llama-3.2-1b-shape")
     parser.add_argument("--algorithm", default="rtn", help="rtn/hqq need no calibration; awq/gptq need --calibration")
     parser.add_argument("--calibration", type=Path, default=None)
     parser.add_argument("--work", type=Path, default=Path("out/export-memory"))

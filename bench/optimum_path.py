@@ -39,8 +39,8 @@ def main() -> None:
     parser.add_argument("--json", default="bench/results/optimum_path.json")
     args = parser.parse_args()
 
-    # RTN: integer zero points, which ONNX Runtime's int8 MatMulNBits kernels need (HQQ's float zero
-    # points take a slower path in both)
+    # RTN: integer zero points, read by ONNX Runtime's MatMulNBits kernels themselves (float zero
+    # points need an extra term per projection in both graphs)
     recipe = Recipe(algorithm="rtn", lm_head_bits=8, embedding_bits=8)
     paths = {}
     exports = {}

@@ -61,10 +61,13 @@ def spm_vocab(size: int) -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
-def write_gguf(checkpoint: Checkpoint, path: Path, tensor_type: str = "F32", vocab: str = "bpe") -> Path:
+def write_gguf(
+    checkpoint: Checkpoint, path: Path, tensor_type: str = "F32", vocab: str = "bpe", pre_tokenizer: str = "gpt2"
+) -> Path:
     """Write `checkpoint` as GGUF. tensor_type: F32, F16 or any type gguf.quants can quantize
     (applied to 2-D weights; norms stay F32). vocab: "bpe" (the checkpoint's byte-level
-    tokenizer) or "spm" (a SentencePiece-style vocabulary of the model's vocab size)."""
+    tokenizer, with llama.cpp's name for its pre-tokenizer) or "spm" (a SentencePiece-style
+    vocabulary of the model's vocab size)."""
     import gguf
 
     spec = checkpoint.spec
@@ -95,7 +98,7 @@ def write_gguf(checkpoint: Checkpoint, path: Path, tensor_type: str = "F32", voc
 
         merges = json.loads(tok.to_str())["model"]["merges"]
         w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("gpt2")
+        w.add_tokenizer_pre(pre_tokenizer)
         w.add_token_list(tokens)
         w.add_token_types([CONTROL if t in specials else NORMAL for t in tokens])
         w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])

@@ -1,0 +1,72 @@
+"""What every engine in the benchmark provides, and the pieces they share.
+
+An engine makes its own artifact from a source model (`export`, timed and measured for peak
+memory in a child process of its own) and opens it as a `Session` that runs token ids to logits.
+The suite drives every session the same way: prefill a prompt, decode greedily, score a text.
+"""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Source:
+    """A model to benchmark. `gguf` is set for the real model (its file as shipped); `hf` is an HF
+    folder of the same weights (float) that every converter reads; `calibration` a text file for
+    the engines that calibrate (none of it in the evaluation text)."""
+
+    name: str
+    hf: Path
+    gguf: Path | None = None
+    real: bool = True  # False: random weights (speed and memory only; perplexity means nothing)
+    calibration: Path | None = None
+
+
+class Session(Protocol):
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        """Run the prompt from an empty cache; logits of its last position."""
+
+    def decode(self, token: int) -> np.ndarray:
+        """One token more; its logits."""
+
+    def logits_all(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits of every position of `ids`, from an empty cache: [len(ids), vocab]."""
+
+
+class Engine(Protocol):
+    name: str
+    venv: str  # "main" or "optimum": which virtualenv its child processes run in
+
+    def version(self) -> str:
+        """The engine's version; raises ImportError when it is not installed."""
+
+    def variants(self, source: Source) -> list[str]:
+        """The artifacts this engine makes of `source` (the first is the one speed is measured on)."""
+
+    def export(self, source: Source, variant: str, out: Path) -> None:
+        """Write the artifact for `variant` to `out` (a folder, created by the engine)."""
+
+    def speed_variants(self, source: Source) -> list[str]:
+        """The variants whose speed is measured (each costs a minute or more)."""
+
+    def open(self, artifact: Path, threads: int, context: int, all_logits: bool = False) -> Session:
+        """all_logits: the session is used for logits_all (engines that must ask for it up front)."""
+
+    def model_files(self, artifact: Path) -> list[Path]:
+        """The artifact's weight and graph files (what its size and bits per weight count)."""
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def source_from_json(info: dict) -> Source:
+    path = lambda key: Path(info[key]) if info.get(key) else None  # noqa: E731
+    return Source(info["name"], Path(info["hf"]), path("gguf"), info["real"], path("calibration"))

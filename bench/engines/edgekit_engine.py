@@ -1,0 +1,86 @@
+"""edgekit itself: `edgekit export` (ONNX for ONNX Runtime, or MLX) and edgekit's runtimes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .base import Source
+
+# variant -> export options. The real model gets the default recipe and the single-algorithm
+# recipes for the quality plot, calibrated on the source's calibration text; random weights get
+# RTN, since calibrating on noise means nothing and only costs time.
+ONNX_VARIANTS = {
+    "default": [],
+    "rtn-g32": ["-a", "rtn", "-g", "32", "--asymmetric"],
+    "rtn-g128": ["-a", "rtn", "-g", "128", "--asymmetric"],
+    "hqq-g32": ["-a", "hqq", "-g", "32", "--asymmetric"],
+    "hqq-g128": ["-a", "hqq", "-g", "128", "--asymmetric"],
+    "awq-g32": ["-a", "awq", "-g", "32", "--asymmetric"],
+    "gptq-g32": ["-a", "gptq", "-g", "32", "--asymmetric"],
+    "rtn-8bit": ["-a", "rtn", "--bits", "8", "--embedding-bits", "8"],
+}
+
+
+class _RuntimeSession:
+    def __init__(self, artifact: Path, threads: int, context: int):
+        from edgekit.runtimes.loader import load_runtime
+
+        self.runtime = load_runtime(artifact, max_context=context, threads=threads).runtime
+
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        self.runtime.reset()
+        return self.runtime.prefill(ids)
+
+    def decode(self, token: int) -> np.ndarray:
+        return self.runtime.decode(token)
+
+    def logits_all(self, ids: Sequence[int]) -> np.ndarray:
+        return self.runtime.logits_all(ids)
+
+
+class EdgekitEngine:
+    venv = "main"
+
+    def __init__(self, fmt: str):
+        self.format = fmt
+        self.name = "edgekit" if fmt == "onnx" else "edgekit-mlx"
+
+    def version(self) -> str:
+        import edgekit
+
+        if self.format == "mlx":
+            import mlx.core as mx
+
+            return f"{edgekit.__version__}, MLX {mx.__version__} (CPU backend)"
+        import onnxruntime
+
+        return f"{edgekit.__version__}, ONNX Runtime {onnxruntime.__version__}"
+
+    def variants(self, source: Source) -> list[str]:
+        if not source.real:
+            return ["rtn-g32"]
+        return list(ONNX_VARIANTS) if self.format == "onnx" else ["default"]
+
+    def export(self, source: Source, variant: str, out: Path) -> None:
+        command = [sys.executable, "-m", "edgekit", "export", str(source.gguf or source.hf), "-o", str(out)]
+        command += ["--format", self.format, "--max-context", "2048", "--overwrite", "--json", *ONNX_VARIANTS[variant]]
+        if source.calibration:
+            command += ["--calibration", str(source.calibration)]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+
+    def speed_variants(self, source: Source) -> list[str]:
+        # the default recipe, and RTN against HQQ (integer against float zero points)
+        return ["default", "rtn-g32", "hqq-g32"] if source.real and self.format == "onnx" else self.variants(source)[:1]
+
+    def open(self, artifact: Path, threads: int, context: int, all_logits: bool = False) -> _RuntimeSession:
+        return _RuntimeSession(artifact, threads, context)
+
+    def model_files(self, artifact: Path) -> list[Path]:
+        manifest = json.loads((artifact / "edgekit.json").read_text())
+        return [artifact / name for name in manifest["files"] if name.endswith((".onnx", ".data", ".safetensors"))]

@@ -1,0 +1,265 @@
+"""The README's results section and its plots, from bench/results/suite.json (made by bench/run.py).
+
+python bench/report.py                   # print the tables, write docs/bench/*.png
+python bench/report.py --readme README.md  # also replace the section between the bench markers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+HERE = Path(__file__).parent
+BEGIN, END = "<!-- bench:begin (written by bench/report.py) -->", "<!-- bench:end -->"
+TITLES = {
+    "smollm2-135m": "SmolLM2-135M-Instruct",
+    "qwen2.5-0.5b-shape": "Qwen2.5-0.5B shape, random weights",
+    "llama-3.2-1b-shape": "Llama-3.2-1B shape, random weights",
+}
+OURS = ("edgekit", "edgekit-mlx")
+PEERS_OF = {"edgekit": ("llama.cpp", "onnxruntime-genai", "optimum", "transformers"), "edgekit-mlx": ("mlx-lm",)}
+
+
+def rows(data: dict, table: str, model: str) -> list[dict]:
+    return [r for r in data[table] if r["model"] == model and "error" not in r]
+
+
+def artifact(data: dict, r: dict) -> dict:
+    return next(a for a in data["artifacts"] if all(a[k] == r[k] for k in ("model", "engine", "variant")))
+
+
+def speed_table(data: dict, model: str) -> list[str]:
+    plan = data["models"][model]
+    bandwidth = data["machine"]["memory_bandwidth_gbs"]
+    repeats = len(rows(data, "speed", model)[0]["runs"]["tg"])
+    lines = [
+        f"**{TITLES.get(model, model)}** ({plan['parameters'] / 1e6:.0f} M parameters), "
+        f"pp{plan['prompt']} / tg{plan['gen']}, {data['threads']} threads, median of {repeats}:",
+        "",
+        "| engine | artifact | MB | bits/weight | prefill tok/s | decode tok/s | TTFT ms | peak RSS MB "
+        "| decode bound tok/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows(data, "speed", model), key=lambda r: -r["tg"]):
+        a = artifact(data, r)
+        name = f"**{r['engine']}**" if r["engine"] in OURS else r["engine"]
+        bound = bandwidth * 1e3 / a["megabytes"]
+        lines.append(
+            f"| {name} | {r['variant']} | {a['megabytes']:.0f} | {a['bits_per_weight']:.2f} | {r['pp']:.0f} | "
+            f"{r['tg']:.1f} | {r['ttft_ms']:.0f} | {r['peak_rss_mb']:.0f} | {bound:.0f} |"
+        )
+    lines += ["", *ratio_lines(data, model)]
+    return lines
+
+
+def best(data: dict, model: str, engine: str) -> dict | None:
+    candidates = [r for r in rows(data, "speed", model) if r["engine"] == engine]
+    return max(candidates, key=lambda r: r["tg"], default=None)
+
+
+def ratio_lines(data: dict, model: str) -> list[str]:
+    out = []
+    for ours, peers in PEERS_OF.items():
+        a = best(data, model, ours)
+        if a is None:
+            continue
+        parts = []
+        for peer in peers:
+            b = best(data, model, peer)
+            if b is not None:
+                parts.append(
+                    f"{peer} ({b['variant']}) prefill x{a['pp'] / b['pp']:.2f}, decode x{a['tg'] / b['tg']:.2f}"
+                )
+        if parts:
+            out.append(f"{ours} against " + "; ".join(parts) + ".")
+    return out
+
+
+def quality_table(data: dict, model: str) -> list[str]:
+    quality = rows(data, "quality", model)
+    if not quality:
+        return []
+    base = next((q["perplexity"] for q in quality if q["engine"] == "transformers"), None)
+    lines = [
+        f"Perplexity on held-out text ({quality[0]['tokens']} tokens of Debian's `fortunes` literature and science "
+        "files, the same token ids for every engine), each artifact run by its own engine:",
+        "",
+        "| engine | artifact | bits/weight | MB | perplexity | x unquantized |",
+        "|---|---|---|---|---|---|",
+    ]
+    for q in sorted(quality, key=lambda q: q["perplexity"]):
+        a = artifact(data, q)
+        ratio = f"{q['perplexity'] / base:.3f}" if base else "-"
+        name = f"**{q['engine']}**" if q["engine"] in OURS else q["engine"]
+        lines.append(
+            f"| {name} | {q['variant']} | {a['bits_per_weight']:.2f} | {a['megabytes']:.0f} | "
+            f"{q['perplexity']:.2f} | {ratio} |"
+        )
+    return lines
+
+
+def export_table(data: dict) -> list[str]:
+    lines = [
+        "| model | engine | artifact | export s | peak export RSS MB | x fp16 size |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, info in data["models"].items():
+        fp16 = 2 * info["parameters"] / 1e6
+        speed_variants = {(r["engine"], r["variant"]) for r in rows(data, "speed", model)}
+        for a in rows(data, "artifacts", model):
+            if (a["engine"], a["variant"]) not in speed_variants or a["engine"] == "transformers":
+                continue
+            lines.append(
+                f"| {TITLES.get(model, model)} | {a['engine']} | {a['variant']} | {a['export_seconds']:.0f} | "
+                f"{a['export_peak_rss_mb']:.0f} | {a['export_peak_rss_mb'] / fp16:.2f} |"
+            )
+    return lines
+
+
+def plot_speed(data: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    models = list(data["models"])
+    fig, axes = plt.subplots(2, len(models), figsize=(4.2 * len(models), 6.5), squeeze=False)
+    for col, model in enumerate(models):
+        speed = sorted(rows(data, "speed", model), key=lambda r: -r["tg"])
+        labels = [f"{r['engine']}\n{r['variant']}" for r in speed]
+        colors = ["tab:green" if r["engine"] in OURS else "tab:gray" for r in speed]
+        for row, (key, what) in enumerate((("tg", "decode"), ("pp", "prefill"))):
+            ax = axes[row][col]
+            values = [r[key] for r in speed]
+            ax.barh(labels, values, color=colors)
+            ax.invert_yaxis()
+            ax.set_title(f"{TITLES.get(model, model)}\n{what} tokens/s" if row == 0 else f"{what} tokens/s", fontsize=9)
+            ax.tick_params(labelsize=7)
+            for y, v in enumerate(values):
+                ax.text(v, y, f" {v:.0f}" if v >= 10 else f" {v:.1f}", va="center", fontsize=7)
+            ax.set_xlim(0, max(values) * 1.25)
+    fig.suptitle(f"{data['machine']['cpu']}, {data['threads']} threads ({data['date']}); edgekit in green", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_quality(data: dict, model: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    quality = rows(data, "quality", model)
+    series: dict[str, list[tuple[float, float, str]]] = {}
+    for q in quality:
+        a = artifact(data, q)
+        method = q["variant"].split("-")[0] if q["engine"] == "edgekit" else ""
+        label = f"edgekit {method}" if q["engine"] == "edgekit" else q["engine"]
+        series.setdefault(label, []).append((a["bits_per_weight"], q["perplexity"], q["variant"]))
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for label, points in sorted(series.items()):
+        points.sort()
+        style = "-o" if label.startswith("edgekit") else "--s"
+        ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label, markersize=5)
+        for x, y, variant in points:
+            ax.annotate(variant, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("bits per weight (all weight bytes x 8 / parameters)")
+    ax.set_ylabel("perplexity on held-out text (lower is better)")
+    ax.set_title(f"{TITLES.get(model, model)}: quality against size per method", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_memory(data: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    models = list(data["models"])
+    fig, axes = plt.subplots(2, len(models), figsize=(4.2 * len(models), 6.5), squeeze=False)
+    for col, model in enumerate(models):
+        speed = sorted(rows(data, "speed", model), key=lambda r: r["peak_rss_mb"])
+        exported = [artifact(data, r) for r in speed if r["engine"] != "transformers"]
+        for row, (items, key, what) in enumerate(
+            (
+                (speed, "peak_rss_mb", "peak RSS while running, MB"),
+                (exported, "export_peak_rss_mb", "peak RSS while exporting, MB"),
+            )
+        ):
+            ax = axes[row][col]
+            labels = [f"{r['engine']}\n{r['variant']}" for r in items]
+            values = [r[key] for r in items]
+            ax.barh(labels, values, color=["tab:green" if r["engine"] in OURS else "tab:gray" for r in items])
+            ax.invert_yaxis()
+            ax.set_title(f"{TITLES.get(model, model)}\n{what}" if row == 0 else what, fontsize=9)
+            ax.tick_params(labelsize=7)
+            for y, v in enumerate(values):
+                ax.text(v, y, f" {v:.0f}", va="center", fontsize=7)
+            ax.set_xlim(0, max(values, default=1) * 1.25)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def section(data: dict, plots: Path, relative_to: Path) -> str:
+    m = data["machine"]
+    rel = lambda p: Path(os.path.relpath(p, relative_to)).as_posix()  # noqa: E731
+    lines = [
+        f"Measured {data['date']} by `make bench` (`{data['command']}`, {data['seconds'] / 60:.0f} minutes) on "
+        f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}, Python {m['python']}; raw numbers in "
+        "`bench/results/suite.json`. Versions: "
+        + "; ".join(sorted({f"{r['engine']}: {r['version']}" for r in data["artifacts"] if "version" in r}))
+        + ".",
+        "",
+        f"![tokens per second]({rel(plots / 'speed.png')})",
+        "",
+    ]
+    for model in data["models"]:
+        if rows(data, "speed", model):
+            lines += [*speed_table(data, model), ""]
+    lines += [
+        f"Decode bound: weights read per token over this machine's measured copy bandwidth "
+        f"({m['memory_bandwidth_gbs']} GB/s, one core, numpy), taking the whole artifact as read once per token "
+        "(embeddings are gathered, not read whole, so engines can beat it slightly on small models).",
+        "",
+    ]
+    for model in data["models"]:
+        q = quality_table(data, model)
+        if q:
+            lines += [*q, "", f"![perplexity against bits per weight]({rel(plots / f'quality-{model}.png')})", ""]
+    lines += [
+        "Export: time and peak memory of each engine's own tool (in a child process), against the model's "
+        "size in fp16:",
+        "",
+    ]
+    lines += [*export_table(data), "", f"![memory]({rel(plots / 'memory.png')})", ""]
+    skipped = data.get("skipped", {})
+    if skipped:
+        lines += ["Not measured in this run: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()) + ".", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="?", type=Path, default=HERE / "results" / "suite.json")
+    parser.add_argument("--plots", type=Path, default=HERE.parent / "docs" / "bench")
+    parser.add_argument("--readme", type=Path)
+    args = parser.parse_args()
+    data = json.loads(args.results.read_text())
+    args.plots.mkdir(parents=True, exist_ok=True)
+    plot_speed(data, args.plots / "speed.png")
+    plot_memory(data, args.plots / "memory.png")
+    for model in data["models"]:
+        if rows(data, "quality", model):
+            plot_quality(data, model, args.plots / f"quality-{model}.png")
+    root = (args.readme or HERE.parent / "README.md").resolve().parent
+    text = section(data, args.plots.resolve(), root)
+    print(text)
+    if args.readme:
+        readme = args.readme.read_text()
+        if BEGIN not in readme or END not in readme:
+            raise SystemExit(f"{args.readme}: no {BEGIN} ... {END} markers to write between")
+        head, rest = readme.split(BEGIN, 1)
+        args.readme.write_text(head + BEGIN + "\n" + text + "\n" + END + rest.split(END, 1)[1])
+
+
+if __name__ == "__main__":
+    main()
