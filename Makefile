@@ -51,12 +51,15 @@ bench: $(VENV)/.bench $(OPT_VENV)/.ready
 
 # The longer studies behind the README's other tables, each with its own results file.
 bench-studies: $(VENV)/.bench $(VENV)/.demo $(OPT_VENV)/.ready
+	mkdir -p out && cat /usr/share/games/fortunes/people /usr/share/games/fortunes/wisdom > out/calibration.txt
 	$(BIN)/edgekit export $(SMOLLM2) -o $(DEMO_ARTIFACT) --profile auto --overwrite
 	$(BIN)/python bench/quant_quality.py
 	$(BIN)/python bench/export_memory.py --shape llama-3.2-1b-shape --calibration out/calibration.txt -a awq-gptq
 	$(BIN)/python bench/serve_load.py --artifact $(DEMO_ARTIFACT)
 	$(OPT_VENV)/bin/python bench/optimum_path.py --source $(SMOLLM2)
-	$(BIN)/python bench/distill_smollm2.py
+	$(BIN)/python bench/npu_smollm2.py
+	$(BIN)/python bench/distill_smollm2.py student --steps 80 --lr 2e-4
+	$(BIN)/python bench/distill_smollm2.py qad
 
 # Debian packages that tests drive, as command:package: Xvfb and xdotool (the desktop example),
 # chromium (the chat page). Installed only as root with apt-get; elsewhere those tests skip (fail under CI=1).

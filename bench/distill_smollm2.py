@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from quant_quality import texts  # noqa: E402
+import numpy as np  # noqa: E402
+from quant_quality import EVAL_FILES, FORTUNES, texts  # noqa: E402
 
 from edgekit.distill.train import TrainConfig  # noqa: E402
 from edgekit.evaluate import evaluate  # noqa: E402
@@ -38,6 +39,30 @@ def progress(step: int, total: int, info: dict[str, float]) -> None:
     print(f"  step {step}/{total}: loss {info['loss']:.4f}, {info['tokens_per_s']:.0f} tokens/s", flush=True)
 
 
+def qad_text(files: str) -> str:
+    """The fortunes files QAD trains on (never the evaluation ones)."""
+    names = [n for n in files.split(",") if n]
+    if set(names) & set(EVAL_FILES):
+        raise SystemExit(f"--files must not include the evaluation files {', '.join(EVAL_FILES)}")
+    texts()  # installs the fortunes package when missing
+    return "\n".join((FORTUNES / n).read_text(encoding="utf-8", errors="replace") for n in names)
+
+
+def split_windows(windows: list[list[int]], held_out: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(train, held-out): the held-out windows spread evenly over the text."""
+    if not held_out:
+        return windows, []
+    pick = set(np.linspace(0, len(windows) - 1, held_out).round().astype(int).tolist())
+    return [w for i, w in enumerate(windows) if i not in pick], [windows[i] for i in sorted(pick)]
+
+
+def scored(step: int, result: dict) -> None:
+    print(
+        f"  held-out calibration text after step {step}: perplexity {result['perplexity']:.3f}, KL {result['kl']:.4f}",
+        flush=True,
+    )
+
+
 def qad(args: argparse.Namespace) -> dict:
     from edgekit.distill.qad import quantization_aware_distill
 
@@ -46,7 +71,15 @@ def qad(args: argparse.Namespace) -> dict:
     calibration_text, eval_text = texts()
     ids = tokenizer.encode(calibration_text).ids
     recipe_windows = token_windows(ids, DEFAULT_RECIPE.calibration_window, DEFAULT_RECIPE.calibration_samples)
-    calibration = token_windows(ids, args.window, args.samples)
+    qad_ids = tokenizer.encode(qad_text(args.files)).ids
+    calibration, held_out = split_windows(
+        token_windows(qad_ids, args.window, args.samples + args.held_out), args.held_out
+    )
+    print(
+        f"QAD text: {args.files}, {len(qad_ids)} tokens; {len(calibration)} training windows of {args.window}, "
+        f"{len(held_out)} held out",
+        flush=True,
+    )
     windows = token_windows(tokenizer.encode(eval_text).ids, 256, args.eval_windows)
     reference = ReferenceModel.from_checkpoint(source)
     base = evaluate(windows, reference.forward)
@@ -55,13 +88,33 @@ def qad(args: argparse.Namespace) -> dict:
     ptq = evaluate(windows, ReferenceModel(source.spec, qm.weights()).forward, reference.forward)
     print(f"default recipe: perplexity {ptq.perplexity:.3f} (x{ptq.perplexity / base.perplexity:.3f})", flush=True)
     config = TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, warmup=max(1, args.steps // 10)
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        warmup=max(1, args.steps // 10),
+        temperature=args.temperature,
+        ce_weight=args.ce_weight,
+        eval_every=args.eval_every if held_out else 0,
+        time_limit=args.time_limit * 60,
     )
     start = time.perf_counter()
-    record = quantization_aware_distill(source, qm, calibration, config, progress=progress)
+    record = quantization_aware_distill(
+        source,
+        qm,
+        calibration,
+        config,
+        held_out=held_out,
+        progress=progress,
+        scored=scored,
+        rounding_lr=args.rounding_lr,
+    )
     seconds = time.perf_counter() - start
     after = evaluate(windows, ReferenceModel(source.spec, qm.weights()).forward, reference.forward)
-    print(f"after QAD: perplexity {after.perplexity:.3f} (x{after.perplexity / base.perplexity:.3f})", flush=True)
+    print(
+        f"after QAD: perplexity {after.perplexity:.3f} (x{after.perplexity / base.perplexity:.3f}), "
+        f"KL {ptq.kl:.4f} -> {after.kl:.4f} ({seconds / 60:.1f} min)",
+        flush=True,
+    )
     return {
         "experiment": "qad",
         "source_perplexity": base.perplexity,
@@ -69,6 +122,7 @@ def qad(args: argparse.Namespace) -> dict:
         "after_qad": after.to_dict() | {"ratio": after.perplexity / base.perplexity},
         "bits_per_weight": qm.bits_per_weight,
         "qad_seconds": seconds,
+        "qad_text": {"files": args.files, "tokens": len(qad_ids)},
         "qad": record,
     }
 
@@ -119,16 +173,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--samples", type=int, default=32, help="calibration windows (qad)")
+    parser.add_argument("--samples", type=int, default=32, help="calibration windows to train on (qad)")
     parser.add_argument("--window", type=int, default=128, help="tokens per calibration window (qad)")
+    parser.add_argument("--files", default="people,wisdom", help="fortunes files QAD trains on (qad)")
+    parser.add_argument("--held-out", type=int, default=0, help="more windows of that text, held out (qad)")
+    parser.add_argument("--eval-every", type=int, default=0, help="steps between held-out scores; keeps the best")
+    parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--ce-weight", type=float, default=0.0, help="cross-entropy share of the loss")
+    parser.add_argument("--rounding-lr", type=float, default=0.0, help="learned rounding's learning rate (0: off)")
+    parser.add_argument("--time-limit", type=float, default=0.0, help="minutes of training at most (0: none)")
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per training sequence (student)")
     parser.add_argument("--eval-windows", type=int, default=8)
     parser.add_argument("--out", default="out/distill")
+    parser.add_argument(
+        "-o", "--output", default=None, help="result file (default bench/results/distill_EXPERIMENT.json)"
+    )
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d")
     result = {"date": started, "command": " ".join(["python", "bench/distill_smollm2.py", *sys.argv[1:]])}
     result |= qad(args) if args.experiment == "qad" else student(args)
-    path = Path(f"bench/results/distill_{args.experiment}.json")
+    path = Path(args.output or f"bench/results/distill_{args.experiment}.json")
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written {path}")
 

@@ -32,7 +32,7 @@ def artifact(data: dict, r: dict) -> dict:
 
 def speed_table(data: dict, model: str) -> list[str]:
     plan = data["models"][model]
-    bandwidth = data["machine"]["memory_bandwidth_gbs"]
+    bandwidth = data["machine"]["memory_read_gbs"]
     repeats = len(rows(data, "speed", model)[0]["runs"]["tg"])
     lines = [
         f"**{TITLES.get(model, model)}** ({plan['parameters'] / 1e6:.0f} M parameters), "
@@ -148,23 +148,31 @@ def plot_quality(data: dict, model: str, path: Path) -> None:
 
     quality = rows(data, "quality", model)
     series: dict[str, list[tuple[float, float, str]]] = {}
+    reference = None
     for q in quality:
         a = artifact(data, q)
-        method = q["variant"].split("-")[0] if q["engine"] == "edgekit" else ""
-        label = f"edgekit {method}" if q["engine"] == "edgekit" else q["engine"]
+        if q["engine"] == "transformers":
+            reference = q["perplexity"]
+            continue
+        label = f"edgekit {q['variant'].split('-')[0]}" if q["engine"] == "edgekit" else q["engine"]
         series.setdefault(label, []).append((a["bits_per_weight"], q["perplexity"], q["variant"]))
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(8, 5.5))
     for label, points in sorted(series.items()):
         points.sort()
         style = "-o" if label.startswith("edgekit") else "--s"
-        ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label, markersize=5)
-        for x, y, variant in points:
-            ax.annotate(variant, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("bits per weight (all weight bytes x 8 / parameters)")
+        ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label, markersize=6)
+        if not label.startswith("edgekit"):  # edgekit's series are told apart by the legend
+            for x, y, variant in points:
+                ax.annotate(variant, (x, y), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    if reference is not None:
+        ax.axhline(reference, color="black", linestyle=":", linewidth=1)
+        ax.annotate(f"unquantized (fp32): {reference:.1f}", (ax.get_xlim()[0], reference), fontsize=7,
+                    xytext=(2, -10), textcoords="offset points")  # fmt: skip
+    ax.set_xlabel("bits per weight (all weight bytes x 8 / parameters, embedding included)")
     ax.set_ylabel("perplexity on held-out text (lower is better)")
-    ax.set_title(f"{TITLES.get(model, model)}: quality against size per method", fontsize=10)
+    ax.set_title(f"{TITLES.get(model, model)}: quality against size, each artifact in its own engine", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -216,9 +224,11 @@ def section(data: dict, plots: Path, relative_to: Path) -> str:
         if rows(data, "speed", model):
             lines += [*speed_table(data, model), ""]
     lines += [
-        f"Decode bound: weights read per token over this machine's measured copy bandwidth "
-        f"({m['memory_bandwidth_gbs']} GB/s, one core, numpy), taking the whole artifact as read once per token "
-        "(embeddings are gathered, not read whole, so engines can beat it slightly on small models).",
+        f"Decode bound: the most tokens/s a decode step could reach if it did nothing but read every byte of "
+        f"the artifact once, at this machine's measured read bandwidth ({m['memory_read_gbs']} GB/s: numpy "
+        "reading a 1 GiB buffer with one and with two threads, the better). An untied embedding is only "
+        "gathered, not read whole, so such a model could beat it slightly; all three models here are tied."
+        + (f" (The bandwidth was {m['memory_read_note']}.)" if m.get("memory_read_note") else ""),
         "",
     ]
     for model in data["models"]:
