@@ -40,7 +40,7 @@ def main() -> None:
     start = time.perf_counter()
     engine = edgekit.load(args.out)
     load_seconds = time.perf_counter() - start
-    answer = engine.chat(QUESTION, max_tokens=args.tokens, temperature=0.0, ignore_eos=True)
+    answer = engine.chat(QUESTION, max_new_tokens=args.tokens, temperature=0.0, ignore_eos=True)
     stats = answer.stats
     row = {
         "date": time.strftime("%Y-%m-%d"),
