@@ -194,16 +194,20 @@ class ReferenceModel:
         return x @ self.lm_head.T
 
     def layer_forward(
-        self, n: int, h: np.ndarray, cache: KVCache, *, observe: Observer | None = None, layer: _Layer | None = None
+        self,
+        n: int,
+        h: np.ndarray,
+        cache: KVCache | Sequence[KVCache],
+        *,
+        observe: Observer | None = None,
+        layer: _Layer | None = None,
     ) -> np.ndarray:
         """Decoder layer n (or `layer` in its place) on hidden states h [T, hidden] that follow
         cache.length positions. Stores this layer's keys/values in the cache but leaves
-        cache.length to the caller."""
-        s, p = self.spec, f"model.layers.{n}."
+        cache.length to the caller. With a list of caches, row b of h is the next token of the
+        sequence whose cache is caches[b]."""
+        p = f"model.layers.{n}."
         layer = layer if layer is not None else self.layers[n]
-        t = h.shape[0]
-        cos, sin, bias = self._positions(cache.length, t)
-        group = s.num_heads // s.num_kv_heads
 
         def linear(name: str, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
             if observe is not None:
@@ -211,8 +215,21 @@ class ReferenceModel:
             y = x @ w.T
             return y + b if b is not None else y
 
-        x = rms_norm(h, layer.input_norm, s.rms_norm_eps)
+        x = rms_norm(h, layer.input_norm, self.spec.rms_norm_eps)
         qkv = linear("self_attn.qkv", x, layer.qkv, layer.qkv_bias)
+        if isinstance(cache, KVCache):
+            attn = self._attention(n, layer, qkv, cache)
+        else:
+            attn = np.concatenate([self._attention(n, layer, qkv[b : b + 1], c) for b, c in enumerate(cache)])
+        h = h + linear("self_attn.o_proj", attn, layer.o, layer.o_bias)
+        return h + self._mlp(layer, h, linear)
+
+    def _attention(self, n: int, layer: _Layer, qkv: np.ndarray, cache: KVCache) -> np.ndarray:
+        """Attention output [T, q_size] of T new positions (their fused q/k/v rows) after what
+        `cache` holds; stores their keys and values in layer n of the cache."""
+        s, t = self.spec, qkv.shape[0]
+        cos, sin, bias = self._positions(cache.length, t)
+        group = s.num_heads // s.num_kv_heads
         q = qkv[:, : s.q_size].reshape(t, s.num_heads, s.head_dim).transpose(1, 0, 2)
         k = qkv[:, s.q_size : s.q_size + s.kv_size].reshape(t, s.num_kv_heads, s.head_dim).transpose(1, 0, 2)
         v = qkv[:, s.q_size + s.kv_size :].reshape(t, s.num_kv_heads, s.head_dim).transpose(1, 0, 2)
@@ -225,14 +242,24 @@ class ReferenceModel:
         qg = q.reshape(s.num_kv_heads, group, t, s.head_dim)
         scores = (qg @ keys[:, None].transpose(0, 1, 3, 2)) * np.float32(1.0 / np.sqrt(s.head_dim)) + bias
         attn = (softmax(scores) @ values[:, None]).reshape(s.num_heads, t, s.head_dim)
-        attn = attn.transpose(1, 0, 2).reshape(t, s.q_size)
-        h = h + linear("self_attn.o_proj", attn, layer.o, layer.o_bias)
-        x = rms_norm(h, layer.post_norm, s.rms_norm_eps)
+        return attn.transpose(1, 0, 2).reshape(t, s.q_size)
+
+    def _mlp(self, layer: _Layer, h: np.ndarray, linear) -> np.ndarray:
+        x = rms_norm(h, layer.post_norm, self.spec.rms_norm_eps)
         gate_up = linear("mlp.gate_up", x, layer.gate_up, layer.gate_up_bias)
-        inter = s.intermediate_size
-        return h + linear(
-            "mlp.down_proj", self.act(gate_up[:, :inter]) * gate_up[:, inter:], layer.down, layer.down_bias
-        )
+        inter = self.spec.intermediate_size
+        return linear("mlp.down_proj", self.act(gate_up[:, :inter]) * gate_up[:, inter:], layer.down, layer.down_bias)
+
+    def decode_batch(self, tokens: Sequence[int], caches: Sequence[KVCache]) -> np.ndarray:
+        """One new token for each of several independent sequences (each with its own cache, of
+        any length): logits [B, vocab]. The projections run once for the whole batch, so B
+        sequences cost about as much weight reading as one."""
+        h = self.embed[np.asarray(tokens, dtype=np.int64)]
+        for n in range(len(self.layers)):
+            h = self.layer_forward(n, h, caches)
+        for cache in caches:
+            cache.length += 1
+        return self.logits(h)
 
     def forward_streamed(self, weights: Mapping[str, np.ndarray], ids: Sequence[int], block: int = 8192) -> np.ndarray:
         """Logits [T, vocab] for ids from an empty cache, holding one layer's weights at a time and

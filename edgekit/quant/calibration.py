@@ -42,21 +42,24 @@ def self_generated(
     model, tokenizer, samples: int, length: int, seed: int = 0, temperature: float = 1.0, top_k: int = 50
 ) -> list[list[int]]:
     """Token sequences sampled from the model (the fp32 reference) after short seed prompts, so
-    quantization can be calibrated without any dataset."""
+    quantization can be calibrated without any dataset. All sequences advance together, one
+    batched step per token, so the weights are read once per step rather than once per sequence."""
     rng = np.random.default_rng(seed)
-    sequences = []
-    for i in range(samples):
-        ids = tokenizer.encode(SEEDS[i % len(SEEDS)])
-        cache = model.new_cache()
-        logits = model.forward(ids, cache, all_logits=False)[-1]
-        while len(ids) < length:
-            top = np.argpartition(logits, -top_k)[-top_k:]
-            z = logits[top] / temperature
+    sequences = [tokenizer.encode(SEEDS[i % len(SEEDS)]) for i in range(samples)]
+    caches = [model.new_cache() for _ in sequences]
+    logits = np.stack(
+        [model.forward(ids, cache, all_logits=False)[-1] for ids, cache in zip(sequences, caches, strict=True)]
+    )
+    active = [i for i, ids in enumerate(sequences) if len(ids) < length]
+    while active:
+        for i in active:
+            top = np.argpartition(logits[i], -top_k)[-top_k:]
+            z = logits[i][top] / temperature
             p = np.exp(z - z.max())
-            token = int(top[rng.choice(top_k, p=p / p.sum())])
-            ids.append(token)
-            logits = model.forward([token], cache, all_logits=False)[-1]
-        sequences.append(ids)
+            sequences[i].append(int(top[rng.choice(top_k, p=p / p.sum())]))
+        active = [i for i in active if len(sequences[i]) < length]
+        if active:
+            logits[active] = model.decode_batch([sequences[i][-1] for i in active], [caches[i] for i in active])
     return sequences
 
 
