@@ -56,12 +56,14 @@ class Suite:
         return next((r for r in self.data[table] if all(r.get(k) == v for k, v in key.items())), None)
 
     def add(self, table: str, row: dict) -> None:
-        self.data[table] = [
-            r for r in self.data[table] if any(r.get(k) != row[k] for k in ("model", "engine", "variant"))
-        ]
+        self.drop({k: row[k] for k in ("model", "engine", "variant")}, (table,))
         self.data[table].append(row)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.data, indent=1))
+
+    def drop(self, key: dict, tables: tuple[str, ...]) -> None:
+        for table in tables:
+            self.data[table] = [r for r in self.data[table] if any(r.get(k) != v for k, v in key.items())]
 
     def log(self, message: str) -> None:
         elapsed = int(time.time() - self.started)
@@ -158,6 +160,7 @@ def run_model(suite: Suite, name: str, engines: list[str], args) -> None:
                 size = sum(p.stat().st_size for p in engine.model_files(out))
                 row.update(megabytes=size / 1e6, bits_per_weight=8 * size / params)
                 suite.add("artifacts", row)
+                suite.drop(key, ("speed", "quality"))  # measured on an artifact that is gone
                 suite.log(
                     f"  {row['megabytes']:.1f} MB, {row['bits_per_weight']:.2f} bits/weight, "
                     f"{row['export_seconds']:.0f} s, peak {row['export_peak_rss_mb']:.0f} MB"
