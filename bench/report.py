@@ -118,10 +118,14 @@ def export_table(data: dict) -> list[str]:
     return lines
 
 
+def timed_models(data: dict) -> list[str]:
+    return [m for m in data["models"] if rows(data, "speed", m)]
+
+
 def plot_speed(data: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    models = list(data["models"])
+    models = timed_models(data)
     fig, axes = plt.subplots(2, len(models), figsize=(4.2 * len(models), 6.5), squeeze=False)
     for col, model in enumerate(models):
         speed = sorted(rows(data, "speed", model), key=lambda r: -r["tg"])
@@ -181,7 +185,7 @@ def plot_quality(data: dict, model: str, path: Path) -> None:
 def plot_memory(data: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    models = list(data["models"])
+    models = timed_models(data)
     fig, axes = plt.subplots(2, len(models), figsize=(4.2 * len(models), 6.5), squeeze=False)
     for col, model in enumerate(models):
         speed = sorted(rows(data, "speed", model), key=lambda r: r["peak_rss_mb"])
@@ -217,9 +221,9 @@ def section(data: dict, plots: Path, relative_to: Path) -> str:
         + "; ".join(sorted({f"{r['engine']}: {r['version']}" for r in data["artifacts"] if "version" in r}))
         + ".",
         "",
-        f"![tokens per second]({rel(plots / 'speed.png')})",
-        "",
     ]
+    if timed_models(data):
+        lines += [f"![tokens per second]({rel(plots / 'speed.png')})", ""]
     for model in data["models"]:
         if rows(data, "speed", model):
             lines += [*speed_table(data, model), ""]
@@ -240,7 +244,9 @@ def section(data: dict, plots: Path, relative_to: Path) -> str:
         "size in fp16:",
         "",
     ]
-    lines += [*export_table(data), "", f"![memory]({rel(plots / 'memory.png')})", ""]
+    lines += [*export_table(data), ""]
+    if timed_models(data):
+        lines += [f"![memory]({rel(plots / 'memory.png')})", ""]
     skipped = data.get("skipped", {})
     if skipped:
         lines += ["Not measured in this run: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()) + ".", ""]
@@ -255,8 +261,9 @@ def main() -> None:
     args = parser.parse_args()
     data = json.loads(args.results.read_text())
     args.plots.mkdir(parents=True, exist_ok=True)
-    plot_speed(data, args.plots / "speed.png")
-    plot_memory(data, args.plots / "memory.png")
+    if timed_models(data):
+        plot_speed(data, args.plots / "speed.png")
+        plot_memory(data, args.plots / "memory.png")
     for model in data["models"]:
         if rows(data, "quality", model):
             plot_quality(data, model, args.plots / f"quality-{model}.png")
