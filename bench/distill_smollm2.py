@@ -7,9 +7,14 @@ student  a student with half the layers (every other one), distilled from the te
          calibration text: held-out perplexity before (layers dropped only) and after.
 
 Texts are the fortunes files bench/quant_quality.py uses (calibration: people + wisdom; evaluation:
-literature + science).
+literature + science). QAD may train on more fortunes files (--files, never the evaluation ones),
+hold out --held-out windows of them to score every --eval-every steps and keep the best weights,
+and stop after --time-limit minutes (the learning rate then decays over the time).
 
-    python bench/distill_smollm2.py qad --steps 60
+    # the README's QAD run (bench/results/distill_qad.json)
+    python bench/distill_smollm2.py qad --steps 240 --lr 5e-4 --batch-size 4 --window 128 --samples 960 \
+        --held-out 16 --eval-every 20 --temperature 1 --ce-weight 0 --time-limit 18 \
+        --files people,wisdom,computers,work,politics,humorists,miscellaneous,education,law,platitudes,medicine,love
     python bench/distill_smollm2.py student --steps 150
 """
 
@@ -109,6 +114,8 @@ def qad(args: argparse.Namespace) -> dict:
         rounding_lr=args.rounding_lr,
     )
     seconds = time.perf_counter() - start
+    if held_out:
+        print(f"held-out calibration text: source perplexity {record['held_out_source_perplexity']:.3f}", flush=True)
     after = evaluate(windows, ReferenceModel(source.spec, qm.weights()).forward, reference.forward)
     print(
         f"after QAD: perplexity {after.perplexity:.3f} (x{after.perplexity / base.perplexity:.3f}), "

@@ -171,3 +171,139 @@ def test_export_chains_distill_quantize_emit(teacher, tmp_path):
     assert manifest["spec"]["num_layers"] == 2
     assert not (tmp_path / ".artifact.student").exists()
     assert edgekit.load(out, profile=None).generate("hi", max_new_tokens=3, ignore_eos=True).stats.generated_tokens == 3
+
+
+class _Bigram(torch.nn.Module):
+    """logits [B, T, V] from a table: the smallest model train() can distill."""
+
+    def __init__(self, vocab: int, seed: int):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(seed)))
+
+    def forward(self, ids):
+        return self.table[ids]
+
+
+def test_early_stopping_restores_the_best_scored_weights_and_time_limit_stops():
+    from edgekit.distill.train import train
+
+    data = [list(np.random.default_rng(0).integers(0, 16, 12)) for _ in range(8)]
+    student, teacher = _Bigram(16, 1), _Bigram(16, 2)
+    seen, scores = {}, iter([5.0, 4.0, 2.0, 3.0, 6.0, 7.0])
+
+    def validate(step):
+        seen[step] = student.table.detach().clone()
+        return next(scores)
+
+    config = TrainConfig(steps=10, batch_size=2, learning_rate=1e-1, warmup=1, eval_every=2)
+    losses = train(student, teacher, [student.table], data, config, Path("/nonexistent"), validate=validate)
+    assert len(losses) == 10 and sorted(seen) == [0, 2, 4, 6, 8, 10]
+    assert torch.equal(student.table, seen[4]) and not torch.equal(seen[4], seen[10])  # step 4 scored best
+
+    student = _Bigram(16, 1)
+    config = TrainConfig(steps=10, batch_size=2, learning_rate=1e-1, warmup=1, time_limit=1e-9)
+    assert len(train(student, teacher, [student.table], data, config, Path("/nonexistent"))) == 1
+
+
+def test_parameter_groups_scale_the_learning_rate():
+    from edgekit.distill.train import train
+
+    data = [list(np.random.default_rng(0).integers(0, 16, 12)) for _ in range(4)]
+    teacher, a, b = _Bigram(16, 2), _Bigram(16, 1), _Bigram(16, 1)
+    config = TrainConfig(steps=1, batch_size=2, learning_rate=1e-2, warmup=1)
+    train(a, teacher, [a.table], data, config, Path("/nonexistent"))
+    train(b, teacher, [{"params": [b.table], "lr_scale": 3.0}], data, config, Path("/nonexistent"))
+    start = _Bigram(16, 1).table.detach()
+    moved_a, moved_b = (a.table.detach() - start).abs().max(), (b.table.detach() - start).abs().max()
+    assert abs(float(moved_b / moved_a) - 3.0) < 1e-3  # Adam's first step moves each weight by lr
+
+
+def test_held_out_scorer_matches_the_per_sequence_evaluation(teacher):
+    from edgekit.distill.train import HeldOutScorer, held_out
+
+    checkpoint = open_checkpoint(teacher)
+    tensors = {n: checkpoint.tensors.get(n) for n in checkpoint.tensors}
+    big = Decoder(checkpoint.spec, Weights(tensors, trainable=False), 64)
+    noisy = {n: a + np.float32(0.05) * np.random.default_rng(1).normal(size=a.shape) for n, a in tensors.items()}
+    small = Decoder(checkpoint.spec, Weights(noisy, trainable=False), 64)
+    rng = np.random.default_rng(0)
+    sequences = [list(rng.integers(0, 200, 24)) for _ in range(5)] + [list(rng.integers(0, 200, 16))]
+    want, got = held_out(small, big, sequences), HeldOutScorer(big, sequences, chunk=2)(small)
+    assert got["tokens"] == want["tokens"] == 5 * 23 + 15
+    assert abs(got["perplexity"] / want["perplexity"] - 1) < 1e-5 and abs(got["kl"] - want["kl"]) < 1e-5
+    assert want["kl"] > 1e-3
+    scorer = HeldOutScorer(big, sequences)
+    assert scorer.teacher_perplexity == pytest.approx(held_out(big, big, sequences)["perplexity"], rel=1e-5)
+
+
+def test_learned_rounding_moves_codes_to_neighbouring_levels_only():
+    from edgekit.distill.torch_model import QuantizedWeight
+    from edgekit.quant.rtn import quantize_rtn
+
+    qt = quantize_rtn(np.random.default_rng(0).normal(size=(8, 64)).astype(np.float32), 4, 32)
+    module = QuantizedWeight(qt, rounding=True)
+    assert sorted(n for n, _ in module.named_parameters()) == ["log_gain", "offsets"]
+    np.testing.assert_allclose(module().detach().numpy(), qt.dequantize(), rtol=1e-6)  # offsets start at 0
+    module().pow(2).sum().backward()
+    assert module.offsets.grad is not None and float(module.offsets.grad.abs().max()) > 0  # straight through
+    with torch.no_grad():
+        module.offsets.fill_(0.4)
+        module.offsets[0, 0, :4] = torch.tensor([0.6, -0.6, 1.7, 30.0])
+    codes = module.to_quantized().codes.astype(int)
+    want = qt.codes.astype(int).copy()
+    want[0, :4] += [1, -1, 2, 30]
+    assert np.array_equal(codes, np.clip(want, 0, 15))  # ±0.4 rounds back; clipped to the 4-bit grid
+    assert np.array_equal(module.to_quantized().zeros, qt.zeros)  # integer zero points untouched
+
+
+def test_qad_with_learned_rounding_and_early_stopping_keeps_the_layout(tmp_path):
+    from edgekit.distill.qad import quantization_aware_distill
+    from edgekit.quant import quantize_checkpoint
+
+    checkpoint = open_checkpoint(write_tiny_checkpoint(tmp_path / "llama", "llama"))
+    rng = np.random.default_rng(0)
+    sequences = [list(rng.integers(0, 200, 32)) for _ in range(20)]
+    qm = quantize_checkpoint(checkpoint, Recipe(algorithm="rtn"))
+    before = {name: qt for name, qt in qm.quantized.items()}
+    bits = qm.bits_per_weight
+    config = TrainConfig(steps=12, batch_size=8, learning_rate=1e-2, warmup=1, temperature=1.0, eval_every=3)
+    record = quantization_aware_distill(
+        checkpoint, qm, sequences[:16], config, held_out=sequences[16:], rounding_lr=0.1
+    )
+    assert record["trained"].endswith("rounding") and record["codes_changed"] > 0
+    assert [h["step"] for h in record["held_out_scores"]] == [0, 3, 6, 9, 12]
+    best = min(h["perplexity"] for h in record["held_out_scores"])
+    assert record["held_out_after"]["perplexity"] == pytest.approx(best, rel=1e-5)  # the best step's weights
+    assert record["kept_step"] > 0 and record["held_out_after"]["perplexity"] < record["held_out_before"]["perplexity"]
+    assert qm.bits_per_weight == bits
+    for name, qt in qm.quantized.items():
+        old = before[name]
+        assert qt.codes.shape == old.codes.shape and qt.codes.dtype == old.codes.dtype
+        assert np.array_equal(qt.zeros, old.zeros) and int(qt.codes.max()) < 2**qt.bits
+
+
+def test_a_time_limit_shortens_the_cosine_schedule():
+    from edgekit.distill.train import learning_rate
+
+    plain = TrainConfig(steps=100, learning_rate=1.0, warmup=10)
+    timed = TrainConfig(steps=100, learning_rate=1.0, warmup=10, time_limit=60.0)
+    assert learning_rate(5, timed, 59.0) == learning_rate(5, plain) == 0.6  # warmup counts steps
+    assert learning_rate(55, plain, 60.0) == pytest.approx(0.55)  # no limit: the clock is ignored
+    assert learning_rate(55, timed, 15.0) == pytest.approx(0.55)  # the steps run out first
+    assert learning_rate(55, timed, 60.0) == pytest.approx(0.1)  # the time runs out first
+    assert learning_rate(20, timed, 30.0) == pytest.approx(0.55)
+
+
+def test_export_qad_steps_keeps_the_best_held_out_weights(teacher, tmp_path):
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    out = tmp_path / "artifact"
+    result = CliRunner().invoke(cli, ["export", str(teacher), "-o", str(out), "--qad-steps", "4", "-a", "rtn"])
+    assert result.exit_code == 0, result.output
+    qad = json.loads((out / "edgekit.json").read_text())["quantization"]["recipe"]["qad"]
+    assert qad["training"]["eval_every"] == 1 and [h["step"] for h in qad["held_out_scores"]] == [0, 1, 2, 3, 4]
+    best = min(h["perplexity"] for h in qad["held_out_scores"])
+    assert qad["held_out_after"]["perplexity"] == pytest.approx(best, rel=1e-5)
+    assert edgekit.load(out, profile=None).generate("hi", max_new_tokens=3, ignore_eos=True).stats.generated_tokens == 3

@@ -27,9 +27,14 @@ def _key(name: str) -> str:
 class QuantizedWeight(nn.Module):
     """w = (codes - zero) * scale per group; codes fixed, scales trainable (as a log-gain on the
     quantizer's scales, so one learning rate suits scales of every magnitude), zero points trainable
-    only when they are already floats (integer zero points keep ONNX Runtime's int8 kernels)."""
+    only when they are already floats (integer zero points keep ONNX Runtime's int8 kernels).
 
-    def __init__(self, qt: QuantizedTensor):
+    With `rounding`, each weight also gets a trainable offset in code units (learned rounding): the
+    code used is round(code + offset) clipped to the grid, with the gradient passed straight through
+    the rounding, so a weight moves to a neighbouring level once its offset crosses ±0.5. The
+    result is still integer codes on the same grid."""
+
+    def __init__(self, qt: QuantizedTensor, rounding: bool = False):
         super().__init__()
         self.bits, self.group_size, self.shape, self.algorithm = qt.bits, qt.group_size, qt.shape, qt.algorithm
         self.symmetric = qt.zeros is None
@@ -42,24 +47,41 @@ class QuantizedWeight(nn.Module):
             self.register_buffer("zeros", zeros)
         else:
             self.zeros = nn.Parameter(zeros)
+        self.offsets = nn.Parameter(torch.zeros(self.codes.shape)) if rounding else None
 
     @property
     def scales(self) -> torch.Tensor:
         return self.base_scales * self.log_gain.exp()
 
+    def levels(self) -> torch.Tensor:
+        """The codes in use, as floats (with learned rounding: a straight-through estimate)."""
+        codes = self.codes.float()
+        if self.offsets is None:
+            return codes
+        soft = codes + self.offsets
+        hard = soft.detach().round().clamp(0, 2**self.bits - 1)
+        return soft + (hard - soft).detach()
+
     def forward(self) -> torch.Tensor:
         n, k = self.shape
-        w = (self.codes.float() - self.zeros[:, :, None]) * self.scales[:, :, None]
+        if self.offsets is None and not isinstance(self.zeros, nn.Parameter):  # fixed: computed once
+            if getattr(self, "_centered", None) is None:
+                self._centered = self.codes.float() - self.zeros[:, :, None]
+            centered = self._centered
+        else:
+            centered = self.levels() - self.zeros[:, :, None]
+        w = centered * self.scales[:, :, None]
         return w.reshape(n, -1)[:, :k]
 
     def to_quantized(self) -> QuantizedTensor:
         from ..quant.tensor import fp16
 
         n = self.shape[0]
+        codes = self.levels().detach().numpy().astype(self.codes.numpy().dtype)
         # float16 values like HQQ's, as artifacts store them (integer zero points are unchanged)
         zeros = None if self.symmetric else fp16(self.zeros.detach().numpy())
         return QuantizedTensor(
-            self.codes.numpy().reshape(n, -1).copy(),
+            codes.reshape(n, -1).copy(),
             fp16(self.scales.detach().numpy()),
             zeros,
             self.bits,
@@ -77,6 +99,7 @@ class Weights(nn.Module):
         dense: Mapping[str, np.ndarray],
         quantized: Mapping[str, QuantizedTensor] | None = None,
         trainable: bool = True,
+        rounding: bool = False,
     ):
         super().__init__()
         self.dense = nn.ParameterDict(
@@ -85,7 +108,9 @@ class Weights(nn.Module):
                 for name, a in dense.items()
             }
         )
-        self.quantized = nn.ModuleDict({_key(name): QuantizedWeight(qt) for name, qt in (quantized or {}).items()})
+        self.quantized = nn.ModuleDict(
+            {_key(name): QuantizedWeight(qt, rounding) for name, qt in (quantized or {}).items()}
+        )
 
     def __contains__(self, name: str) -> bool:
         return _key(name) in self.dense or _key(name) in self.quantized
