@@ -19,6 +19,8 @@ import numpy as np
 from engines import ENGINES
 from engines.base import peak_rss_mb, source_from_json
 
+from edgekit.evaluate import log_softmax
+
 
 def prompt_ids(n: int) -> list[int]:
     return [int(i) for i in np.random.default_rng(0).integers(100, 30000, n)]
@@ -50,9 +52,7 @@ def perplexity(engine, artifact: Path, windows: list[list[int]], threads: int) -
     session = engine.open(artifact, threads, max(len(w) for w in windows) + 8, all_logits=True)
     nll, count = 0.0, 0
     for ids in windows:
-        logits = np.asarray(session.logits_all(ids), dtype=np.float64)[:-1]
-        logits -= logits.max(axis=-1, keepdims=True)
-        log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+        log_probs = log_softmax(np.asarray(session.logits_all(ids), dtype=np.float64))[:-1]
         nll -= float(log_probs[np.arange(len(ids) - 1), ids[1:]].sum())
         count += len(ids) - 1
     return {"perplexity": math.exp(nll / count), "tokens": count}

@@ -63,6 +63,34 @@ class Engine(Protocol):
         """The artifact's weight and graph files (what its size and bits per weight count)."""
 
 
+class CausalLMSession:
+    """A session over a model called the way transformers calls a causal LM (input ids, attention
+    mask, past key values in; logits and new past out): transformers' own models and optimum's
+    ORTModelForCausalLM alike."""
+
+    def __init__(self, model, torch):
+        self.model, self.torch = model, torch
+
+    def _run(self, ids: Sequence[int], past=None) -> np.ndarray:
+        length = len(ids) + (self.length if past is not None else 0)
+        mask = self.torch.ones((1, length), dtype=self.torch.int64)
+        with self.torch.no_grad():
+            out = self.model(
+                input_ids=self.torch.tensor([list(ids)]), attention_mask=mask, past_key_values=past, use_cache=True
+            )
+        self.past, self.length = out.past_key_values, length
+        return out.logits[0].float().numpy()
+
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        return self._run(ids)[-1]
+
+    def decode(self, token: int) -> np.ndarray:
+        return self._run([token], self.past)[-1]
+
+    def logits_all(self, ids: Sequence[int]) -> np.ndarray:
+        return self._run(ids)
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

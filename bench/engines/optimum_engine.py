@@ -7,47 +7,25 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-from .base import Source
+from .base import CausalLMSession, Source
 
 QUANTIZED = "model_quantized.onnx"
 
 
-class _Session:
-    def __init__(self, artifact: Path, threads: int):
-        import onnxruntime
-        import torch
-        from optimum.onnxruntime import ORTModelForCausalLM
+def open_session(artifact: Path, threads: int) -> CausalLMSession:
+    import onnxruntime
+    import torch
+    from optimum.onnxruntime import ORTModelForCausalLM
 
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        torch.set_num_threads(threads)
-        self.torch = torch
-        self.model = ORTModelForCausalLM.from_pretrained(
-            artifact, file_name=QUANTIZED, session_options=options, provider="CPUExecutionProvider"
-        )
-
-    def _run(self, ids: Sequence[int], past=None) -> np.ndarray:
-        input_ids = self.torch.tensor([list(ids)])
-        length = len(ids) + (self.length if past is not None else 0)
-        mask = self.torch.ones((1, length), dtype=self.torch.int64)
-        with self.torch.no_grad():
-            out = self.model(input_ids=input_ids, attention_mask=mask, past_key_values=past, use_cache=True)
-        self.past, self.length = out.past_key_values, length
-        return out.logits[0].float().numpy()
-
-    def prefill(self, ids: Sequence[int]) -> np.ndarray:
-        return self._run(ids)[-1]
-
-    def decode(self, token: int) -> np.ndarray:
-        return self._run([token], self.past)[-1]
-
-    def logits_all(self, ids: Sequence[int]) -> np.ndarray:
-        return self._run(ids)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    torch.set_num_threads(threads)
+    model = ORTModelForCausalLM.from_pretrained(
+        artifact, file_name=QUANTIZED, session_options=options, provider="CPUExecutionProvider"
+    )
+    return CausalLMSession(model, torch)
 
 
 def export_and_quantize(hf: Path, out: Path) -> None:
@@ -85,8 +63,8 @@ class OptimumEngine:
     def export(self, source: Source, variant: str, out: Path) -> None:
         export_and_quantize(source.hf, out)
 
-    def open(self, artifact: Path, threads: int, context: int, all_logits: bool = False) -> _Session:
-        return _Session(artifact, threads)
+    def open(self, artifact: Path, threads: int, context: int, all_logits: bool = False) -> CausalLMSession:
+        return open_session(artifact, threads)
 
     def model_files(self, artifact: Path) -> list[Path]:
         return [p for p in artifact.iterdir() if p.name.startswith(QUANTIZED)]

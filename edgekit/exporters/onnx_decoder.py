@@ -202,7 +202,8 @@ class DecoderBuilder:
 
     def zero_point_table(self, weight: str, qt: QuantizedTensor, scales: str) -> str:
         """C [groups, N] = ((m - z) * s)^T of a weight with float zero points, m = 2**(bits - 1):
-        from the stored float16 zero points and scales, in float32 (see zero_point_table), rounded
+        from the stored float16 zero points and scales, in float32 (see quant.packing.zero_point_table, the
+        same table for the optimum path, on exactness), rounded
         once to float16 for the cuda flavor. Constant, so ONNX Runtime folds it at load."""
         from onnx import TensorProto
 
