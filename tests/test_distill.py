@@ -263,7 +263,7 @@ def test_qad_with_learned_rounding_and_early_stopping_keeps_the_layout(tmp_path)
     checkpoint = open_checkpoint(write_tiny_checkpoint(tmp_path / "llama", "llama"))
     rng = np.random.default_rng(0)
     sequences = [list(rng.integers(0, 200, 32)) for _ in range(20)]
-    qm = quantize_checkpoint(checkpoint, Recipe(algorithm="rtn"))
+    qm = quantize_checkpoint(checkpoint, Recipe(algorithm="rtn", group_size=32))
     before = {name: qt for name, qt in qm.quantized.items()}
     bits = qm.bits_per_weight
     config = TrainConfig(steps=12, batch_size=8, learning_rate=1e-2, warmup=1, temperature=1.0, eval_every=3)

@@ -188,7 +188,7 @@ def test_optimum_rewrite_splits_float_zero_points(tmp_path):
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    quantized_model, records, tensors = quantize_graph(model, Recipe(algorithm="hqq"), accuracy_level=0)
+    quantized_model, records, tensors = quantize_graph(model, Recipe(algorithm="hqq", group_size=32), accuracy_level=0)
     assert all(not qt.integer_zeros for qt in tensors.values())
     path = tmp_path / "q.onnx"
     onnx.save(quantized_model, str(path))
