@@ -20,7 +20,7 @@ Quantizer = Callable[[np.ndarray], QuantizedTensor]
 
 def output_error(w: np.ndarray, w_hat: np.ndarray, hessian: np.ndarray) -> float:
     d = (w - w_hat).astype(np.float32)
-    return float(np.einsum("nk,nk->", d @ hessian.astype(np.float32), d))
+    return float(np.einsum("nk,nk->", d @ np.asarray(hessian, dtype=np.float32), d))
 
 
 def search_scales(

@@ -123,6 +123,8 @@ class _Hessians:
     """Accumulates the mean X^T X per projection input over calibration sequences, in float32 and
     in place: for a model's widest input (the down projection's) one K x K matrix is hundreds of MB."""
 
+    COLUMNS = 1024
+
     def __init__(self) -> None:
         self.sums: dict[str, np.ndarray] = {}
         self.rows: dict[str, int] = {}
@@ -131,10 +133,11 @@ class _Hessians:
     def __call__(self, name: str, x: np.ndarray) -> None:
         assert name not in self.normalized, "observed after its Hessian was read"
         x = np.asarray(x, dtype=np.float32)
-        if name in self.sums:
-            self.sums[name] += x.T @ x
-        else:
-            self.sums[name] = x.T @ x
+        if name not in self.sums:
+            self.sums[name] = np.zeros((x.shape[1], x.shape[1]), np.float32)
+        total = self.sums[name]
+        for c in range(0, x.shape[1], self.COLUMNS):  # a K x COLUMNS product at a time, not a K x K one
+            total[:, c : c + self.COLUMNS] += x.T @ x[:, c : c + self.COLUMNS]
         self.rows[name] = self.rows.get(name, 0) + len(x)
 
     def get(self, name: str) -> np.ndarray | None:
@@ -145,6 +148,9 @@ class _Hessians:
             self.sums[name] /= np.float32(self.rows[name])
             self.normalized.add(name)
         return self.sums[name]
+
+    def drop(self, name: str) -> None:
+        self.sums.pop(name, None)
 
     def rescale(self, name: str, s: np.ndarray) -> None:
         """The Hessian of the inputs divided by s (AWQ folded s into the layer before)."""
@@ -195,7 +201,7 @@ def _awq_rms(spec: ModelSpec, point: str, hessian: np.ndarray) -> np.ndarray | N
     return np.repeat(d[:, None, :], spec.num_heads // spec.num_kv_heads, axis=1).reshape(-1)
 
 
-ROW_BLOCK = 8192  # output rows quantized at a time for the big matrices (embedding, lm_head)
+ROW_BLOCK = 2048  # output rows quantized at a time for the big matrices (embedding, lm_head)
 
 
 def _quantize_by_rows(store, name: str, how: TensorRecipe, hessian: np.ndarray | None) -> QuantizedTensor:
@@ -284,6 +290,7 @@ def quantize_checkpoint(
             layer = runner.build_layer(w, n)
             for h in hidden:
                 runner.layer_forward(n, h, KVCache(spec), observe=hessians, layer=layer)
+            del layer
         for point, targets in points.items():
             hessian = hessians.get(point)
             if hessian is not None and any(recipe.for_tensor(t).algorithm in SCALED for t in targets):
@@ -297,16 +304,20 @@ def quantize_checkpoint(
                 )
                 _fold_awq(spec, n, w, point, s)
                 hessians.rescale(point, s)
+        hessian = None
         for point, targets in points.items():
             for t in targets:
-                put(t, w[t], hessians.get(point))
-        for k in w:
-            if k not in quantized:
-                dense[k] = w[k]
+                put(t, w.pop(t), hessians.get(point))
+            hessians.drop(point)
+        dense.update(w)  # what is left: norms, biases
+        # Loop variables outlive an iteration: without these dels the float layers and Hessians of
+        # layer n would still be held while layer n + 1 is loaded.
+        del w, hessians
         if calibrate:
             qlayer = runner.build_layer(DequantizedWeights(QuantizedModel(spec, quantized, dense, recipe)), n)
-            hidden = [runner.layer_forward(n, h, KVCache(spec), layer=qlayer) for h in hidden]
-        del w
+            for i, h in enumerate(hidden):  # in place: the states before and after never both whole
+                hidden[i] = runner.layer_forward(n, h, KVCache(spec), layer=qlayer)
+            del qlayer
 
     if progress:
         progress(spec.num_layers, steps, "embedding / lm_head")
