@@ -201,7 +201,7 @@ def main() -> None:
     parser.add_argument("--engines", default=",".join(ALL))
     parser.add_argument("--variants", type=lambda v: v.split(","), help="only these artifacts (e.g. default,Q4_0)")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--eval-windows", type=int, default=4, help="windows of 256 held-out tokens")
+    parser.add_argument("--eval-windows", type=int, default=16, help="windows of 256 held-out tokens")
     parser.add_argument("--work", type=Path, default=Path("out/bench"))
     parser.add_argument("-o", "--output", type=Path, default=HERE / "results" / "suite.json")
     parser.add_argument("--fresh", action="store_true", help="measure everything again")

@@ -261,10 +261,17 @@ class ReferenceModel:
             cache.length += 1
         return self.logits(h)
 
-    def forward_streamed(self, weights: Mapping[str, np.ndarray], ids: Sequence[int], block: int = 8192) -> np.ndarray:
-        """Logits [T, vocab] for ids from an empty cache, holding one layer's weights at a time and
-        the embedding / lm_head a block of rows at a time (for models too big to hold in float32).
-        `weights` needs a take(name, rows) method when it can give rows without the whole tensor."""
+    def forward_streamed(
+        self,
+        weights: Mapping[str, np.ndarray],
+        ids: Sequence[int],
+        block: int = 8192,
+        cache: KVCache | Sequence[KVCache] | None = None,
+    ) -> np.ndarray:
+        """Logits [T, vocab] for ids, holding one layer's weights at a time and the embedding /
+        lm_head a block of rows at a time (for models too big to hold in float32). `weights` needs
+        a take(name, rows) method when it can give rows without the whole tensor. cache: what the
+        ids follow (default empty), extended by them; or one cache per id, a batched decode step."""
         s = self.spec
 
         def rows(name: str, index: np.ndarray) -> np.ndarray:
@@ -272,10 +279,15 @@ class ReferenceModel:
             return _f32(take(name, index) if take else np.asarray(weights[name])[index])
 
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        cache = self.new_cache()
+        cache = cache if cache is not None else self.new_cache()
         h = rows("model.embed_tokens.weight", ids)
         for n in range(s.num_layers):
             h = self.layer_forward(n, h, cache, layer=self.build_layer(weights, n))
+        if isinstance(cache, KVCache):
+            cache.length += len(ids)
+        else:
+            for c in cache:
+                c.length += 1
         x = rms_norm(h, _f32(weights["model.norm.weight"]), s.rms_norm_eps)
         head = "model.embed_tokens.weight" if s.tie_word_embeddings else "lm_head.weight"
         out = np.empty((len(ids), s.vocab_size), np.float32)

@@ -39,3 +39,30 @@ def test_self_generated_sequences_follow_the_model(tiny_models):
         assert ids[: len(seed)] == seed
         assert ids[len(seed) :] == model.greedy(seed, 24 - len(seed))
     assert sequences == self_generated(model, TextTokenizer(checkpoint.tokenizer), samples=5, length=24, top_k=1)
+
+
+def test_streamed_sampling_matches_the_in_memory_model(tiny_models, monkeypatch):
+    """Past IN_MEMORY_LIMIT the source is read one layer at a time on every step: same logits, same text."""
+    from edgekit.quant import calibration
+
+    checkpoint = open_checkpoint(tiny_models["qwen2"])
+    model = ReferenceModel.from_checkpoint(checkpoint)
+    streamed = calibration.StreamedReference(checkpoint)
+    prompts = [[5, 9, 13], [7]]
+    caches = [model.new_cache() for _ in prompts]
+    streamed_caches = [streamed.new_cache() for _ in prompts]
+    for ids, a, b in zip(prompts, caches, streamed_caches, strict=True):
+        np.testing.assert_allclose(
+            streamed.forward(ids, b, all_logits=False), model.forward(ids, a, all_logits=False), rtol=1e-5, atol=1e-5
+        )
+    for step in range(3):
+        tokens = [11 + step, 3 + step]
+        np.testing.assert_allclose(
+            streamed.decode_batch(tokens, streamed_caches), model.decode_batch(tokens, caches), rtol=1e-5, atol=1e-5
+        )
+    assert [c.length for c in streamed_caches] == [c.length for c in caches] == [6, 4]
+
+    in_memory = calibration.calibration_sequences(checkpoint, 20, 3)
+    monkeypatch.setattr(calibration, "IN_MEMORY_LIMIT", 0)
+    monkeypatch.setattr(ReferenceModel, "from_checkpoint", lambda *a: pytest.fail("loaded whole over the limit"))
+    assert calibration.calibration_sequences(checkpoint, 20, 3) == in_memory

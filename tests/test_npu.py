@@ -20,9 +20,11 @@ pytest.importorskip("onnxruntime_qnn", reason="the npu flavor needs onnxruntime-
 PROMPT = [1, 5, 9, 20, 7, 3, 11, 2, 30, 17]  # 10 tokens: one full 8-token chunk and a padded one
 STEPS = 64
 
+RTN = Recipe(algorithm="rtn", group_size=32)  # the Snapdragon profiles' blocks
+
 
 def npu_export(source, out, **kwargs):
-    return export(source, out, flavor="npu", recipe=Recipe(algorithm="rtn"), max_context=96, **kwargs)
+    return export(source, out, flavor="npu", recipe=RTN, max_context=96, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def reference_for(folder) -> ReferenceModel:
 
     manifest = json.loads((folder / "edgekit.json").read_text())
     checkpoint = open_checkpoint(manifest["source"]["path"])
-    w: NpuWeights = npu_weights(checkpoint.spec, quantize_checkpoint(checkpoint, Recipe(algorithm="rtn")).weights())
+    w: NpuWeights = npu_weights(checkpoint.spec, quantize_checkpoint(checkpoint, RTN).weights())
     return ReferenceModel(w.reference_spec, w.reference)
 
 
@@ -84,7 +86,7 @@ def test_epcontext_gives_the_same_tokens(tiny_models, npu_artifacts, tmp_path):
         tiny_models["qwen3"],
         tmp_path / "ctx",
         profile="snapdragon-8-gen-3",
-        recipe=Recipe(algorithm="rtn"),
+        recipe=RTN,
         max_context=96,
     )
     manifest = json.loads((result.output / "edgekit.json").read_text())
