@@ -147,6 +147,14 @@ def plot_speed(data: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def recipe_of(variant: str) -> str:
+    """edgekit's algorithm behind a variant name: one plotted series per algorithm, over group sizes
+    and bits ("default" is awq-gptq at its default groups)."""
+    if variant == "default":
+        return "awq-gptq"
+    return variant.rsplit("-g", 1)[0] if "-g" in variant else variant.split("-")[0]
+
+
 def plot_quality(data: dict, model: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -158,15 +166,15 @@ def plot_quality(data: dict, model: str, path: Path) -> None:
         if q["engine"] == "transformers":
             reference = q["perplexity"]
             continue
-        label = f"edgekit {q['variant'].split('-')[0]}" if q["engine"] == "edgekit" else q["engine"]
+        label = f"edgekit {recipe_of(q['variant'])}" if q["engine"] == "edgekit" else q["engine"]
         series.setdefault(label, []).append((a["bits_per_weight"], q["perplexity"], q["variant"]))
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for label, points in sorted(series.items()):
         points.sort()
         style = "-o" if label.startswith("edgekit") else "--s"
         ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label, markersize=6)
-        if not label.startswith("edgekit"):  # edgekit's series are told apart by the legend
-            for x, y, variant in points:
+        for x, y, variant in points:  # edgekit's series are told apart by the legend, but for its default
+            if not label.startswith("edgekit") or variant == "default":
                 ax.annotate(variant, (x, y), fontsize=7, xytext=(4, 2), textcoords="offset points")
     if reference is not None:
         ax.axhline(reference, color="black", linestyle=":", linewidth=1)

@@ -133,6 +133,7 @@ def run_model(suite: Suite, name: str, engines: list[str], args) -> None:
     source = source_from_json(info)
     suite.data.setdefault("models", {})[name] = {"parameters": params, "real": source.real, **plan}
     windows_file = work / f"{name}-eval.json"
+    eval_tokens = sum(len(w) - 1 for w in json.loads(windows_file.read_text())) if source.real else 0
     source_json = json.dumps(info)
     for engine_name in (e for e in plan["engines"] if e in engines):
         engine = ENGINES[engine_name]
@@ -184,7 +185,8 @@ def run_model(suite: Suite, name: str, engines: list[str], args) -> None:
                     f"  prefill {statistics.median(r['pp']):.0f} tok/s, decode {statistics.median(r['tg']):.1f} "
                     f"tok/s, peak {r['peak_rss_mb']:.0f} MB"
                 )
-            if source.real and suite.find("quality", **key) is None:
+            scored = suite.find("quality", **key)
+            if source.real and (scored is None or scored.get("tokens") != eval_tokens):  # new or other text
                 suite.log(f"{name} / {engine_name} {variant}: perplexity")
                 try:
                     r = child(engine_name, "perplexity", str(out), str(windows_file))

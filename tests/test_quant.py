@@ -216,3 +216,18 @@ def test_evaluate_against_itself():
 def test_calibrated_algorithm_without_calibration_is_an_error(tiny_models):
     with pytest.raises(EdgekitError, match="needs calibration token sequences"):
         quantize_checkpoint(open_checkpoint(tiny_models["llama"]), Recipe(algorithm="gptq"))
+
+
+def test_hessians_accumulate_by_column_blocks(monkeypatch):
+    """Blocks on and above the diagonal, mirrored when read: X^T X over every observation, exactly."""
+    from edgekit.quant.pipeline import _Hessians
+
+    monkeypatch.setattr(_Hessians, "COLUMNS", 16)
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(30, 50)).astype(np.float32), rng.normal(size=(7, 50)).astype(np.float32)]
+    hessians = _Hessians()
+    for x in xs:
+        hessians("point", x)
+    expected = sum(x.T.astype(np.float64) @ x for x in xs) / 37
+    np.testing.assert_allclose(hessians.get("point"), expected, rtol=1e-5, atol=1e-5)
+    assert hessians.get("point") is hessians.get("point")  # normalized once, in place

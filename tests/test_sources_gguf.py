@@ -60,6 +60,10 @@ def test_quantized_gguf_dequantizes_close_to_source(tiny_models, tmp_path, qtype
     name = "model.layers.1.self_attn.k_proj.weight"
     err = rel_err(gg.tensors.get(name), hf.tensors.get(name))
     assert 0 < err < tolerance
+    for matrix in ("model.embed_tokens.weight", name):  # some rows alone, as the whole tensor has them
+        whole, rows = gg.tensors.get(matrix), np.array([[3, 0], [7, 3]])
+        assert np.array_equal(gg.tensors.take(matrix, rows), whole[rows])
+        assert np.array_equal(gg.tensors.rows(matrix, 2, 9), whole[2:9])
 
 
 transformers = pytest.importorskip("transformers")

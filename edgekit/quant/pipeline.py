@@ -136,8 +136,11 @@ class _Hessians:
         if name not in self.sums:
             self.sums[name] = np.zeros((x.shape[1], x.shape[1]), np.float32)
         total = self.sums[name]
-        for c in range(0, x.shape[1], self.COLUMNS):  # a K x COLUMNS product at a time, not a K x K one
-            total[:, c : c + self.COLUMNS] += x.T @ x[:, c : c + self.COLUMNS]
+        # the blocks on and above the diagonal, COLUMNS wide: no K x K temporary, half the products;
+        # get() mirrors them below
+        for c in range(0, x.shape[1], self.COLUMNS):
+            e = c + self.COLUMNS
+            total[:e, c:e] += x[:, :e].T @ x[:, c:e]
         self.rows[name] = self.rows.get(name, 0) + len(x)
 
     def get(self, name: str) -> np.ndarray | None:
@@ -145,7 +148,10 @@ class _Hessians:
         if name not in self.sums:
             return None
         if name not in self.normalized:
-            self.sums[name] /= np.float32(self.rows[name])
+            total = self.sums[name]
+            for c in range(self.COLUMNS, total.shape[0], self.COLUMNS):
+                total[c : c + self.COLUMNS, :c] = total[:c, c : c + self.COLUMNS].T
+            total /= np.float32(self.rows[name])
             self.normalized.add(name)
         return self.sums[name]
 
@@ -328,6 +334,7 @@ def quantize_checkpoint(
         for h in hidden:
             hs("lm_head", rms_norm(h, norm, spec.rms_norm_eps))
         head_hessian = hs.get("lm_head")
+        hidden.clear()
     if not spec.tie_word_embeddings:
         put("lm_head.weight", None, head_hessian)
     dense["model.norm.weight"] = norm

@@ -36,7 +36,7 @@ class TensorRecipe:
 
 @dataclass(frozen=True)
 class Recipe:
-    """Defaults: the recipe measured best on SmolLM2-135M (and on its off-grid copy) within the
+    """Defaults: the algorithms measured best on SmolLM2-135M (and on its off-grid copy) within the
     bytes of onnxruntime-genai's int4 export (bench/quant_quality.py): AWQ scaling + GPTQ rounding,
     4-bit blocks of 64 with zero points, and a 4-bit embedding (blocks of 32) shared with the tied
     lm_head, rounded by GPTQ on the lm_head's calibration inputs. Blocks of 64 in the decoder

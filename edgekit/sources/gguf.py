@@ -88,21 +88,38 @@ class GGUFStore(TensorStore):
     def infos(self) -> dict[str, TensorInfo]:
         return self._infos
 
-    def get(self, name: str) -> np.ndarray:
+    def _dequantize(self, name: str, data: np.ndarray) -> np.ndarray:
         from gguf.quants import dequantize
 
         t = self._tensors[name]
         try:
-            values = dequantize(t.data, t.tensor_type)
+            values = dequantize(data, t.tensor_type)
         except NotImplementedError:
             raise SourceError(
                 f"tensor '{t.name}' has GGUF type {t.tensor_type.name}, which the gguf package cannot dequantize"
             ) from None
-        values = np.asarray(values, dtype=np.float32).reshape(self._infos[name].shape)
+        return np.asarray(values, dtype=np.float32)
+
+    def get(self, name: str) -> np.ndarray:
+        values = self._dequantize(name, self._tensors[name].data).reshape(self._infos[name].shape)
         proj = name.split(".")[-2]
         if proj in self._permute:
             values = unpermute_rows(values, self._permute[proj])
         return values
+
+    # A GGUF matrix's data holds one row per entry (a quantized row's blocks as bytes), so some rows
+    # dequantize alone: an embedding lookup or a block of the lm_head without the whole tensor.
+    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        if name.split(".")[-2] in self._permute:
+            return super().rows(name, start, stop)
+        return self._dequantize(name, self._tensors[name].data[start:stop]).reshape(-1, self._infos[name].shape[-1])
+
+    def take(self, name: str, rows: np.ndarray) -> np.ndarray:
+        if name.split(".")[-2] in self._permute:
+            return super().take(name, rows)
+        rows = np.asarray(rows)
+        values = self._dequantize(name, self._tensors[name].data[rows.reshape(-1)])
+        return values.reshape(*rows.shape, self._infos[name].shape[-1])
 
 
 def _config_from_metadata(reader: Any, path: Path) -> dict[str, Any]:
