@@ -30,13 +30,30 @@ def artifact(data: dict, r: dict) -> dict:
     return next(a for a in data["artifacts"] if all(a[k] == r[k] for k in ("model", "engine", "variant")))
 
 
+def rounds_text(speed: list[dict]) -> str:
+    """How many timing rounds (each in its own process, taken in turn across artifacts) each engine got."""
+    by_count: dict[int, list[str]] = {}
+    for r in speed:
+        count = len(r["rounds"]["tg"]) if "rounds" in r else 1
+        if r["engine"] not in by_count.setdefault(count, []):
+            by_count[count].append(r["engine"])
+    repeat = speed[0].get("repeat") or len(speed[0]["runs"]["tg"])
+    if len(by_count) == 1:
+        (count,) = by_count
+        parts = f"{count} round{'s' * (count > 1)}"
+    else:
+        parts = "; ".join(
+            f"{', '.join(e)}: {c} round{'s' * (c > 1)}" for c, e in sorted(by_count.items(), reverse=True)
+        )
+    return f"median over rounds taken in turn across engines ({parts}), each round the median of {repeat} runs"
+
+
 def speed_table(data: dict, model: str) -> list[str]:
     plan = data["models"][model]
     bandwidth = data["machine"]["memory_read_gbs"]
-    repeats = len(rows(data, "speed", model)[0]["runs"]["tg"])
     lines = [
         f"**{TITLES.get(model, model)}** ({plan['parameters'] / 1e6:.0f} M parameters), "
-        f"pp{plan['prompt']} / tg{plan['gen']}, {data['threads']} threads, median of {repeats}:",
+        f"pp{plan['prompt']} / tg{plan['gen']}, {data['threads']} threads, {rounds_text(rows(data, 'speed', model))}:",
         "",
         "| engine | artifact | MB | bits/weight | prefill tok/s | decode tok/s | TTFT ms | peak RSS MB "
         "| decode bound tok/s |",
@@ -111,10 +128,15 @@ def export_table(data: dict) -> list[str]:
         for a in rows(data, "artifacts", model):
             if (a["engine"], a["variant"]) not in speed_variants or a["engine"] == "transformers":
                 continue
+            mark = " *" if a.get("note") else ""
             lines.append(
-                f"| {TITLES.get(model, model)} | {a['engine']} | {a['variant']} | {a['export_seconds']:.0f} | "
+                f"| {TITLES.get(model, model)} | {a['engine']} | {a['variant']}{mark} | {a['export_seconds']:.0f} | "
                 f"{a['export_peak_rss_mb']:.0f} | {a['export_peak_rss_mb'] / fp16:.2f} |"
             )
+    notes = [(model, a) for model in data["models"] for a in rows(data, "artifacts", model) if a.get("note")]
+    if notes:
+        lines.append("")
+        lines += [f"\\* {TITLES.get(m, m)}, {a['engine']} {a['variant']}: {a['note']}" for m, a in notes]
     return lines
 
 

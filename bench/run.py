@@ -4,7 +4,9 @@ For each model, every engine makes its own artifacts with its own tool (export t
 memory, size, bits per weight), the first of them is timed the way llama-bench does (a prompt of
 --prompt tokens, then --gen tokens one at a time; medians of --repeat; time to first token; peak
 memory of the process), and on the real model every artifact is scored on held-out text
-(perplexity). Every measurement runs in a child process of its own. Results go to
+(perplexity). Every measurement runs in a child process of its own; the timings come last, in
+--rounds rounds that take every artifact in turn, so a slow spell of a shared host does not fall
+on one engine only. Results go to
 bench/results/suite.json after each step; a second run skips what is already there (--fresh
 starts over). bench/report.py turns them into the README's tables and plots.
 
@@ -23,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +126,52 @@ def machine() -> dict:
     }
 
 
-def run_model(suite: Suite, name: str, engines: list[str], args) -> None:
+@dataclass
+class SpeedJob:
+    key: dict
+    version: str
+    artifact: Path
+    prompt: int
+    gen: int
+    rounds: list[dict] = field(default_factory=list)
+
+
+def measure_speed(suite: Suite, jobs: list[SpeedJob], rounds: int, repeat: int) -> None:
+    """Every artifact timed in `rounds` rounds, each round one process per artifact in turn: the host's
+    slow and fast minutes then fall on every engine alike. Per artifact: the median over rounds of
+    each round's median of `repeat` runs."""
+    for r in range(rounds):
+        for job in jobs:
+            k = job.key
+            suite.log(
+                f"{k['model']} / {k['engine']} {k['variant']}: pp{job.prompt} tg{job.gen}, round {r + 1}/{rounds}"
+            )
+            try:
+                job.rounds.append(
+                    child(k["engine"], "speed", str(job.artifact), prompt=job.prompt, gen=job.gen, repeat=repeat)
+                )
+            except RuntimeError as error:
+                suite.log(f"  failed: {error}")
+    for job in jobs:
+        if not job.rounds:
+            continue
+        per_round = {m: [statistics.median(r[m]) for r in job.rounds] for m in ("pp", "tg", "ttft")}
+        suite.add("speed", {
+            **job.key, "version": job.version,
+            "pp": statistics.median(per_round["pp"]), "tg": statistics.median(per_round["tg"]),
+            "ttft_ms": 1000 * statistics.median(per_round["ttft"]),
+            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in job.rounds),
+            "load_s": statistics.median(r["load_s"] for r in job.rounds),
+            "rounds": per_round, "repeat": repeat,
+        })  # fmt: skip
+        suite.log(
+            f"{job.key['model']} / {job.key['engine']} {job.key['variant']}: prefill "
+            f"{statistics.median(per_round['pp']):.0f} tok/s, decode {statistics.median(per_round['tg']):.1f} tok/s"
+        )
+
+
+def run_model(suite: Suite, name: str, engines: list[str], args, timings: list[SpeedJob]) -> None:
+    """Exports and perplexities of one model; its speed measurements are appended to `timings`."""
     plan = PLAN[name]
     suite.log(f"{name}: preparing the source")
     work = args.work / "sources"
@@ -167,24 +215,7 @@ def run_model(suite: Suite, name: str, engines: list[str], args) -> None:
                     f"{row['export_seconds']:.0f} s, peak {row['export_peak_rss_mb']:.0f} MB"
                 )
             if variant in engine.speed_variants(source) and suite.find("speed", **key) is None:
-                suite.log(f"{name} / {engine_name} {variant}: pp{plan['prompt']} tg{plan['gen']} x{args.repeat}")
-                try:
-                    r = child(
-                        engine_name, "speed", str(out), prompt=plan["prompt"], gen=plan["gen"], repeat=args.repeat
-                    )
-                except RuntimeError as error:
-                    suite.log(f"  failed: {error}")
-                    continue
-                suite.add("speed", {
-                    **key, "version": version,
-                    "pp": statistics.median(r["pp"]), "tg": statistics.median(r["tg"]),
-                    "ttft_ms": 1000 * statistics.median(r["ttft"]), "peak_rss_mb": r["peak_rss_mb"],
-                    "load_s": r["load_s"], "runs": r,
-                })  # fmt: skip
-                suite.log(
-                    f"  prefill {statistics.median(r['pp']):.0f} tok/s, decode {statistics.median(r['tg']):.1f} "
-                    f"tok/s, peak {r['peak_rss_mb']:.0f} MB"
-                )
+                timings.append(SpeedJob(key, version, out, plan["prompt"], plan["gen"]))
             scored = suite.find("quality", **key)
             if source.real and (scored is None or scored.get("tokens") != eval_tokens):  # new or other text
                 suite.log(f"{name} / {engine_name} {variant}: perplexity")
@@ -202,7 +233,8 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(PLAN))
     parser.add_argument("--engines", default=",".join(ALL))
     parser.add_argument("--variants", type=lambda v: v.split(","), help="only these artifacts (e.g. default,Q4_0)")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per speed measurement (one process)")
+    parser.add_argument("--rounds", type=int, default=3, help="speed measurements per artifact, interleaved")
     parser.add_argument("--eval-windows", type=int, default=16, help="windows of 256 held-out tokens")
     parser.add_argument("--work", type=Path, default=Path("out/bench"))
     parser.add_argument("-o", "--output", type=Path, default=HERE / "results" / "suite.json")
@@ -225,8 +257,10 @@ def main() -> None:
     suite.data["machine"] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
     suite.log(f"{suite.data['machine']}")
     args.work.mkdir(parents=True, exist_ok=True)
+    timings: list[SpeedJob] = []
     for name in args.models.split(","):
-        run_model(suite, name, engines, args)
+        run_model(suite, name, engines, args, timings)
+    measure_speed(suite, timings, args.rounds, args.repeat)
     suite.data["seconds"] = round(time.time() - suite.started)
     args.output.write_text(json.dumps(suite.data, indent=1))
     suite.log(f"done: {args.output}")

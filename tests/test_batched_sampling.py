@@ -41,11 +41,18 @@ def test_self_generated_sequences_follow_the_model(tiny_models):
     assert sequences == self_generated(model, TextTokenizer(checkpoint.tokenizer), samples=5, length=24, top_k=1)
 
 
-def test_streamed_sampling_matches_the_in_memory_model(tiny_models, monkeypatch):
-    """Past IN_MEMORY_LIMIT the source is read one layer at a time on every step: same logits, same text."""
+@pytest.mark.parametrize("family", [*ALL_FAMILIES, "llama-gguf-q8"])
+def test_streamed_sampling_matches_the_in_memory_model(tiny_models, tmp_path, monkeypatch, family):
+    """Past IN_MEMORY_LIMIT the source is read one layer at a time on every step: same logits, same
+    text; from safetensors, and from a quantized GGUF whose rows are dequantized per block."""
     from edgekit.quant import calibration
+    from edgekit.testing.gguf_writer import write_gguf
 
-    checkpoint = open_checkpoint(tiny_models["qwen2"])
+    if family == "llama-gguf-q8":
+        source = write_gguf(open_checkpoint(tiny_models["llama"]), tmp_path / "m.gguf", "Q8_0")
+    else:
+        source = tiny_models[family]
+    checkpoint = open_checkpoint(source)
     model = ReferenceModel.from_checkpoint(checkpoint)
     streamed = calibration.StreamedReference(checkpoint)
     prompts = [[5, 9, 13], [7]]

@@ -32,6 +32,18 @@ class ExportResult:
     verify: dict[str, Any] = field(default_factory=dict)
 
 
+def release_freed_memory() -> None:
+    """Hand the C heap's free pages back to the system between export stages (glibc keeps what the
+    quantizer's temporaries freed, and the next stage's ONNX Runtime session would come on top)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 def profile_recipe(settings: ExportSettings) -> Recipe:
     """The quantization recipe a device profile's [export] table asks for."""
     return replace(
@@ -152,6 +164,7 @@ def export(
     with SpilledTensors(output.parent) as spilled, staging(output, overwrite) as folder:
         note(f"quantizing {checkpoint.name}: {recipe.algorithm} {recipe.bits}-bit g{recipe.group_size}")
         qm = quantize_checkpoint(checkpoint, recipe, sequences, progress, into=spilled)
+        release_freed_memory()
         qad_record = None
         if qad is not None:
             from ..distill.qad import quantization_aware_distill
@@ -181,6 +194,7 @@ def export(
         else:
             note("writing the ONNX graph")
             written = write_onnx(folder, checkpoint, qm, options)
+            release_freed_memory()
             note("verifying against the numpy reference")
             result = verify_onnx(folder, checkpoint, qm, options, prompt, written)
         write_manifest(
