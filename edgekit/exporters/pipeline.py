@@ -36,12 +36,12 @@ def release_freed_memory() -> None:
     """Hand the C heap's free pages back to the system between export stages (glibc keeps what the
     quantizer's temporaries freed, and the next stage's ONNX Runtime session would come on top)."""
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # glibc's; other C libraries have none
+    except (OSError, AttributeError, TypeError):
+        return
+    trim(0)
 
 
 def profile_recipe(settings: ExportSettings) -> Recipe:
