@@ -86,8 +86,7 @@ def calibration_sequences(
 
 
 # Above this, sampling reads the source one layer at a time on every step instead of holding it in
-# float32: at the Llama-3.2-1B shape (5 GB in float32) the peak stays near a third of the fp16 size,
-# for about 1.5x the sampling time.
+# float32 (5 GB at the Llama-3.2-1B shape): slower, since every step converts every weight again.
 IN_MEMORY_LIMIT = 2**30
 
 
