@@ -102,8 +102,8 @@ class StreamedReference:
         self.model = ReferenceModel(checkpoint.spec, self, layers=False, head=False)
 
     def __getitem__(self, name: str) -> np.ndarray:
-        values = np.array(self.store.get(name), dtype=np.float32)
-        self.store.release(name)
+        values = np.asarray(self.store.get(name), dtype=np.float32)
+        self.store.release(name)  # a view of mapped pages stays valid: they are read back on access
         return values
 
     def __contains__(self, name: object) -> bool:

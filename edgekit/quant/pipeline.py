@@ -310,7 +310,6 @@ def quantize_checkpoint(
                 )
                 _fold_awq(spec, n, w, point, s)
                 hessians.rescale(point, s)
-        hessian = None
         for point, targets in points.items():
             for t in targets:
                 put(t, w.pop(t), hessians.get(point))
@@ -318,7 +317,7 @@ def quantize_checkpoint(
         dense.update(w)  # what is left: norms, biases
         # Loop variables outlive an iteration: without these dels the float layers and Hessians of
         # layer n would still be held while layer n + 1 is loaded.
-        del w, hessians
+        del w, hessians, hessian
         if calibrate:
             qlayer = runner.build_layer(DequantizedWeights(QuantizedModel(spec, quantized, dense, recipe)), n)
             for i, h in enumerate(hidden):  # in place: the states before and after never both whole
