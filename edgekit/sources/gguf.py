@@ -102,20 +102,22 @@ class GGUFStore(TensorStore):
 
     def get(self, name: str) -> np.ndarray:
         values = self._dequantize(name, self._tensors[name].data).reshape(self._infos[name].shape)
-        proj = name.split(".")[-2]
-        if proj in self._permute:
-            values = unpermute_rows(values, self._permute[proj])
-        return values
+        heads = self._permuted_heads(name)
+        return values if heads is None else unpermute_rows(values, heads)
+
+    def _permuted_heads(self, name: str) -> int | None:
+        """The head count llama.cpp interleaved this tensor's rows by, or None (rows as stored)."""
+        return self._permute.get(name.split(".")[-2])
 
     # A GGUF matrix's data holds one row per entry (a quantized row's blocks as bytes), so some rows
     # dequantize alone: an embedding lookup or a block of the lm_head without the whole tensor.
     def rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        if name.split(".")[-2] in self._permute:
+        if self._permuted_heads(name) is not None:
             return super().rows(name, start, stop)
         return self._dequantize(name, self._tensors[name].data[start:stop]).reshape(-1, self._infos[name].shape[-1])
 
     def take(self, name: str, rows: np.ndarray) -> np.ndarray:
-        if name.split(".")[-2] in self._permute:
+        if self._permuted_heads(name) is not None:
             return super().take(name, rows)
         rows = np.asarray(rows)
         values = self._dequantize(name, self._tensors[name].data[rows.reshape(-1)])
