@@ -287,7 +287,7 @@ class Engine:
             self.runtime.reset()
 
 
-RUNTIME_OPTIONS = ("threads", "max_context", "providers", "prefill_chunk")
+RUNTIME_OPTIONS = ("threads", "max_context", "providers", "prefill_chunk", "huge_pages")
 
 
 def load(
@@ -300,7 +300,8 @@ def load(
     """Load an exported artifact (or, for checking, a source checkpoint on the numpy reference).
 
     profile: "auto" (detect this machine), a shipped profile name, a path to a .toml file, or None
-    (the artifact flavor's defaults). overrides: threads, max_context, providers, prefill_chunk.
+    (the artifact flavor's defaults). overrides: threads, max_context, providers, prefill_chunk,
+    huge_pages.
     """
     from ..device_profiles import load_profile
     from ..runtimes.loader import DEFAULT_PROVIDERS, load_runtime
@@ -312,7 +313,12 @@ def load(
     settings: dict[str, Any] = {}
     if chosen is not None:
         rt = chosen.runtime
-        settings = {"threads": rt.threads, "max_context": rt.max_context, "prefill_chunk": rt.prefill_chunk}
+        settings = {
+            "threads": rt.threads,
+            "max_context": rt.max_context,
+            "prefill_chunk": rt.prefill_chunk,
+            "huge_pages": rt.huge_pages,
+        }
         manifest = _peek_manifest(Path(artifact))
         flavor = manifest.get("flavor")
         if flavor is None or flavor == chosen.export.flavor:

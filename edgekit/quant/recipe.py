@@ -38,11 +38,11 @@ class TensorRecipe:
 class Recipe:
     """Defaults: the algorithms measured best on SmolLM2-135M (and on its off-grid copy) within the
     bytes of onnxruntime-genai's int4 export (bench/quant_quality.py): AWQ scaling + GPTQ rounding,
-    4-bit blocks of 64 with zero points, and a 4-bit embedding (blocks of 32) shared with the tied
-    lm_head, rounded by GPTQ on the lm_head's calibration inputs. Blocks of 64 in the decoder
-    layers: ONNX Runtime's int8-compute kernels keep a float32 scale and block sum per block, so
-    blocks of 32 cost 6 bits per weight in memory and 64 cost 5, and decode reads every weight
-    once per token (the README's Results section has both)."""
+    4-bit blocks of 64 with zero points, and a 4-bit embedding in the same blocks shared with the
+    tied lm_head, rounded by GPTQ on the lm_head's calibration inputs. Blocks of 64 rather than 32:
+    ONNX Runtime's int8-compute kernels keep a float32 scale and block sum per block, so blocks of
+    32 cost 6 bits per weight in memory and 64 cost 5, and decode reads every weight once per token
+    (the README's Results section has both)."""
 
     algorithm: str = "awq-gptq"
     bits: int = 4
@@ -53,7 +53,7 @@ class Recipe:
     lm_head_bits: int | None = 8
     attention_bits: int | None = None
     mlp_bits: int | None = None
-    embedding_group_size: int | None = 32
+    embedding_group_size: int | None = None  # None = group_size
     embedding_symmetric: bool = False
     # None: GPTQ under a calibrated recipe, on the lm_head's inputs, which a tied embedding serves
     # too (an untied embedding, a lookup table with no input activations, then gets HQQ); else the

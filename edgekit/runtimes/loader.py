@@ -40,9 +40,11 @@ def load_runtime(
     threads: int | None = None,
     providers: list[str | tuple[str, dict[str, str]]] | None = None,
     prefill_chunk: int | None = None,
+    huge_pages: bool = True,
 ) -> Loaded:
     """providers: ONNX Runtime execution providers in order of preference, a name or (name, options);
-    default: the artifact flavor's. threads: 0 or None = ONNX Runtime's choice."""
+    default: the artifact flavor's. threads: 0 or None = ONNX Runtime's choice. huge_pages: move
+    ONNX Runtime's repacked weights onto 2 MiB pages after loading (Linux; faster decoding)."""
     from ..exporters.artifact import MANIFEST, read_manifest
     from ..exporters.onnx import MODEL_FILE
     from .mlx import MlxRuntime, is_mlx_folder
@@ -52,7 +54,7 @@ def load_runtime(
     if (folder / MANIFEST).is_file():
         manifest = read_manifest(folder)
         if manifest.get("graph") == "optimum":
-            return _load_optimum(folder, manifest, max_context, threads, providers, prefill_chunk)
+            return _load_optimum(folder, manifest, max_context, threads, providers, prefill_chunk, huge_pages)
         spec = ModelSpec.from_dict(manifest["spec"])
         context = min(max_context or 4096, manifest["max_context"])
         if max_context and max_context > manifest["max_context"]:
@@ -82,6 +84,7 @@ def load_runtime(
             threads=threads or None,
             kv_dtype=np.float16 if flavor == "cuda" else np.float32,
             prefill_chunk=prefill_chunk,
+            huge_pages=huge_pages,
         )
         return Loaded(runtime, tokenizer, spec, name, "onnx", manifest)
     if is_mlx_folder(folder):  # an mlx-lm conversion
@@ -107,6 +110,7 @@ def _load_optimum(
     threads: int | None,
     providers: list[str | tuple[str, dict[str, str]]] | None,
     prefill_chunk: int | None,
+    huge_pages: bool,
 ) -> Loaded:
     from .onnx_optimum import MODEL_FILE, OptimumRuntime
 
@@ -121,6 +125,7 @@ def _load_optimum(
         providers=providers or DEFAULT_PROVIDERS["cpu"],
         threads=threads or None,
         prefill_chunk=prefill_chunk,
+        huge_pages=huge_pages,
     )
     tokenizer = TextTokenizer(read_tokenizer_files(folder), tuple(manifest.get("eos_token_ids", ())))
     name = manifest["source"]["name"]

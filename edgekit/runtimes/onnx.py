@@ -14,13 +14,16 @@ import numpy as np
 from ..errors import EdgekitError
 from ..spec import ModelSpec
 from .base import check_room
+from .huge_pages import collapse_filled_heap
 
 
 def make_session(
     model_path: Path,
     providers: Sequence[str | tuple[str, dict]] = ("CPUExecutionProvider",),
     threads: int | None = None,
+    huge_pages: bool = False,
 ):
+    """huge_pages: move the weights the session repacked onto 2 MiB pages once it is built (Linux)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -36,7 +39,10 @@ def make_session(
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    return ort.InferenceSession(str(model_path), options, providers=list(providers))
+    session = ort.InferenceSession(str(model_path), options, providers=list(providers))
+    if huge_pages:
+        collapse_filled_heap()
+    return session
 
 
 class OnnxRuntime:
@@ -50,6 +56,7 @@ class OnnxRuntime:
         threads: int | None = None,
         kv_dtype=np.float32,
         prefill_chunk: int | None = None,
+        huge_pages: bool = False,
     ):
         import onnxruntime as ort
 
@@ -57,9 +64,9 @@ class OnnxRuntime:
         self.max_context = max_context
         self.length = 0
         self.prefill_chunk = prefill_chunk or max_context
-        self.session = make_session(model_path, providers, threads)
+        self.session = make_session(model_path, providers, threads, huge_pages)
         self._every_position: OnnxRuntime | None = None
-        self._options = (model_path, spec, providers, threads, kv_dtype)
+        self._options = (model_path, spec, providers, threads, kv_dtype, huge_pages)
         device = "cuda" if any("CUDA" in (p if isinstance(p, str) else p[0]) for p in providers) else "cpu"
         shape = [1, spec.num_kv_heads, max_context, spec.head_dim]
         self.cache = [
@@ -125,14 +132,20 @@ class OnnxRuntime:
         if self._every_position is None:
             from ..exporters.onnx import ALL_LOGITS_FILE
 
-            path, spec, providers, threads, kv_dtype = self._options
+            path, spec, providers, threads, kv_dtype, huge_pages = self._options
             twin = path.with_name(ALL_LOGITS_FILE)
             if not twin.is_file():
                 raise EdgekitError(
                     f"{path.parent}: no {ALL_LOGITS_FILE} to compute every position's logits; re-export it"
                 )
             self._every_position = OnnxRuntime(
-                twin, spec, self.max_context, providers=providers, threads=threads, kv_dtype=kv_dtype
+                twin,
+                spec,
+                self.max_context,
+                providers=providers,
+                threads=threads,
+                kv_dtype=kv_dtype,
+                huge_pages=huge_pages,
             )
         return self._every_position.logits_all(ids)
 

@@ -31,8 +31,9 @@ class OptimumRuntime:
         threads: int | None = None,
         prefill_chunk: int | None = None,
         extra_outputs: Sequence[str] = (),
+        huge_pages: bool = False,
     ):
-        self.session = make_session(model_path, providers, threads)
+        self.session = make_session(model_path, providers, threads, huge_pages)
         self.max_context = max_context
         self.prefill_chunk = prefill_chunk or max_context
         inputs = {i.name: i for i in self.session.get_inputs()}
