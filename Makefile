@@ -37,8 +37,8 @@ demo: $(VENV)/.demo
 
 # Benchmarks against the peers (not part of `make test`): installs them into the same virtualenv
 # (optimum into its own). llama-cpp-python compiles llama.cpp (about 6 minutes on 2 cores; pip
-# caches the wheel). `make bench` measures everything in one go (bench/run.py, under an hour on 2
-# cores) and writes the README's results section and its plots (bench/report.py).
+# caches the wheel). `make bench` measures everything in one go (bench/run.py, about an hour and a
+# half on 2 cores) and writes the README's results section and its plots (bench/report.py).
 $(VENV)/.bench: $(VENV)/.dev
 	$(BIN)/pip install --quiet onnxruntime-genai onnx-ir matplotlib
 	CMAKE_ARGS="-DGGML_NATIVE=ON" $(BIN)/pip install --quiet llama-cpp-python

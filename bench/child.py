@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from engines import ENGINES
-from engines.base import peak_rss_mb, source_from_json
+from engines.base import huge_pages_mb, peak_rss_mb, source_from_json
 
 from edgekit.evaluate import log_softmax
 
@@ -45,7 +45,8 @@ def speed(engine, artifact: Path, threads: int, prompt: int, gen: int, repeat: i
         pp.append(prompt / (t1 - t0))
         tg.append(gen / (t2 - t1))
         ttft.append(t1 - t0)
-    return {"pp": pp, "tg": tg, "ttft": ttft, "load_s": load_s, "peak_rss_mb": peak_rss_mb()}
+    memory = {"peak_rss_mb": peak_rss_mb(), "huge_pages_mb": huge_pages_mb()}
+    return {"pp": pp, "tg": tg, "ttft": ttft, "load_s": load_s, **memory}
 
 
 def perplexity(engine, artifact: Path, windows: list[list[int]], threads: int) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -76,6 +77,15 @@ def best(data: dict, model: str, engine: str) -> dict | None:
     return max(candidates, key=lambda r: r["tg"], default=None)
 
 
+def per_round(a: dict, b: dict, metric: str) -> str:
+    """a's ratios to b round by round, where both were timed in the same rounds (a few seconds apart)."""
+    ra, rb = a.get("rounds", {}).get(metric), b.get("rounds", {}).get(metric)
+    if not ra or not rb or len(ra) != len(rb) or len(ra) < 3:
+        return ""
+    ratios = sorted(x / y for x, y in zip(ra, rb, strict=True))
+    return f" (by round: median x{statistics.median(ratios):.2f}, x{ratios[0]:.2f}-{ratios[-1]:.2f})"
+
+
 def ratio_lines(data: dict, model: str) -> list[str]:
     out = []
     for ours, peers in PEERS_OF.items():
@@ -87,7 +97,8 @@ def ratio_lines(data: dict, model: str) -> list[str]:
             b = best(data, model, peer)
             if b is not None:
                 parts.append(
-                    f"{peer} ({b['variant']}) prefill x{a['pp'] / b['pp']:.2f}, decode x{a['tg'] / b['tg']:.2f}"
+                    f"{peer} ({b['variant']}) prefill x{a['pp'] / b['pp']:.2f}{per_round(a, b, 'pp')}, "
+                    f"decode x{a['tg'] / b['tg']:.2f}{per_round(a, b, 'tg')}"
                 )
         if parts:
             out.append(f"{ours} against " + "; ".join(parts) + ".")
@@ -244,8 +255,12 @@ def plot_memory(data: dict, path: Path) -> None:
 def section(data: dict, plots: Path, relative_to: Path) -> str:
     m = data["machine"]
     rel = lambda p: Path(os.path.relpath(p, relative_to)).as_posix()  # noqa: E731
+    runs = "; then ".join(
+        f"`{r['command']}` ({r['date']}, {r['seconds'] / 60:.0f} minutes{': ' + r['note'] if r.get('note') else ''})"
+        for r in data["runs"]
+    )
     lines = [
-        f"Measured {data['date']} by `make bench` (`{data['command']}`, {data['seconds'] / 60:.0f} minutes) on "
+        f"Measured by `make bench`'s runner, {runs}, on "
         f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}, Python {m['python']}; raw numbers in "
         "`bench/results/suite.json`. Versions: "
         + "; ".join(sorted({f"{r['engine']}: {r['version']}" for r in data["artifacts"] if "version" in r}))

@@ -133,13 +133,17 @@ class SpeedJob:
     artifact: Path
     prompt: int
     gen: int
+    headline: bool  # the engine's first artifact, the one its comparison lines use
     rounds: list[dict] = field(default_factory=list)
 
 
 def measure_speed(suite: Suite, jobs: list[SpeedJob], rounds: int, repeat: int) -> None:
     """Every artifact timed in `rounds` rounds, each round one process per artifact in turn: the host's
-    slow and fast minutes then fall on every engine alike. Per artifact: the median over rounds of
-    each round's median of `repeat` runs."""
+    slow and fast minutes then fall on every engine alike, and within a round each model's headline
+    artifacts go back to back, a few seconds apart, so the per-round ratios between engines compare
+    like with like. Per artifact: the median over rounds of each round's median of `repeat` runs."""
+    models = list(dict.fromkeys(job.key["model"] for job in jobs))
+    jobs = sorted(jobs, key=lambda job: (models.index(job.key["model"]), not job.headline))
     for r in range(rounds):
         for job in jobs:
             k = job.key
@@ -162,6 +166,7 @@ def measure_speed(suite: Suite, jobs: list[SpeedJob], rounds: int, repeat: int) 
             "ttft_ms": 1000 * statistics.median(per_round["ttft"]),
             "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in job.rounds),
             "load_s": statistics.median(r["load_s"] for r in job.rounds),
+            "huge_pages_mb": statistics.median(r.get("huge_pages_mb", 0.0) for r in job.rounds),
             "rounds": per_round, "repeat": repeat,
         })  # fmt: skip
         suite.log(
@@ -214,8 +219,10 @@ def run_model(suite: Suite, name: str, engines: list[str], args, timings: list[S
                     f"  {row['megabytes']:.1f} MB, {row['bits_per_weight']:.2f} bits/weight, "
                     f"{row['export_seconds']:.0f} s, peak {row['export_peak_rss_mb']:.0f} MB"
                 )
-            if variant in engine.speed_variants(source) and suite.find("speed", **key) is None:
-                timings.append(SpeedJob(key, version, out, plan["prompt"], plan["gen"]))
+            speed_variants = engine.speed_variants(source)
+            if variant in speed_variants and suite.find("speed", **key) is None:
+                headline = variant == speed_variants[0]
+                timings.append(SpeedJob(key, version, out, plan["prompt"], plan["gen"], headline))
             scored = suite.find("quality", **key)
             if source.real and (scored is None or scored.get("tokens") != eval_tokens):  # new or other text
                 suite.log(f"{name} / {engine_name} {variant}: perplexity")
@@ -234,7 +241,7 @@ def main() -> None:
     parser.add_argument("--engines", default=",".join(ALL))
     parser.add_argument("--variants", type=lambda v: v.split(","), help="only these artifacts (e.g. default,Q4_0)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per speed measurement (one process)")
-    parser.add_argument("--rounds", type=int, default=3, help="speed measurements per artifact, interleaved")
+    parser.add_argument("--rounds", type=int, default=11, help="speed measurements per artifact, interleaved")
     parser.add_argument("--eval-windows", type=int, default=16, help="windows of 256 held-out tokens")
     parser.add_argument("--work", type=Path, default=Path("out/bench"))
     parser.add_argument("-o", "--output", type=Path, default=HERE / "results" / "suite.json")
@@ -251,7 +258,8 @@ def main() -> None:
             f"unknown engine or model: {', '.join(unknown)} (engines: {', '.join(ALL)}; models: {', '.join(PLAN)})"
         )
     suite = Suite(args.output, args.fresh)
-    suite.data.update(date=time.strftime("%Y-%m-%d"), threads=2, command=" ".join(["python", *sys.argv]))
+    suite.data.update(date=time.strftime("%Y-%m-%d"), threads=2)
+    run = {"command": " ".join(["python", *sys.argv]), "date": suite.data["date"]}
     suite.log("measuring memory read bandwidth")
     command = [sys.executable, __file__, "--machine"]
     suite.data["machine"] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
@@ -261,7 +269,8 @@ def main() -> None:
     for name in args.models.split(","):
         run_model(suite, name, engines, args, timings)
     measure_speed(suite, timings, args.rounds, args.repeat)
-    suite.data["seconds"] = round(time.time() - suite.started)
+    # a later run adds to what the file holds (or replaces it: --fresh); each keeps its line
+    suite.data.setdefault("runs", []).append({**run, "seconds": round(time.time() - suite.started)})
     args.output.write_text(json.dumps(suite.data, indent=1))
     suite.log(f"done: {args.output}")
 

@@ -95,6 +95,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def huge_pages_mb() -> float:
+    """This process's anonymous memory on transparent huge pages (Linux), MB."""
+    try:
+        lines = Path("/proc/self/smaps_rollup").read_text().splitlines()
+    except OSError:
+        return 0.0
+    return next((int(line.split()[1]) / 1024 for line in lines if line.startswith("AnonHugePages:")), 0.0)
+
+
 def source_from_json(info: dict) -> Source:
     path = lambda key: Path(info[key]) if info.get(key) else None  # noqa: E731
     return Source(info["name"], Path(info["hf"]), path("gguf"), info["real"], path("calibration"))
