@@ -1,10 +1,10 @@
-"""Move the process's filled heap onto 2 MiB pages (Linux transparent huge pages).
+"""Move the process's filled heap onto huge pages (Linux transparent huge pages, 2 MiB on x86-64).
 
 A decode step reads every weight once. ONNX Runtime keeps its repacked weights in memory from
 malloc, which Linux backs with 4 KiB pages unless a range was advised before it was touched, so
 the step walks the page tables every 4 KiB of weights. MADV_COLLAPSE (Linux 6.1+) rebuilds ranges
-that are already filled as huge pages in place. Only 2 MiB windows whose every page is resident are
-collapsed, so the resident size does not grow; elsewhere (another OS, an older kernel, THP turned
+that are already filled as huge pages in place. Only huge-page windows whose every page is resident
+are collapsed, so the resident size does not grow; elsewhere (another OS, an older kernel, THP turned
 off) nothing happens.
 """
 
@@ -15,17 +15,28 @@ import os
 import re
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
-HUGE_PAGE = 2 << 20
 MADV_COLLAPSE = 25
+
+
+def _huge_page_size() -> int:
+    """The kernel's transparent huge page: 2 MiB with 4 KiB pages, 32 MiB with 16 KiB (Raspberry Pi 5)."""
+    try:
+        return int(Path("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size").read_text())
+    except (OSError, ValueError):
+        return 2 << 20
+
+
+HUGE_PAGE = _huge_page_size()
 _MAPPING = re.compile(r"([0-9a-f]+)-([0-9a-f]+) rw\S* \S+ \S+ 0\s*(\[heap\])?$")
 
 
 def collapse_filled_heap() -> int:
-    """Collapse every fully resident 2 MiB window of the anonymous read-write mappings; returns the
-    bytes now on huge pages (0 where the system cannot)."""
+    """Collapse every fully resident huge-page window of the anonymous read-write mappings; returns
+    the bytes now on huge pages (0 where the system cannot)."""
     if not sys.platform.startswith("linux"):
         return 0
     try:
