@@ -4,7 +4,9 @@ and with each fused norm replaced by its residual add (no normalization). The ou
 the timings are what is left. Each variant runs the same bound one-token step (past 128) over and
 over, in a fresh process per measurement, the variants taken in turn for --rounds rounds (this
 host's speed drifts from minute to minute), with the weights on huge pages as the runtime loads
-them. Profilers are no use here: ONNX Runtime's adds more than half to a step's time.
+them. Profilers are no use here: ONNX Runtime's adds more than half to a step's time. Also: the
+time a `decode()` call spends outside ONNX Runtime's run (Python, binding, the logits copy), over
+128 steps after a 128-token prompt.
 
     python bench/decode_ablation.py out/bench/smollm2-135m/edgekit/default
 """
@@ -133,16 +135,47 @@ def time_step(folder: Path, threads: int) -> float:
     return min(batches)
 
 
+def outside_run(artifact: Path, threads: int) -> float:
+    """Microseconds per `decode()` call spent outside `run_with_iobinding`, median of 3 passes."""
+    from edgekit.runtimes.loader import load_runtime
+
+    runtime = load_runtime(artifact, max_context=PAST + 136, threads=threads).runtime
+    inside = [0.0]
+    run = runtime.session.run_with_iobinding
+
+    def timed(binding, *rest) -> None:
+        start = time.perf_counter()
+        run(binding, *rest)
+        inside[0] += time.perf_counter() - start
+
+    runtime.session.run_with_iobinding = timed
+    prompt = [int(i) for i in np.random.default_rng(0).integers(100, 30000, PAST)]
+    passes = []
+    for _ in range(4):
+        runtime.reset()
+        token = int(runtime.prefill(prompt).argmax())
+        inside[0] = 0.0
+        start = time.perf_counter()
+        for _ in range(128):
+            token = int(runtime.decode(token).argmax())
+        passes.append((time.perf_counter() - start - inside[0]) / 128 * 1e6)
+    return statistics.median(passes[1:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--time", type=Path, help=argparse.SUPPRESS)  # in a child: one measurement
+    parser.add_argument("--outside", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("-o", "--output", type=Path, default=Path("bench/results/decode_ablation.json"))
     args = parser.parse_args()
     if args.time:
         print(time_step(args.time, args.threads))
+        return
+    if args.outside:
+        print(outside_run(args.artifact, args.threads))
         return
     with tempfile.TemporaryDirectory(dir=args.artifact.parent) as work:
         folders = write_variants(args.artifact, Path(work))
@@ -155,6 +188,8 @@ def main() -> None:
                     sys.exit(f"{name}: {out.stderr.strip().splitlines()[-1]}")
                 times[name].append(float(out.stdout.split()[-1]))
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {t[-1]:.0f} us" for n, t in times.items()))
+    command = [sys.executable, __file__, str(args.artifact), "--outside", "--threads", str(args.threads)]
+    outside = float(subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1])
     whole = statistics.median(times["as exported"])
     row = {
         "artifact": str(args.artifact),
@@ -165,6 +200,7 @@ def main() -> None:
             name: round(1 - statistics.median(t) / whole, 3) for name, t in times.items() if name != "as exported"
         },
         "rounds": {name: [round(x) for x in t] for name, t in times.items()},
+        "outside_run_us_per_decode": round(outside),
         "date": time.strftime("%Y-%m-%d"),
     }
     print(json.dumps(row, indent=2))
