@@ -104,7 +104,7 @@ def test_a_user_profile_file(tmp_path):
     profile = load_profile(path)
     assert profile.name == "my-board" and profile.runtime.threads == 2 and profile.path == path
     assert profile.runtime.providers[0].for_onnxruntime() == ("CPUExecutionProvider", {"foo": "1"})
-    assert profile.export.group_size == 64  # unspecified keys take the defaults
+    assert profile.export.group_size == 64 and profile.runtime.huge_pages  # unspecified keys take the defaults
 
 
 @pytest.mark.parametrize(
@@ -122,6 +122,7 @@ def test_a_user_profile_file(tmp_path):
         (('description = "a board"', ""), "description: missing"),
         (("[detect]", "[detect"), "not valid TOML"),
         (("[runtime]", "[runtime]\nspeed = 1"), "runtime.speed: unknown key"),
+        (("threads = 2", "threads = 2\nhuge_pages = 1"), "runtime.huge_pages: expected bool, got 1"),
     ],
 )
 def test_schema_errors_name_the_file_and_the_key(tmp_path, change, message):

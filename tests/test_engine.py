@@ -160,6 +160,21 @@ def test_defaults_and_overrides(tiny_artifact):
     assert len(engine.generate("Hi", max_new_tokens=2).token_ids) == 2
 
 
+def test_huge_pages_off_gives_the_same_tokens(tiny_artifact, monkeypatch):
+    from edgekit.runtimes import onnx
+
+    calls = []
+    monkeypatch.setattr(onnx, "collapse_filled_heap", lambda: calls.append(1) or 0)
+    tokens = {
+        flag: edgekit.load(tiny_artifact, profile=None, huge_pages=flag).generate(
+            "Hi", max_new_tokens=6, ignore_eos=True
+        )
+        for flag in (True, False)
+    }
+    assert calls == [1]  # only the load that asked for it
+    assert tokens[True].token_ids == tokens[False].token_ids
+
+
 def test_one_engine_shared_by_threads_serializes(engine):
     expected = {p: engine.generate(p, max_new_tokens=8, ignore_eos=True).token_ids for p in ("Hello", "Paris", "def")}
     results: dict[str, list[int]] = {}
