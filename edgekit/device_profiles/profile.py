@@ -71,7 +71,7 @@ class RuntimeSettings:
     threads: int = 0  # 0 = ONNX Runtime's choice (one per physical core)
     max_context: int = 4096
     prefill_chunk: int = 512
-    huge_pages: bool = True  # Linux: ONNX Runtime's repacked weights on 2 MiB pages after loading
+    huge_pages: bool = True  # Linux: ONNX Runtime's repacked weights moved onto huge pages after loading
 
 
 @dataclass(frozen=True)

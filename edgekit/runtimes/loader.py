@@ -44,7 +44,7 @@ def load_runtime(
 ) -> Loaded:
     """providers: ONNX Runtime execution providers in order of preference, a name or (name, options);
     default: the artifact flavor's. threads: 0 or None = ONNX Runtime's choice. huge_pages: move
-    ONNX Runtime's repacked weights onto 2 MiB pages after loading (Linux; faster decoding)."""
+    ONNX Runtime's repacked weights onto huge pages after loading (Linux; faster decoding)."""
     from ..exporters.artifact import MANIFEST, read_manifest
     from ..exporters.onnx import MODEL_FILE
     from .mlx import MlxRuntime, is_mlx_folder

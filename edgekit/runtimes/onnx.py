@@ -23,7 +23,7 @@ def make_session(
     threads: int | None = None,
     huge_pages: bool = False,
 ):
-    """huge_pages: move the weights the session repacked onto 2 MiB pages once it is built (Linux)."""
+    """huge_pages: move the weights the session repacked onto huge pages once it is built (Linux)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
