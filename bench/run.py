@@ -264,6 +264,7 @@ def main() -> None:
     command = [sys.executable, __file__, "--machine"]
     suite.data["machine"] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
     suite.log(f"{suite.data['machine']}")
+    run["memory_read_gbs"] = suite.data["machine"]["memory_read_gbs"]  # this host's varies from run to run
     args.work.mkdir(parents=True, exist_ok=True)
     timings: list[SpeedJob] = []
     for name in args.models.split(","):
