@@ -37,9 +37,13 @@ def test_quantizing_by_row_blocks_is_exact(tmp_path, monkeypatch, algorithm):
     recipe = Recipe(algorithm=algorithm)
     whole = quantize_checkpoint(checkpoint, recipe, calibration)
     monkeypatch.setattr(pipeline, "ROW_BLOCK", 50)  # 384 rows: 8 blocks, the last one short
+    factored = []
+    factor = pipeline.gptq_factor
+    monkeypatch.setattr(pipeline, "gptq_factor", lambda *a: factored.append(1) or factor(*a))
     blocks = quantize_checkpoint(checkpoint, recipe, calibration)
     name = "model.embed_tokens.weight"
     assert same(whole.quantized[name], blocks.quantized[name])
+    assert len(factored) == (algorithm == "gptq")  # the tied lm_head's Hessian factored once for all blocks
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,8 @@ the factor that minimizes its rounding error (a grid search).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .tensor import QuantizedTensor, fp16, grouped, searched_params
@@ -65,6 +67,27 @@ def _inverse_cholesky_upper(hessian: np.ndarray, order: np.ndarray, dead: np.nda
     raise np.linalg.LinAlgError("calibration Hessian is not positive definite")
 
 
+@dataclass(frozen=True)
+class GptqFactor:
+    """What GPTQ needs of a Hessian, the same for every block of rows quantized against it."""
+
+    order: np.ndarray  # the (group-padded) inputs in visiting order
+    dead: np.ndarray  # inputs never active
+    hinv: np.ndarray  # U, upper triangular, U^T U = (H + damping)^-1 in visiting order
+
+
+def gptq_factor(hessian: np.ndarray, group_size: int, damp: float = 0.01, act_order: bool = True) -> GptqFactor:
+    k = hessian.shape[0]
+    kp = -(-k // group_size) * group_size
+    h = hessian
+    if kp != k:
+        h = np.zeros((kp, kp), np.float32)
+        h[:k, :k] = hessian
+    dead = np.diag(h) == 0
+    order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(kp)
+    return GptqFactor(order, dead, _inverse_cholesky_upper(h, order, dead, damp))  # the caller's H stays
+
+
 def quantize_gptq(
     w: np.ndarray,
     hessian: np.ndarray,
@@ -75,15 +98,14 @@ def quantize_gptq(
     damp: float = 0.01,
     block: int = 128,
     act_order: bool = True,
+    factor: GptqFactor | None = None,
 ) -> QuantizedTensor:
+    """factor: gptq_factor(hessian, group_size, damp, act_order), when several blocks of rows share it."""
+    factor = factor or gptq_factor(hessian, group_size, damp, act_order)
     n, k = w.shape
     g = group_size
-    kp = -(-k // g) * g
-    h = hessian
-    if kp != k:
-        h = np.zeros((kp, kp), np.float32)
-        h[:k, :k] = hessian
-    dead = np.diag(h) == 0
+    order, dead, hinv = factor.order, factor.dead, factor.hinv
+    kp = len(order)
     padded = np.zeros((n, kp), np.float32) if kp != k or dead.any() else None
     if padded is not None:
         padded[:, :k] = w
@@ -93,10 +115,8 @@ def quantize_gptq(
     scales, zeros = searched_params(grouped(padded if padded is not None else w, g), bits, symmetric, norm=2.4)
     if zeros is None:
         zeros = np.full(scales.shape, 2 ** (bits - 1), np.float32)
-    order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(kp)
     weights = (padded if padded is not None else np.asarray(w, dtype=np.float32))[:, order]  # visiting order
     del padded
-    hinv = _inverse_cholesky_upper(h, order, dead, damp)  # the caller's Hessian stays as it was
 
     codes = np.zeros((n, kp), np.uint8)
     qmax = 2**bits - 1

@@ -20,7 +20,7 @@ from ..reference import KVCache, ReferenceModel, rms_norm
 from ..sources.checkpoint import Checkpoint
 from ..spec import ModelSpec, weight_shapes
 from .awq import quantize_clipped, search_scales
-from .gptq import quantize_gptq
+from .gptq import GptqFactor, gptq_factor, quantize_gptq
 from .hqq import quantize_hqq
 from .recipe import CALIBRATED, SCALED, Recipe, TensorRecipe
 from .rtn import quantize_rtn
@@ -90,10 +90,13 @@ class DequantizedWeights(Mapping[str, np.ndarray]):
         return len(self.model.quantized) + len(self.model.dense)
 
 
-def quantize_tensor(w: np.ndarray, how: TensorRecipe, hessian: np.ndarray | None) -> QuantizedTensor:
+def quantize_tensor(
+    w: np.ndarray, how: TensorRecipe, hessian: np.ndarray | None, factor: GptqFactor | None = None
+) -> QuantizedTensor:
+    """factor: GPTQ's factor of `hessian` (gptq_factor), when several blocks of rows share it."""
     group = layer_group(w.shape[1], how.group_size)
     if how.algorithm in ("gptq", "awq-gptq") and hessian is not None:
-        qt = quantize_gptq(w, hessian, how.bits, group, how.symmetric)
+        qt = quantize_gptq(w, hessian, how.bits, group, how.symmetric, factor=factor)
         qt.algorithm = how.algorithm
         return qt
     if how.algorithm == "awq" and hessian is not None:
@@ -214,11 +217,14 @@ def _quantize_by_rows(store, name: str, how: TensorRecipe, hessian: np.ndarray |
     """Every algorithm used here treats output rows independently (AWQ's scales, which do not, are
     folded before), so a vocabulary-sized matrix is quantized a block of rows at a time, into
     arrays allocated once."""
-    n = store.infos()[name].shape[0]
+    n, k = store.infos()[name].shape
+    factor = None
+    if how.algorithm in ("gptq", "awq-gptq") and hessian is not None:  # factored once, not per block
+        factor = gptq_factor(hessian, layer_group(k, how.group_size))
     whole: QuantizedTensor | None = None
     for start in range(0, n, ROW_BLOCK):
         stop = min(n, start + ROW_BLOCK)
-        part = quantize_tensor(store.rows(name, start, stop), how, hessian)
+        part = quantize_tensor(store.rows(name, start, stop), how, hessian, factor)
         if whole is None:
             zeros = None if part.zeros is None else np.empty((n, part.zeros.shape[1]), np.float32)
             whole = QuantizedTensor(
