@@ -164,7 +164,7 @@ def test_huge_pages_off_gives_the_same_tokens(tiny_artifact, monkeypatch):
     from edgekit.runtimes import onnx
 
     calls = []
-    monkeypatch.setattr(onnx, "collapse_filled_heap", lambda before: calls.append(1) or 0)
+    monkeypatch.setattr(onnx, "collapse_filled_heap", lambda: calls.append(1) or 0)
     tokens = {
         flag: edgekit.load(tiny_artifact, profile=None, huge_pages=flag).generate(
             "Hi", max_new_tokens=6, ignore_eos=True

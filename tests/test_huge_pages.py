@@ -10,16 +10,16 @@ import sys
 import numpy as np
 import pytest
 
-from edgekit.runtimes.huge_pages import HUGE_PAGE, _runs, collapse_filled_heap, filled_windows
+from edgekit.runtimes.huge_pages import HUGE_PAGE, _filled_runs, collapse_filled_heap
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="transparent huge pages are Linux's")
 
 
-def test_runs_of_adjacent_windows():
-    h = HUGE_PAGE
-    windows = np.array([0, h, 5 * h, 6 * h, 7 * h, 9 * h], dtype=np.int64)
-    assert list(_runs(windows)) == [(0, 2), (5 * h, 3), (9 * h, 1)]
-    assert list(_runs(np.zeros(0, np.int64))) == []
+def test_filled_runs_are_runs_of_fully_resident_windows():
+    resident = np.array([1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 3, 1, 1, 0], dtype=np.uint8)
+    assert list(_filled_runs(resident, 4)) == [(0, 1), (2, 2)]
+    assert list(_filled_runs(np.zeros(8, dtype=np.uint8), 4)) == []
+    assert list(_filled_runs(np.ones(8, dtype=np.uint8), 4)) == [(0, 2)]
 
 
 def _mapping_stats(address: int) -> dict[str, int]:
@@ -58,23 +58,3 @@ def test_only_filled_windows_are_collapsed_and_resident_size_holds():
         pytest.skip("this kernel does not collapse ranges into huge pages (MADV_COLLAPSE, Linux 6.1+)")
     assert after["AnonHugePages"] == 4 * HUGE_PAGE // 1024  # the full windows, not the half-filled ones
     assert region[first : first + 4 * HUGE_PAGE : page] == b"\x01" * (4 * HUGE_PAGE // page)  # contents kept
-
-
-@linux_only
-def test_windows_filled_before_are_left_as_they_were():
-    """What the application held before the session was built stays on its pages."""
-
-    def filled_region(advice):  # flags of its own: the kernel merges it with no neighbour
-        region = mmap.mmap(-1, 3 * HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        region.madvise(advice)
-        for offset in range(0, 3 * HUGE_PAGE, mmap.PAGESIZE):
-            region[offset] = 1
-        return region, ctypes.addressof(ctypes.c_char.from_buffer(region))
-
-    old, old_at = filled_region(mmap.MADV_DONTFORK)
-    before = filled_windows()
-    new, new_at = filled_region(mmap.MADV_DONTDUMP)
-    if collapse_filled_heap(before) == 0 or _mapping_stats(new_at)["AnonHugePages"] == 0:
-        pytest.skip("this kernel does not collapse ranges into huge pages (MADV_COLLAPSE, Linux 6.1+)")
-    assert _mapping_stats(old_at)["AnonHugePages"] == 0
-    assert _mapping_stats(new_at)["AnonHugePages"] >= 2 * HUGE_PAGE // 1024

@@ -4,9 +4,8 @@ A decode step reads every weight once. ONNX Runtime keeps its repacked weights i
 malloc, which Linux backs with 4 KiB pages unless a range was advised before it was touched, so
 the step walks the page tables every 4 KiB of weights. MADV_COLLAPSE (Linux 6.1+) rebuilds ranges
 that are already filled as huge pages in place. Only huge-page windows whose every page is resident
-are collapsed, so the resident size does not grow, and the runtime passes what was filled before
-the session was built, so an application's own heap stays as it was. Elsewhere (another OS, an
-older kernel, THP turned off) nothing happens.
+are collapsed, so the resident size does not grow; elsewhere (another OS, an older kernel, THP turned
+off) nothing happens.
 """
 
 from __future__ import annotations
@@ -35,15 +34,21 @@ HUGE_PAGE = _huge_page_size()
 _MAPPING = re.compile(r"([0-9a-f]+)-([0-9a-f]+) rw\S* \S+ \S+ 0\s*(\[heap\])?$")
 
 
-def filled_windows() -> np.ndarray:
-    """Start addresses of the huge-page windows of the anonymous read-write mappings whose every page
-    is resident (empty where the system cannot tell)."""
-    libc = _libc()
-    if libc is None:
-        return np.zeros(0, np.int64)
-    _, mincore = libc
+def collapse_filled_heap() -> int:
+    """Collapse every fully resident huge-page window of the anonymous read-write mappings; returns
+    the bytes now on huge pages (0 where the system cannot)."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise, mincore = libc.madvise, libc.mincore
+    except (OSError, AttributeError):
+        return 0
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
     page = os.sysconf("SC_PAGE_SIZE")
-    found = []
+    per_window = HUGE_PAGE // page
+    collapsed = 0
     for start, end in _anonymous_mappings():
         low, high = -(-start // HUGE_PAGE) * HUGE_PAGE, end // HUGE_PAGE * HUGE_PAGE
         if high - low < HUGE_PAGE:
@@ -51,42 +56,13 @@ def filled_windows() -> np.ndarray:
         pages = (ctypes.c_ubyte * ((high - low) // page))()
         if mincore(low, high - low, pages) != 0:
             continue
-        full = (np.frombuffer(pages, dtype=np.uint8) & 1).reshape(-1, HUGE_PAGE // page).all(axis=1)
-        found.append(low + np.flatnonzero(full).astype(np.int64) * HUGE_PAGE)
-    return np.concatenate(found) if found else np.zeros(0, np.int64)
-
-
-def collapse_filled_heap(already: np.ndarray | None = None) -> int:
-    """Collapse the fully resident windows, except those in `already` (filled_windows() taken
-    before the allocations to move: an application's own heap is left as it was); returns the bytes
-    now on huge pages (0 where the system cannot)."""
-    libc = _libc()
-    if libc is None:
-        return 0
-    madvise, _ = libc
-    windows = filled_windows()
-    if already is not None:
-        windows = np.setdiff1d(windows, already)
-    collapsed = 0
-    for first, count in _runs(windows):
-        if madvise(first, count * HUGE_PAGE, MADV_COLLAPSE) == 0:
-            collapsed += count * HUGE_PAGE
-        elif ctypes.get_errno() == 22:  # EINVAL: this kernel has no MADV_COLLAPSE
-            break
+        for first, count in _filled_runs(np.frombuffer(pages, dtype=np.uint8), per_window):
+            size = count * HUGE_PAGE
+            if madvise(low + first * HUGE_PAGE, size, MADV_COLLAPSE) == 0:
+                collapsed += size
+            elif ctypes.get_errno() == 22:  # EINVAL: this kernel has no MADV_COLLAPSE
+                return collapsed
     return collapsed
-
-
-def _libc():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        madvise, mincore = libc.madvise, libc.mincore
-    except (OSError, AttributeError):
-        return None
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
-    return madvise, mincore
 
 
 def _anonymous_mappings() -> Iterator[tuple[int, int]]:
@@ -101,10 +77,9 @@ def _anonymous_mappings() -> Iterator[tuple[int, int]]:
             yield int(match[1], 16), int(match[2], 16)
 
 
-def _runs(windows: np.ndarray) -> Iterator[tuple[int, int]]:
-    """(first address, windows) of each run of adjacent windows in a sorted array of window starts."""
-    if not len(windows):
-        return
-    breaks = np.flatnonzero(np.diff(windows) != HUGE_PAGE) + 1
-    for run in np.split(windows, breaks):
-        yield int(run[0]), len(run)
+def _filled_runs(resident: np.ndarray, per_window: int) -> Iterator[tuple[int, int]]:
+    """(first window, windows) of each run of windows whose pages are all resident."""
+    full = (resident & 1).reshape(-1, per_window).all(axis=1)
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], full, [False]]).astype(np.int8)))
+    for first, stop in zip(edges[::2], edges[1::2], strict=True):
+        yield int(first), int(stop - first)

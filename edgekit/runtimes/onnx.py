@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import EdgekitError
 from ..spec import ModelSpec
 from .base import check_room
-from .huge_pages import collapse_filled_heap, filled_windows
+from .huge_pages import collapse_filled_heap
 
 
 def make_session(
@@ -39,10 +39,9 @@ def make_session(
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    before = filled_windows() if huge_pages else None
     session = ort.InferenceSession(str(model_path), options, providers=list(providers))
-    if before is not None:  # what the session filled, not what the process held before
-        collapse_filled_heap(before)
+    if huge_pages:
+        collapse_filled_heap()
     return session
 
 
