@@ -22,7 +22,7 @@ from ..spec import ModelSpec, weight_shapes
 from .awq import quantize_clipped, search_scales
 from .gptq import GptqFactor, gptq_factor, quantize_gptq
 from .hqq import quantize_hqq
-from .recipe import CALIBRATED, SCALED, Recipe, TensorRecipe
+from .recipe import CALIBRATED, GPTQ_ROUNDED, SCALED, Recipe, TensorRecipe
 from .rtn import quantize_rtn
 from .tensor import QuantizedTensor, layer_group
 
@@ -95,7 +95,7 @@ def quantize_tensor(
 ) -> QuantizedTensor:
     """factor: GPTQ's factor of `hessian` (gptq_factor), when several blocks of rows share it."""
     group = layer_group(w.shape[1], how.group_size)
-    if how.algorithm in ("gptq", "awq-gptq") and hessian is not None:
+    if how.algorithm in GPTQ_ROUNDED and hessian is not None:
         qt = quantize_gptq(w, hessian, how.bits, group, how.symmetric, factor=factor)
         qt.algorithm = how.algorithm
         return qt
@@ -219,7 +219,7 @@ def _quantize_by_rows(store, name: str, how: TensorRecipe, hessian: np.ndarray |
     arrays allocated once."""
     n, k = store.infos()[name].shape
     factor = None
-    if how.algorithm in ("gptq", "awq-gptq") and hessian is not None:  # factored once, not per block
+    if how.algorithm in GPTQ_ROUNDED and hessian is not None:  # factored once, not per block
         factor = gptq_factor(hessian, layer_group(k, how.group_size))
     whole: QuantizedTensor | None = None
     for start in range(0, n, ROW_BLOCK):

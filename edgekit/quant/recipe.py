@@ -13,6 +13,7 @@ from .tensor import check_bits_and_group
 ALGORITHMS = ("rtn", "hqq", "awq", "gptq", "awq-gptq")
 CALIBRATED = ("awq", "gptq", "awq-gptq")
 SCALED = ("awq", "awq-gptq")
+GPTQ_ROUNDED = ("gptq", "awq-gptq")
 TENSOR_CLASSES = ("embedding", "lm_head", "attention", "mlp")
 
 
