@@ -104,7 +104,7 @@ def test_a_user_profile_file(tmp_path):
     profile = load_profile(path)
     assert profile.name == "my-board" and profile.runtime.threads == 2 and profile.path == path
     assert profile.runtime.providers[0].for_onnxruntime() == ("CPUExecutionProvider", {"foo": "1"})
-    assert profile.export.group_size == 64 and profile.runtime.huge_pages  # unspecified keys take the defaults
+    assert profile.export.group_size == 128 and profile.runtime.huge_pages  # unspecified keys take the defaults
 
 
 @pytest.mark.parametrize(

@@ -95,6 +95,17 @@ def test_artifact_layout_and_manifest(mlx_artifact):
     assert config["quantization_config"] == config["quantization"]
 
 
+def test_export_takes_groups_that_divide_the_rows(tmp_path, tiny_models):
+    # ONNX keeps a group that does not divide K and pads the last block; MLX's groups must tile the
+    # row, so the export falls back to a smaller group instead of leaving the layer unquantized
+    out = tmp_path / "g128"
+    export(tiny_models["llama"], out, format="mlx", recipe=Recipe(algorithm="rtn", group_size=128), max_context=64)
+    config = json.loads((out / "config.json").read_text())
+    hidden = config["hidden_size"]
+    assert hidden % 128 and config["quantization"]["model.layers.0.self_attn.q_proj"]["group_size"] < 128
+    assert json.loads((out / "edgekit.json").read_text())["quantization"]["recipe"]["whole_groups"] is True
+
+
 def test_layers_mlx_cannot_quantize_fall_back_per_layer(tmp_path):
     # intermediate 80: the down projection's input is not a multiple of 32 (nor of 64/128)
     checkpoint = open_checkpoint(write_tiny_checkpoint(tmp_path / "hf", "llama", intermediate_size=80))

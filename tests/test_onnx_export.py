@@ -54,6 +54,20 @@ def test_onnx_matches_reference_prompt_and_32_decode_steps(tmp_path, case, recip
     assert rel_err(everything, reference.forward(PROMPT)) < 1e-3
 
 
+def test_padded_last_blocks_match_reference(tmp_path):
+    # 96 and 160 inputs in blocks of 64: every layer's last block is padded, as SmolLM2's 576 in 128
+    folder = write_tiny_checkpoint(
+        tmp_path / "hf", "llama", hidden_size=96, intermediate_size=160, num_attention_heads=3, num_key_value_heads=1
+    )
+    checkpoint = open_checkpoint(folder)
+    qm = quantize_checkpoint(checkpoint, Recipe(algorithm="rtn", group_size=64))
+    assert all(qm.quantized[n].codes.shape[1] % 64 == 0 and qm.quantized[n].shape[1] % 64 for n in qm.quantized)
+    write_onnx(tmp_path, checkpoint, qm, OnnxOptions(max_context=64, accuracy_level=0))
+    runtime = OnnxRuntime(tmp_path / MODEL_FILE, checkpoint.spec, 64)
+    ids, got = run_greedy(runtime, PROMPT, 8)
+    assert rel_err(got, ReferenceModel(checkpoint.spec, qm.weights()).forward(ids)[len(PROMPT) - 1 :]) < 1e-3
+
+
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
     root = tmp_path_factory.mktemp("art")

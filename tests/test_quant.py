@@ -86,7 +86,9 @@ def test_codes_scales_and_sizes():
 
 
 def test_group_fallback():
-    assert layer_group(576, 128) == 64 and layer_group(96, 64) == 32 and layer_group(200, 64) == 64
+    assert layer_group(576, 128) == 128 and layer_group(96, 64) == 64  # padded last block
+    assert layer_group(576, 128, whole=True) == 64 and layer_group(96, 64, whole=True) == 32
+    assert layer_group(200, 64, whole=True) == 64  # no supported group divides 200: padded
     qt = quantize_rtn(np.ones((2, 200), np.float32), 4, 64)  # no group divides 200: padded
     assert qt.codes.shape == (2, 256) and qt.dequantize().shape == (2, 200)
 
@@ -199,10 +201,14 @@ def test_fallback_is_recorded(tmp_path):
     folder = write_tiny_checkpoint(
         tmp_path / "m", "llama", hidden_size=96, intermediate_size=160, num_attention_heads=4, num_key_value_heads=2
     )
-    qm = quantize_checkpoint(open_checkpoint(folder), Recipe(algorithm="rtn", group_size=64))
-    assert qm.records["model.layers.0.self_attn.q_proj.weight"]["group_size"] == 32
-    assert "not a multiple of 64" in qm.records["model.layers.0.self_attn.q_proj.weight"]["fallback"]
-    assert qm.records["model.layers.0.mlp.down_proj.weight"]["group_size"] == 32  # 160 = 5 x 32
+    checkpoint = open_checkpoint(folder)
+    padded = quantize_checkpoint(checkpoint, Recipe(algorithm="rtn", group_size=64)).records
+    assert padded["model.layers.0.self_attn.q_proj.weight"]["group_size"] == 64
+    assert "last group padded" in padded["model.layers.0.self_attn.q_proj.weight"]["fallback"]
+    whole = quantize_checkpoint(checkpoint, Recipe(algorithm="rtn", group_size=64, whole_groups=True)).records
+    assert whole["model.layers.0.self_attn.q_proj.weight"]["group_size"] == 32
+    assert "not a multiple of 64" in whole["model.layers.0.self_attn.q_proj.weight"]["fallback"]
+    assert whole["model.layers.0.mlp.down_proj.weight"]["group_size"] == 32  # 160 = 5 x 32
 
 
 def test_evaluate_against_itself():

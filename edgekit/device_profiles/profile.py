@@ -45,7 +45,7 @@ class ExportSettings:
     flavor: str = "cpu"
     algorithm: str = "awq-gptq"
     bits: int = 4
-    group_size: int = 64
+    group_size: int = 128
     symmetric: bool = False
     embedding_bits: int = 4
     lm_head_bits: int = 8

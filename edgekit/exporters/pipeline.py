@@ -103,6 +103,7 @@ def export(
         if flavor is not None:
             raise EdgekitError(f"flavor '{flavor}' applies to ONNX artifacts; MLX artifacts have no flavor")
         require("mlx.core", "mlx")  # the export ends by running the artifact
+        recipe = replace(recipe, whole_groups=True)
     elif flavor not in (*FLAVORS, "npu"):
         raise EdgekitError(f"flavor '{flavor}' is not supported; supported: {', '.join(FLAVORS)}, npu")
     elif flavor == "npu":

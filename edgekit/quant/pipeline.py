@@ -24,7 +24,7 @@ from .gptq import GptqFactor, gptq_factor, quantize_gptq
 from .hqq import quantize_hqq
 from .recipe import CALIBRATED, GPTQ_ROUNDED, SCALED, Recipe, TensorRecipe
 from .rtn import quantize_rtn
-from .tensor import QuantizedTensor, layer_group
+from .tensor import QuantizedTensor
 
 Progress = Callable[[int, int, str], None]
 
@@ -94,7 +94,7 @@ def quantize_tensor(
     w: np.ndarray, how: TensorRecipe, hessian: np.ndarray | None, factor: GptqFactor | None = None
 ) -> QuantizedTensor:
     """factor: GPTQ's factor of `hessian` (gptq_factor), when several blocks of rows share it."""
-    group = layer_group(w.shape[1], how.group_size)
+    group = how.group_for(w.shape[1])
     if how.algorithm in GPTQ_ROUNDED and hessian is not None:
         qt = quantize_gptq(w, hessian, how.bits, group, how.symmetric, factor=factor)
         qt.algorithm = how.algorithm
@@ -220,7 +220,7 @@ def _quantize_by_rows(store, name: str, how: TensorRecipe, hessian: np.ndarray |
     n, k = store.infos()[name].shape
     factor = None
     if how.algorithm in GPTQ_ROUNDED and hessian is not None:  # factored once, not per block
-        factor = gptq_factor(hessian, layer_group(k, how.group_size))
+        factor = gptq_factor(hessian, how.group_for(k))
     whole: QuantizedTensor | None = None
     for start in range(0, n, ROW_BLOCK):
         stop = min(n, start + ROW_BLOCK)
@@ -307,7 +307,7 @@ def quantize_checkpoint(
             hessian = hessians.get(point)
             if hessian is not None and any(recipe.for_tensor(t).algorithm in SCALED for t in targets):
                 how = recipe.for_tensor(targets[0])
-                group = layer_group(hessian.shape[0], how.group_size)
+                group = how.group_for(hessian.shape[0])
                 s = search_scales(
                     [w[t] for t in targets],
                     hessian,

@@ -34,11 +34,11 @@ def check_bits_and_group(bits: int, group_size: int) -> None:
         )
 
 
-def layer_group(k: int, group_size: int) -> int:
-    """The group used for an input size k: the requested one when it divides k, else the largest
-    smaller supported group that does (a per-layer fallback), else the requested one with the last
-    group padded."""
-    if k % group_size == 0:
+def layer_group(k: int, group_size: int, whole: bool = False) -> int:
+    """The group used for an input size k: the requested one, its last block zero-padded where it
+    does not divide k (ONNX Runtime's MatMulNBits reads such blocks). whole=True (MLX, whose groups
+    must tile k): the largest smaller supported group that divides k, else the requested one padded."""
+    if k % group_size == 0 or not whole:
         return group_size
     for g in (64, 32, 16):
         if g < group_size and k % g == 0:
