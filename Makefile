@@ -57,6 +57,7 @@ bench-studies: $(VENV)/.bench $(VENV)/.demo $(OPT_VENV)/.ready
 	$(BIN)/python bench/export_memory.py --shape llama-3.2-1b-shape --calibration out/calibration.txt -a awq-gptq
 	$(BIN)/python bench/serve_load.py --artifact $(DEMO_ARTIFACT)
 	$(BIN)/python bench/decode_ablation.py $(DEMO_ARTIFACT)
+	$(BIN)/python bench/matmulnbits_blocks.py
 	$(OPT_VENV)/bin/python bench/optimum_path.py --source $(SMOLLM2)
 	$(BIN)/python bench/npu_smollm2.py
 	$(BIN)/python bench/distill_smollm2.py student --steps 80 --lr 2e-4

@@ -12,14 +12,14 @@ import numpy as np
 
 from .base import Source
 
-# variant -> export options. The real model gets the default recipe (blocks of 64), the same at
-# blocks of 32, and the single-algorithm recipes for the quality plot, calibrated on the source's
-# calibration text; random weights get RTN in the default's blocks, since calibrating on noise
-# means nothing and only costs time.
+# variant -> export options. The real model gets the default recipe (blocks of 128), the same at
+# blocks of 64 and 32, and the single-algorithm recipes for the quality plot, calibrated on the
+# source's calibration text; random weights get RTN in the default's blocks, since calibrating on
+# noise means nothing and only costs time.
 ONNX_VARIANTS = {
     "default": [],
+    "awq-gptq-g64": ["-g", "64"],
     "awq-gptq-g32": ["-g", "32"],
-    "rtn-g64": ["-a", "rtn", "-g", "64", "--asymmetric"],
     "rtn-g32": ["-a", "rtn", "-g", "32", "--asymmetric"],
     "rtn-g128": ["-a", "rtn", "-g", "128", "--asymmetric"],
     "hqq-g32": ["-a", "hqq", "-g", "32", "--asymmetric"],
@@ -67,8 +67,8 @@ class EdgekitEngine:
 
     def variants(self, source: Source) -> list[str]:
         if not source.real:
-            return ["rtn-g64"]
-        return [v for v in ONNX_VARIANTS if v != "rtn-g64"] if self.format == "onnx" else ["default"]
+            return ["rtn-g128"]
+        return list(ONNX_VARIANTS) if self.format == "onnx" else ["default"]
 
     def export(self, source: Source, variant: str, out: Path) -> None:
         command = [sys.executable, "-m", "edgekit", "export", str(source.gguf or source.hf), "-o", str(out)]
@@ -78,9 +78,9 @@ class EdgekitEngine:
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
     def speed_variants(self, source: Source) -> list[str]:
-        # the default recipe at blocks of 64 and 32, and RTN against HQQ (integer against float zero points)
+        # the default recipe at blocks of 128, 64 and 32, and HQQ's float zero points against integer ones
         if source.real and self.format == "onnx":
-            return ["default", "awq-gptq-g32", "rtn-g32", "hqq-g32"]
+            return ["default", "awq-gptq-g64", "awq-gptq-g32", "hqq-g32"]
         return self.variants(source)[:1]
 
     def open(self, artifact: Path, threads: int, context: int, all_logits: bool = False) -> _RuntimeSession:
