@@ -116,6 +116,13 @@ def test_recipe_classes_and_overrides():
     assert r.for_tensor("model.layers.1.mlp.down_proj.weight").bits == 4
 
 
+def test_embedding_group_follows_the_recipe_up_to_64():
+    group = lambda recipe: recipe.for_tensor("model.embed_tokens.weight").group_size  # noqa: E731
+    assert group(Recipe()) == 64 and Recipe().for_tensor("model.layers.0.mlp.up_proj.weight").group_size == 128
+    assert group(Recipe(group_size=32)) == 32
+    assert group(Recipe(embedding_group_size=128)) == 128  # asked for explicitly
+
+
 @pytest.mark.parametrize(
     "content,match", [(b"", "empty"), (b"\x00\x01binary", "not a text"), (b"\xff\xfe caf\xe9", "not UTF-8")]
 )

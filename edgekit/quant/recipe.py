@@ -15,6 +15,7 @@ CALIBRATED = ("awq", "gptq", "awq-gptq")
 SCALED = ("awq", "awq-gptq")
 GPTQ_ROUNDED = ("gptq", "awq-gptq")
 TENSOR_CLASSES = ("embedding", "lm_head", "attention", "mlp")
+MAX_EMBEDDING_GROUP = 64  # the embedding's default group follows the recipe's, up to this (Recipe)
 
 
 def tensor_class(name: str) -> str:
@@ -62,7 +63,7 @@ class Recipe:
     lm_head_bits: int | None = 8
     attention_bits: int | None = None
     mlp_bits: int | None = None
-    embedding_group_size: int | None = None  # None = group_size, at most 64
+    embedding_group_size: int | None = None  # None = group_size, at most MAX_EMBEDDING_GROUP
     embedding_symmetric: bool = False
     # None: GPTQ under a calibrated recipe, on the lm_head's inputs, which a tied embedding serves
     # too (an untied embedding, a lookup table with no input activations, then gets HQQ); else the
@@ -110,11 +111,9 @@ class Recipe:
             "attention": self.attention_bits,
             "mlp": self.mlp_bits,
         }[cls] or self.bits
-        group = self.group_size
+        group, algorithm = self.group_size, self.algorithm
         if cls == "embedding":
-            group = self.embedding_group_size or min(group, 64)
-        algorithm = self.algorithm
-        if cls == "embedding":
+            group = self.embedding_group_size or min(group, MAX_EMBEDDING_GROUP)
             algorithm = self.embedding_algorithm or ("gptq" if algorithm in CALIBRATED else algorithm)
         symmetric = self.embedding_symmetric if cls == "embedding" else self.symmetric
         chosen = TensorRecipe(bits, group, algorithm, symmetric, self.whole_groups)
