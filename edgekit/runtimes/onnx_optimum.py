@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import EdgekitError
 from .base import check_room
-from .onnx import make_session
+from .onnx import DEFAULT_PREFILL_CHUNK, make_session
 
 MODEL_FILE = "model.onnx"
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
@@ -35,7 +35,7 @@ class OptimumRuntime:
     ):
         self.session = make_session(model_path, providers, threads, huge_pages)
         self.max_context = max_context
-        self.prefill_chunk = prefill_chunk or max_context
+        self.prefill_chunk = prefill_chunk or DEFAULT_PREFILL_CHUNK
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.pasts = sorted((n for n in inputs if n.startswith("past_key_values.")), key=_layer_order)
         if "input_ids" not in inputs or not self.pasts:
