@@ -58,6 +58,7 @@ bench-studies: $(VENV)/.bench $(VENV)/.demo $(OPT_VENV)/.ready
 	$(BIN)/python bench/serve_load.py --artifact $(DEMO_ARTIFACT)
 	$(BIN)/python bench/decode_ablation.py $(DEMO_ARTIFACT)
 	$(BIN)/python bench/matmulnbits_blocks.py
+	$(BIN)/python bench/chat_fidelity.py $(SMOLLM2) $(DEMO_ARTIFACT)
 	$(OPT_VENV)/bin/python bench/optimum_path.py --source $(SMOLLM2)
 	$(BIN)/python bench/npu_smollm2.py
 	$(BIN)/python bench/distill_smollm2.py student --steps 80 --lr 2e-4

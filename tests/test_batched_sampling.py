@@ -5,7 +5,7 @@ import pytest
 from helpers import ALL_FAMILIES
 
 from edgekit.generation.tokenizer import TextTokenizer
-from edgekit.quant.calibration import SEEDS, self_generated
+from edgekit.quant.calibration import CHAT_SEEDS, SEEDS, seed_prompts, self_generated
 from edgekit.reference import ReferenceModel
 from edgekit.sources import open_checkpoint
 
@@ -31,14 +31,18 @@ def test_decode_batch_matches_one_sequence_at_a_time(tiny_models, family):
 def test_self_generated_sequences_follow_the_model(tiny_models):
     checkpoint = open_checkpoint(tiny_models["llama"])
     model = ReferenceModel.from_checkpoint(checkpoint)
-    sequences = self_generated(model, TextTokenizer(checkpoint.tokenizer), samples=5, length=24, top_k=1)
-    assert len(sequences) == 5 and all(len(s) == 24 for s in sequences)
+    sequences = self_generated(model, TextTokenizer(checkpoint.tokenizer), samples=5, length=80, top_k=1)
+    assert len(sequences) == 5 and all(len(s) == 80 for s in sequences)
     tokenizer = TextTokenizer(checkpoint.tokenizer)
-    for i, ids in enumerate(sequences):  # top_k=1 is greedy: each is the greedy continuation of its seed
-        seed = tokenizer.encode(SEEDS[i % len(SEEDS)])
+    assert tokenizer.chat_template is not None  # a chat model: every other seed is a user turn
+    seeds = seed_prompts(tokenizer, 5)
+    assert seeds[0] == tokenizer.encode(SEEDS[0]) and seeds[2] == tokenizer.encode(SEEDS[1])
+    assert seeds[1] == tokenizer.apply_chat_template([{"role": "user", "content": CHAT_SEEDS[0]}])
+    for seed, ids in zip(seeds, sequences, strict=True):  # top_k=1 is greedy: each continues its seed
         assert ids[: len(seed)] == seed
-        assert ids[len(seed) :] == model.greedy(seed, 24 - len(seed))
-    assert sequences == self_generated(model, TextTokenizer(checkpoint.tokenizer), samples=5, length=24, top_k=1)
+        assert len(seed) < 80 and ids[len(seed) :] == model.greedy(seed, 80 - len(seed))
+    assert sequences == self_generated(model, TextTokenizer(checkpoint.tokenizer), samples=5, length=80, top_k=1)
+    assert all(len(s) == 8 for s in self_generated(model, tokenizer, samples=2, length=8, top_k=1))  # seeds cut
 
 
 @pytest.mark.parametrize("family", [*ALL_FAMILIES, "llama-gguf-q8"])

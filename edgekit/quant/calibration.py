@@ -36,16 +36,48 @@ def token_windows(ids: list[int], window: int, count: int | None = None) -> list
 
 
 SEEDS = ("The", "In", "Once upon a time", "def ", "The history of", "Scientists", "# ", "When", "A", "It")
+# Every other sequence of a model with a chat template starts from a user turn: calibration then
+# sees the template's tokens and the answers the model gives in a chat, which is how it is used.
+CHAT_SEEDS = (
+    "Write a short poem about the sea.",
+    "Explain how a refrigerator works.",
+    "Give me three tips for learning a new language.",
+    "Why do leaves change colour in autumn?",
+    "How do I reverse a list in Python?",
+    "Tell me a story about a brave mouse.",
+    "What should I pack for a weekend hike?",
+    "Summarize the causes of the First World War.",
+)
+
+
+def seed_prompts(tokenizer, samples: int) -> list[list[int]]:
+    """The starts of the self-generated sequences: text openings, and for a chat model every other
+    one a user turn in its chat template."""
+    if tokenizer.chat_template is None:
+        return [tokenizer.encode(SEEDS[i % len(SEEDS)]) for i in range(samples)]
+    turn = lambda q: tokenizer.apply_chat_template([{"role": "user", "content": q}])  # noqa: E731
+    return [
+        turn(CHAT_SEEDS[i // 2 % len(CHAT_SEEDS)]) if i % 2 else tokenizer.encode(SEEDS[i // 2 % len(SEEDS)])
+        for i in range(samples)
+    ]
 
 
 def self_generated(
     model, tokenizer, samples: int, length: int, seed: int = 0, temperature: float = 1.0, top_k: int = 50
 ) -> list[list[int]]:
     """Token sequences sampled from the model (the fp32 reference) after short seed prompts, so
-    quantization can be calibrated without any dataset. All sequences advance together, one
-    batched step per token, so the weights are read once per step rather than once per sequence."""
+    quantization can be calibrated without any dataset."""
+    return sample_continuations(model, seed_prompts(tokenizer, samples), length, seed, temperature, top_k)
+
+
+def sample_continuations(
+    model, starts: list[list[int]], length: int, seed: int = 0, temperature: float = 1.0, top_k: int = 50
+) -> list[list[int]]:
+    """Each start continued (or cut) to `length` tokens by top-k sampling. All sequences advance
+    together, one batched step per token, so the weights are read once per step rather than once per
+    sequence."""
     rng = np.random.default_rng(seed)
-    sequences = [tokenizer.encode(SEEDS[i % len(SEEDS)]) for i in range(samples)]
+    sequences = [list(ids[:length]) for ids in starts]
     caches = [model.new_cache() for _ in sequences]
     logits = np.stack(
         [model.forward(ids, cache, all_logits=False)[-1] for ids, cache in zip(sequences, caches, strict=True)]
