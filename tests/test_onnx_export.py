@@ -68,6 +68,15 @@ def test_padded_last_blocks_match_reference(tmp_path):
     assert rel_err(got, ReferenceModel(checkpoint.spec, qm.weights()).forward(ids)[len(PROMPT) - 1 :]) < 1e-3
 
 
+def test_cuda_flavor_takes_whole_groups(tmp_path):
+    # padded blocks have run in ONNX Runtime's CPU kernels only: the cuda flavor falls back instead
+    folder = write_tiny_checkpoint(tmp_path / "hf", "llama")  # hidden 64: 128 does not divide it
+    export(folder, tmp_path / "out", flavor="cuda", recipe=Recipe(algorithm="rtn", group_size=128), max_context=64)
+    quantization = json.loads((tmp_path / "out" / "edgekit.json").read_text())["quantization"]
+    assert quantization["recipe"]["whole_groups"] is True
+    assert quantization["layers"]["model.layers.0.self_attn.q_proj.weight"]["group_size"] == 64
+
+
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
     root = tmp_path_factory.mktemp("art")

@@ -74,7 +74,8 @@ class Recipe:
     calibration_samples: int = 16
     calibration_window: int = 256
     # an input size the group does not divide: False keeps the group with the last block padded
-    # (ONNX); True falls back to a smaller group that divides it (MLX, whose groups tile the row)
+    # (ONNX cpu/npu); True falls back to a smaller group that divides it (MLX, whose groups tile
+    # the row, and the cuda flavor, not yet run on a GPU)
     whole_groups: bool = False
 
     def __post_init__(self) -> None:
