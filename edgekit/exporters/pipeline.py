@@ -105,14 +105,14 @@ def export(
         require("mlx.core", "mlx")  # the export ends by running the artifact
     elif flavor not in (*FLAVORS, "npu"):
         raise EdgekitError(f"flavor '{flavor}' is not supported; supported: {', '.join(FLAVORS)}, npu")
-    if format == "mlx" or flavor == "cuda":
-        # MLX's groups must tile the row; padded blocks are only known to run in ONNX Runtime's CPU
-        # kernels, and the cuda flavor has not run on a GPU here yet
-        recipe = replace(recipe, whole_groups=True)
     elif flavor == "npu":
         from .onnx_npu import require_npu
 
         require_npu()  # onnxruntime-qnn: the export ends by running the graphs on QNN's HTP backend
+    if format == "mlx" or flavor == "cuda":
+        # MLX's groups must tile the row; padded blocks are only known to run in ONNX Runtime's CPU
+        # kernels, and the cuda flavor has not run on a GPU here yet
+        recipe = replace(recipe, whole_groups=True)
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise EdgekitError(f"accuracy level {accuracy_level} is not one of 0-4")
     if via not in (None, *VIAS):
