@@ -102,13 +102,9 @@ def time_step(folder: Path, threads: int) -> float:
     """Microseconds per bound decode step, the best of 5 batches of STEPS (in this process)."""
     import onnxruntime as ort
 
-    from edgekit.runtimes.huge_pages import collapse_filled_heap
+    from edgekit.runtimes.onnx import make_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
-    collapse_filled_heap()
+    session = make_session(folder / "model.onnx", threads=threads, huge_pages=True)  # as the runtime builds it
     binding, keep = session.io_binding(), []
     outputs = {o.name for o in session.get_outputs()}
     for i in session.get_inputs():
