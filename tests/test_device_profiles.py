@@ -107,6 +107,20 @@ def test_a_user_profile_file(tmp_path):
     assert profile.export.group_size == 128 and profile.runtime.huge_pages  # unspecified keys take the defaults
 
 
+def test_a_profiles_defaults_are_the_recipes_and_the_runtimes():
+    """profile.py mirrors these values rather than import quant (more than a Pi installs)."""
+    from edgekit.device_profiles.profile import ALGORITHMS, ExportSettings, RuntimeSettings
+    from edgekit.quant import ALGORITHMS as RECIPE_ALGORITHMS
+    from edgekit.quant import DEFAULT_RECIPE
+    from edgekit.runtimes.onnx import DEFAULT_PREFILL_CHUNK
+
+    export = ExportSettings()
+    for key in ("algorithm", "bits", "group_size", "symmetric", "embedding_bits", "lm_head_bits"):
+        assert getattr(export, key) == getattr(DEFAULT_RECIPE, key), key
+    assert ALGORITHMS == RECIPE_ALGORITHMS
+    assert RuntimeSettings().prefill_chunk == DEFAULT_PREFILL_CHUNK
+
+
 @pytest.mark.parametrize(
     "change,message",
     [

@@ -41,6 +41,7 @@ class Detect:
 
 @dataclass(frozen=True)
 class ExportSettings:
+    # the quantization defaults mirror quant.DEFAULT_RECIPE (tests/test_device_profiles.py holds them equal)
     format: str = "onnx"
     flavor: str = "cpu"
     algorithm: str = "awq-gptq"
@@ -70,7 +71,7 @@ class RuntimeSettings:
     providers: tuple[Provider, ...] = (Provider("CPUExecutionProvider"),)
     threads: int = 0  # 0 = ONNX Runtime's choice (one per physical core)
     max_context: int = 4096
-    prefill_chunk: int = 512
+    prefill_chunk: int = 256  # = runtimes.onnx.DEFAULT_PREFILL_CHUNK (why there)
     huge_pages: bool = True  # Linux: ONNX Runtime's repacked weights moved onto huge pages after loading
 
 
