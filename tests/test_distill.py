@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import FAMILY_CASES
 
 import edgekit
 from edgekit.errors import EdgekitError
 from edgekit.quant.recipe import Recipe
-from edgekit.testing import write_tiny_checkpoint
+from edgekit.testing import FAMILY_CASES, write_tiny_checkpoint
 
 torch = pytest.importorskip("torch")
 

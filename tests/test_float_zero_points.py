@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from helpers import FAMILY_CASES, rel_err
+from helpers import rel_err
 
 from edgekit.exporters.onnx import ALL_LOGITS_FILE, MODEL_FILE, write_onnx
 from edgekit.exporters.onnx_decoder import OnnxOptions
@@ -22,7 +22,7 @@ from edgekit.quant.tensor import QuantizedTensor, fp16
 from edgekit.reference import ReferenceModel
 from edgekit.runtimes.onnx import OnnxRuntime
 from edgekit.sources import open_checkpoint
-from edgekit.testing import write_tiny_checkpoint
+from edgekit.testing import FAMILY_CASES, write_tiny_checkpoint
 
 onnx = pytest.importorskip("onnx")
 

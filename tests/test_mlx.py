@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import FAMILY_CASES, rel_err
+from helpers import rel_err
 
 from edgekit.cli import cli
 from edgekit.errors import EdgekitError
@@ -25,7 +25,7 @@ from edgekit.reference import ReferenceModel
 from edgekit.runtimes.loader import load_runtime
 from edgekit.runtimes.mlx import MlxRuntime
 from edgekit.sources import open_checkpoint
-from edgekit.testing import write_tiny_checkpoint
+from edgekit.testing import FAMILY_CASES, write_tiny_checkpoint
 
 mx = pytest.importorskip("mlx.core")
 

@@ -8,21 +8,22 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import FAMILY_CASES, rel_err
+from helpers import rel_err
 
 from edgekit.cli import cli
 from edgekit.errors import EdgekitError
 from edgekit.exporters.onnx import ALL_LOGITS_FILE, MODEL_FILE, write_onnx
 from edgekit.exporters.onnx_decoder import OnnxOptions
 from edgekit.exporters.pipeline import export
-from edgekit.exporters.verify import run_greedy
+from edgekit.exporters.verify import FLOAT16_TOLERANCE, run_greedy
+from edgekit.quant.packing import to_matmulnbits
 from edgekit.quant.pipeline import quantize_checkpoint
 from edgekit.quant.recipe import Recipe
 from edgekit.reference import ReferenceModel
 from edgekit.runtimes.loader import load_runtime
 from edgekit.runtimes.onnx import OnnxRuntime
 from edgekit.sources import open_checkpoint
-from edgekit.testing import write_tiny_checkpoint
+from edgekit.testing import FAMILY_CASES, write_tiny_checkpoint
 
 pytest.importorskip("onnx")
 
@@ -75,6 +76,44 @@ def test_cuda_flavor_takes_whole_groups(tmp_path):
     quantization = json.loads((tmp_path / "out" / "edgekit.json").read_text())["quantization"]
     assert quantization["recipe"]["whole_groups"] is True
     assert quantization["layers"]["model.layers.0.self_attn.q_proj.weight"]["group_size"] == 64
+
+
+@pytest.mark.parametrize("case", sorted(FAMILY_CASES))
+def test_cuda_flavor_float16_graph_matches_reference_on_cpu(tmp_path, case):
+    """The cuda flavor's graph (float16 activations, KV cache and scales) through ONNX Runtime's CPU
+    provider: the graph is checked here, its CUDA kernels only on a GPU (bench/cuda_check.py)."""
+    family = case.split("-")[0]
+    checkpoint = open_checkpoint(write_tiny_checkpoint(tmp_path / "hf", family, **FAMILY_CASES[case]))
+    qm = quantize_checkpoint(checkpoint, Recipe(algorithm="rtn", group_size=32))
+    write_onnx(tmp_path, checkpoint, qm, OnnxOptions(max_context=64, flavor="cuda", accuracy_level=0))
+    runtime = OnnxRuntime(tmp_path / MODEL_FILE, checkpoint.spec, 64, kv_dtype=np.float16)
+    reference = ReferenceModel(checkpoint.spec, qm.weights())
+    ids, got = run_greedy(runtime, PROMPT, 32)
+    assert got.dtype == np.float32  # the graph's logits leave it as float32
+    assert rel_err(got, reference.forward(ids)[len(PROMPT) - 1 :]) < FLOAT16_TOLERANCE
+    everything = OnnxRuntime(tmp_path / ALL_LOGITS_FILE, checkpoint.spec, 64, kv_dtype=np.float16).logits_all(PROMPT)
+    assert rel_err(everything, reference.forward(PROMPT)) < FLOAT16_TOLERANCE
+
+
+def test_cuda_flavor_export_verifies_its_float16_graph(tmp_path, monkeypatch):
+    import edgekit.exporters.onnx_decoder as decoder
+
+    folder = write_tiny_checkpoint(tmp_path / "hf", "qwen2")
+    recipe = Recipe(algorithm="rtn", group_size=32)
+    export(folder, tmp_path / "out", flavor="cuda", recipe=recipe, max_context=64)
+    verify = json.loads((tmp_path / "out" / "edgekit.json").read_text())["verify"]
+    assert verify["checked"] and verify["tolerance"] == FLOAT16_TOLERANCE and "float16 graph" in verify["graph"]
+    assert verify["max_rel_error"] < FLOAT16_TOLERANCE
+
+    def scales_five_percent_off(qt, scale_dtype=np.float32):
+        packed = to_matmulnbits(qt, scale_dtype)
+        packed.scales = (packed.scales * 1.05).astype(packed.scales.dtype)
+        return packed
+
+    monkeypatch.setattr(decoder, "to_matmulnbits", scales_five_percent_off)
+    with pytest.raises(EdgekitError, match="verification failed: ONNX logits differ"):
+        export(folder, tmp_path / "bad", flavor="cuda", recipe=recipe, max_context=64)
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.fixture(scope="module")

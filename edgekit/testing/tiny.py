@@ -32,6 +32,21 @@ Numbers like 12345 and 3.14159 appear in text; so do URLs such as https://exampl
 """
 
 
+# family (first word) and config overrides: every family and every rope variant the exporters build
+FAMILY_CASES = {
+    "llama": {},
+    "mistral-sliding-window": {"sliding_window": 12},
+    "qwen2": {},
+    "qwen3": {},
+    "phi3-partial-rotary": {"partial_rotary_factor": 0.5, "hidden_size": 128},
+    "llama-tied-llama3-rope": {
+        "tie_word_embeddings": True,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 64},
+    },
+    "qwen2-yarn": {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}},
+}
+
+
 def tiny_tokenizer(vocab_size: int = 384):
     """A byte-level BPE tokenizer trained on a fixed text, with ChatML special tokens first."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
