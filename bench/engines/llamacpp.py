@@ -59,6 +59,9 @@ class _Session:
             n_threads=threads,
             n_threads_batch=threads,
             n_batch=512,
+            # llama.cpp's own tools turn flash attention on where it runs (auto); llama-cpp-python
+            # turns it off unless asked. On: prefill +31%, decode +6% for SmolLM2 Q4_0 here.
+            flash_attn=True,
             logits_all=all_logits,
             verbose=False,
         )
