@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..quant.pipeline import QuantizedModel
 from ..sources.checkpoint import Checkpoint
 from .onnx_decoder import DecoderBuilder, OnnxOptions
@@ -108,8 +110,6 @@ def verify_onnx(
     The cuda flavor's float16 graph runs on the CPU provider too (its float16 kernels), within
     float16's tolerance: the graph is checked here, the CUDA kernels only on a GPU."""
     from dataclasses import replace
-
-    import numpy as np
 
     from ..runtimes.onnx import OnnxRuntime
 
