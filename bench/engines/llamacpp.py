@@ -58,7 +58,7 @@ class _Session:
             n_ctx=context,
             n_threads=threads,
             n_threads_batch=threads,
-            n_batch=512,
+            n_batch=max(512, context),  # llama-cpp-python keeps n_batch rows of logits; ubatch stays 512
             # llama.cpp's own tools turn flash attention on where it runs (auto); llama-cpp-python
             # turns it off unless asked. On: prefill +31%, decode +6% for SmolLM2 Q4_0 here.
             flash_attn=True,
