@@ -87,6 +87,15 @@ def speed(artifact: Path, provider: str, repeat: int) -> dict:
     return {"prefill_tok_s": statistics.median(pp), "decode_tok_s": statistics.median(tg)}
 
 
+def line(name: str, row: dict) -> str:
+    if not row["ok"]:
+        return f"{name:24s} OFF  {row['error']}"
+    text = f"{name:24s} ok   {row['max_rel_error']:.1e} of the largest logit, top-1 {row['top1_agreement']:.0%}"
+    if "speed" in row:
+        text += f"; prefill {row['speed']['prefill_tok_s']:.0f} tok/s, decode {row['speed']['decode_tok_s']:.1f} tok/s"
+    return text
+
+
 def gpu_name() -> str:
     if not shutil.which("nvidia-smi"):
         return ""
@@ -115,7 +124,7 @@ def main() -> None:
         for case, (family, overrides) in sources.items():
             folder = write_tiny_checkpoint(work / case / "hf", family, **overrides)
             rows[case] = check(folder, work / case / "out", args.provider)
-            print(f"{case:24s} {'ok' if rows[case]['ok'] else 'OFF'}  {rows[case].get('max_rel_error', '')}")
+            print(line(case, rows[case]), flush=True)
         try:
             gguf = smollm2_gguf()
         except Exception as error:  # noqa: BLE001  (the demo model is optional here)
@@ -123,7 +132,7 @@ def main() -> None:
         else:
             rows["smollm2-135m"] = check(gguf, work / "smollm2", args.provider)
             rows["smollm2-135m"]["speed"] = speed(work / "smollm2", args.provider, args.repeat)
-            print(f"{'smollm2-135m':24s} {'ok' if rows['smollm2-135m']['ok'] else 'OFF'}  {rows['smollm2-135m']}")
+            print(line("smollm2-135m", rows["smollm2-135m"]), flush=True)
 
     result = {
         "date": time.strftime("%Y-%m-%d"),
