@@ -67,24 +67,24 @@ def check(source: Path, out: Path, provider: str) -> dict:
         return {**row, "ok": False, "error": str(error)}
 
 
-def speed(artifact: Path, provider: str, repeat: int) -> dict:
-    from edgekit.runtimes.loader import load_runtime
+class OnProvider:
+    """bench/child.py's engine interface for edgekit's runtime on one execution provider."""
 
-    prompt = [int(i) for i in np.random.default_rng(0).integers(100, 30000, 128)]
-    runtime = load_runtime(artifact, max_context=128 + 128 + 8, providers=[PROVIDERS[provider]]).runtime
-    logits = runtime.prefill(prompt[:16])  # warm-up
-    pp, tg = [], []
-    for _ in range(repeat):
-        runtime.reset()
-        start = time.perf_counter()
-        logits = runtime.prefill(prompt)
-        middle = time.perf_counter()
-        for _ in range(128):
-            logits = runtime.decode(int(logits.argmax()))
-        end = time.perf_counter()
-        pp.append(128 / (middle - start))
-        tg.append(128 / (end - middle))
-    return {"prefill_tok_s": statistics.median(pp), "decode_tok_s": statistics.median(tg)}
+    def __init__(self, provider: str):
+        self.provider = provider
+
+    def open(self, artifact: Path, threads: int | None, context: int):
+        from engines.edgekit_engine import _RuntimeSession
+
+        return _RuntimeSession(artifact, threads, context, providers=[self.provider])
+
+
+def speed(artifact: Path, provider: str, repeat: int) -> dict:
+    """pp128 / tg128 as the suite times them (bench/child.py), medians of `repeat`."""
+    from child import speed as timed
+
+    runs = timed(OnProvider(PROVIDERS[provider]), artifact, None, 128, 128, repeat)
+    return {"prefill_tok_s": statistics.median(runs["pp"]), "decode_tok_s": statistics.median(runs["tg"])}
 
 
 def line(name: str, row: dict) -> str:
@@ -106,6 +106,7 @@ def gpu_name() -> str:
 def main() -> None:
     import onnxruntime
 
+    from edgekit.errors import EdgekitError
     from edgekit.testing import FAMILY_CASES, write_tiny_checkpoint
     from edgekit.testing.demo import smollm2_gguf
 
@@ -127,7 +128,7 @@ def main() -> None:
             print(line(case, rows[case]), flush=True)
         try:
             gguf = smollm2_gguf()
-        except Exception as error:  # noqa: BLE001  (the demo model is optional here)
+        except EdgekitError as error:  # the demo model is optional here
             print(f"smollm2-135m: skipped ({error})")
         else:
             rows["smollm2-135m"] = check(gguf, work / "smollm2", args.provider)

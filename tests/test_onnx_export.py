@@ -32,27 +32,33 @@ PROMPT = [int(i) for i in np.random.default_rng(3).integers(3, 380, 20)]
 
 @pytest.mark.parametrize("case", sorted(FAMILY_CASES))
 @pytest.mark.parametrize(
-    "recipe",
+    "recipe,flavor",
     [
-        Recipe(algorithm="rtn", group_size=32, symmetric=False, embedding_bits=8),
-        Recipe(algorithm="hqq", group_size=32, symmetric=False, embedding_bits=4, embedding_group_size=32),
+        (Recipe(algorithm="rtn", group_size=32, symmetric=False, embedding_bits=8), "cpu"),
+        (Recipe(algorithm="hqq", group_size=32, symmetric=False, embedding_bits=4, embedding_group_size=32), "cpu"),
+        (Recipe(algorithm="rtn", group_size=32), "cuda"),
     ],
-    ids=["rtn-asym-8bit-embedding", "hqq-float-zeros-4bit-embedding"],
+    ids=["rtn-asym-8bit-embedding", "hqq-float-zeros-4bit-embedding", "cuda-float16-on-cpu"],
 )
-def test_onnx_matches_reference_prompt_and_32_decode_steps(tmp_path, case, recipe):
+def test_onnx_matches_reference_prompt_and_32_decode_steps(tmp_path, case, recipe, flavor):
+    """The cuda flavor's graph (float16 activations, KV cache and scales) runs on ONNX Runtime's CPU
+    provider too, within float16's tolerance: the graph is checked here, its CUDA kernels only on a
+    GPU (bench/cuda_check.py)."""
     family = case.split("-")[0]
     checkpoint = open_checkpoint(write_tiny_checkpoint(tmp_path / "hf", family, **FAMILY_CASES[case]))
     qm = quantize_checkpoint(checkpoint, recipe)
-    write_onnx(tmp_path, checkpoint, qm, OnnxOptions(max_context=64, accuracy_level=0))
-    runtime = OnnxRuntime(tmp_path / MODEL_FILE, checkpoint.spec, 64)
+    write_onnx(tmp_path, checkpoint, qm, OnnxOptions(max_context=64, flavor=flavor, accuracy_level=0))
+    kv_dtype, tolerance = (np.float16, FLOAT16_TOLERANCE) if flavor == "cuda" else (np.float32, 1e-3)
+    runtime = OnnxRuntime(tmp_path / MODEL_FILE, checkpoint.spec, 64, kv_dtype=kv_dtype)
     reference = ReferenceModel(checkpoint.spec, qm.weights())
     ids, got = run_greedy(runtime, PROMPT, 32)
     expected = reference.forward(ids)[len(PROMPT) - 1 :]
-    assert rel_err(got, expected) < 1e-3
+    assert got.dtype == np.float32  # the graph's logits leave it as float32 in both flavors
+    assert rel_err(got, expected) < tolerance
     assert runtime.length == len(ids)
     # every position at once, from an empty cache, through the second graph over the same weights
-    everything = OnnxRuntime(tmp_path / ALL_LOGITS_FILE, checkpoint.spec, 64).logits_all(PROMPT)
-    assert rel_err(everything, reference.forward(PROMPT)) < 1e-3
+    everything = OnnxRuntime(tmp_path / ALL_LOGITS_FILE, checkpoint.spec, 64, kv_dtype=kv_dtype).logits_all(PROMPT)
+    assert rel_err(everything, reference.forward(PROMPT)) < tolerance
 
 
 def test_padded_last_blocks_match_reference(tmp_path):
@@ -76,23 +82,6 @@ def test_cuda_flavor_takes_whole_groups(tmp_path):
     quantization = json.loads((tmp_path / "out" / "edgekit.json").read_text())["quantization"]
     assert quantization["recipe"]["whole_groups"] is True
     assert quantization["layers"]["model.layers.0.self_attn.q_proj.weight"]["group_size"] == 64
-
-
-@pytest.mark.parametrize("case", sorted(FAMILY_CASES))
-def test_cuda_flavor_float16_graph_matches_reference_on_cpu(tmp_path, case):
-    """The cuda flavor's graph (float16 activations, KV cache and scales) through ONNX Runtime's CPU
-    provider: the graph is checked here, its CUDA kernels only on a GPU (bench/cuda_check.py)."""
-    family = case.split("-")[0]
-    checkpoint = open_checkpoint(write_tiny_checkpoint(tmp_path / "hf", family, **FAMILY_CASES[case]))
-    qm = quantize_checkpoint(checkpoint, Recipe(algorithm="rtn", group_size=32))
-    write_onnx(tmp_path, checkpoint, qm, OnnxOptions(max_context=64, flavor="cuda", accuracy_level=0))
-    runtime = OnnxRuntime(tmp_path / MODEL_FILE, checkpoint.spec, 64, kv_dtype=np.float16)
-    reference = ReferenceModel(checkpoint.spec, qm.weights())
-    ids, got = run_greedy(runtime, PROMPT, 32)
-    assert got.dtype == np.float32  # the graph's logits leave it as float32
-    assert rel_err(got, reference.forward(ids)[len(PROMPT) - 1 :]) < FLOAT16_TOLERANCE
-    everything = OnnxRuntime(tmp_path / ALL_LOGITS_FILE, checkpoint.spec, 64, kv_dtype=np.float16).logits_all(PROMPT)
-    assert rel_err(everything, reference.forward(PROMPT)) < FLOAT16_TOLERANCE
 
 
 def test_cuda_flavor_export_verifies_its_float16_graph(tmp_path, monkeypatch):

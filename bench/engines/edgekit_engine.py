@@ -31,10 +31,10 @@ ONNX_VARIANTS = {
 
 
 class _RuntimeSession:
-    def __init__(self, artifact: Path, threads: int, context: int):
+    def __init__(self, artifact: Path, threads: int | None, context: int, providers: list[str] | None = None):
         from edgekit.runtimes.loader import load_runtime
 
-        self.runtime = load_runtime(artifact, max_context=context, threads=threads).runtime
+        self.runtime = load_runtime(artifact, max_context=context, threads=threads, providers=providers).runtime
 
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
         self.runtime.reset()
