@@ -133,7 +133,7 @@ def time_step(folder: Path, threads: int) -> float:
 
 def outside_run(artifact: Path, threads: int) -> float:
     """Microseconds per `decode()` call spent outside `run_with_iobinding`, median of 3 passes."""
-    from edgekit.runtimes.loader import load_runtime
+    from edgekit.generation.loader import load_runtime
 
     runtime = load_runtime(artifact, max_context=PAST + 136, threads=threads).runtime
     inside = [0.0]

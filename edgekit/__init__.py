@@ -1,9 +1,12 @@
 """edgekit: export decoder LLMs to small INT4 artifacts for edge devices, and run them."""
 
+from importlib.metadata import PackageNotFoundError, version
+
+from .artifact import ExportResult, Manifest
 from .device_profiles import DeviceProfile, detect, load_profile
 from .distill import DistillResult, distill
 from .errors import EdgekitError, MissingDependencyError, SourceError, UnsupportedArchitectureError
-from .exporters.pipeline import ExportResult, export
+from .exporters.pipeline import export
 from .generation import (
     ChatTemplate,
     Chunk,
@@ -16,13 +19,16 @@ from .generation import (
     load,
 )
 from .quant import QuantizedModel, QuantizedTensor, Recipe, quantize_checkpoint
+from .generation.loader import load_runtime
 from .reference import KVCache, ReferenceModel
-from .runtimes.loader import load_runtime
 from .serve import serve
 from .sources import Checkpoint, TokenizerFiles, open_checkpoint
 from .spec import FAMILIES, ModelSpec, RopeSpec
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("edgekit")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "Chunk",
@@ -40,6 +46,7 @@ __all__ = [
     "load_profile",
     "FAMILIES",
     "ExportResult",
+    "Manifest",
     "QuantizedModel",
     "QuantizedTensor",
     "Recipe",

@@ -23,7 +23,7 @@ from edgekit.cli import cli
 from edgekit.deploy.resolve import Pin, explain_pip_failure
 from edgekit.deploy.target import bundle_target
 from edgekit.device_profiles import parse_profile
-from edgekit.exporters.artifact import read_manifest
+from edgekit.artifact import read_manifest
 
 RUNTIME = {"numpy", "onnxruntime", "tokenizers", "jinja2", "click"}
 HEAVY = {"torch", "onnx", "transformers", "optimum"}
@@ -86,7 +86,7 @@ def test_the_bundle_has_every_file(bundle, tiny_artifact):
         "README.md",
     }
     manifest = read_manifest(bundle / "model")  # every file there, with its sha256
-    assert {p.name for p in (bundle / "model").iterdir()} == {*manifest["files"], "edgekit.json"}
+    assert {p.name for p in (bundle / "model").iterdir()} == {*manifest.files, "edgekit.json"}
     assert (bundle / "model" / "edgekit.json").read_bytes() == (tiny_artifact / "edgekit.json").read_bytes()
     assert os.access(bundle / "run.sh", os.X_OK) and os.access(bundle / "install.sh", os.X_OK)
     assert not list(bundle.parent.glob(".tiny-pi.*")), "the staging folder is gone"

@@ -34,7 +34,7 @@ def test_generate_returns_text_ids_reason_and_stats(engine):
 
 
 def test_greedy_tokens_match_the_runtime_driven_by_hand(engine, tiny_artifact):
-    from edgekit.runtimes.loader import load_runtime
+    from edgekit.generation.loader import load_runtime
 
     loaded = load_runtime(tiny_artifact)
     ids = loaded.tokenizer.encode("Paris is the capital of")
@@ -105,7 +105,7 @@ def test_chat_uses_the_template_and_the_cache_is_reused(engine):
 
 
 def test_prefill_in_chunks_gives_the_same_logits(tiny_artifact):
-    from edgekit.runtimes.loader import load_runtime
+    from edgekit.generation.loader import load_runtime
 
     whole = load_runtime(tiny_artifact, prefill_chunk=128).runtime
     chunked = load_runtime(tiny_artifact, prefill_chunk=3).runtime

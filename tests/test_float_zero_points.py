@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from helpers import rel_err
 
-from edgekit.exporters.onnx import ALL_LOGITS_FILE, MODEL_FILE, write_onnx
+from edgekit.artifact import ALL_LOGITS_FILE, MODEL_FILE
+from edgekit.exporters.onnx import write_onnx
 from edgekit.exporters.onnx_decoder import OnnxOptions
 from edgekit.exporters.pipeline import export
 from edgekit.exporters.verify import run_greedy

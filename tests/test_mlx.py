@@ -22,7 +22,7 @@ from edgekit.quant.pipeline import quantize_checkpoint
 from edgekit.quant.recipe import Recipe
 from edgekit.quant.rtn import quantize_rtn
 from edgekit.reference import ReferenceModel
-from edgekit.runtimes.loader import load_runtime
+from edgekit.generation.loader import load_runtime
 from edgekit.runtimes.mlx import MlxRuntime
 from edgekit.sources import open_checkpoint
 from edgekit.testing import FAMILY_CASES, write_tiny_checkpoint

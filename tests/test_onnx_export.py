@@ -12,7 +12,8 @@ from helpers import rel_err
 
 from edgekit.cli import cli
 from edgekit.errors import EdgekitError
-from edgekit.exporters.onnx import ALL_LOGITS_FILE, MODEL_FILE, write_onnx
+from edgekit.artifact import ALL_LOGITS_FILE, MODEL_FILE
+from edgekit.exporters.onnx import write_onnx
 from edgekit.exporters.onnx_decoder import OnnxOptions
 from edgekit.exporters.pipeline import export
 from edgekit.exporters.verify import FLOAT16_TOLERANCE, run_greedy
@@ -20,7 +21,7 @@ from edgekit.quant.packing import to_matmulnbits
 from edgekit.quant.pipeline import quantize_checkpoint
 from edgekit.quant.recipe import Recipe
 from edgekit.reference import ReferenceModel
-from edgekit.runtimes.loader import load_runtime
+from edgekit.generation.loader import load_runtime
 from edgekit.runtimes.onnx import OnnxRuntime
 from edgekit.sources import open_checkpoint
 from edgekit.testing import FAMILY_CASES, write_tiny_checkpoint

@@ -7,7 +7,7 @@ import pytest
 
 from edgekit.errors import EdgekitError
 from edgekit.exporters.onnx import ALL_LOGITS_FILE, DATA_FILE, MODEL_FILE
-from edgekit.runtimes.loader import load_runtime
+from edgekit.generation.loader import load_runtime
 from edgekit.runtimes.onnx import OnnxRuntime
 
 PROMPT = [5, 17, 42, 9, 77, 3, 120, 64]

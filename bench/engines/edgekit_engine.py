@@ -32,7 +32,7 @@ ONNX_VARIANTS = {
 
 class _RuntimeSession:
     def __init__(self, artifact: Path, threads: int | None, context: int, providers: list[str] | None = None):
-        from edgekit.runtimes.loader import load_runtime
+        from edgekit.generation.loader import load_runtime
 
         self.runtime = load_runtime(artifact, max_context=context, threads=threads, providers=providers).runtime
 

@@ -239,7 +239,7 @@ def export(
     """Quantize SOURCE and write a verified artifact folder for one device."""
     from ..device_profiles import load_profile
     from ..exporters.pipeline import export as run_export
-    from ..exporters.pipeline import export_result_dict, profile_recipe
+    from ..exporters.pipeline import profile_recipe
     from ..quant.recipe import DEFAULT_RECIPE
 
     chosen = load_profile(profile) if profile else None
@@ -281,7 +281,7 @@ def export(
             qad=qad,
         )
     if as_json:
-        click.echo(json.dumps(export_result_dict(result), indent=2))
+        click.echo(json.dumps(result.to_dict(), indent=2))
         return
     verify = result.verify
     checked = (

@@ -11,10 +11,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from ..artifact import MANIFEST, Manifest, read_manifest, staging
 from ..errors import EdgekitError
-from ..exporters.artifact import MANIFEST, read_manifest, staging
 from .launcher import MODEL_FOLDER, SERVICE, Launch, install_sh, readme, run_sh, systemd_unit
 from .markers import Requirement
 from .resolve import Pin, download_wheels, requirements_text, resolve
@@ -77,12 +76,12 @@ def build_bundle(
     manifest = check_artifact(folder, chosen)
     output = Path(output)
     _check_output(output, overwrite, folder)
-    model_bytes = sum(p.stat().st_size for name in manifest.get("files", {}) if (p := folder / name).is_file())
+    model_bytes = sum(p.stat().st_size for name in manifest.files if (p := folder / name).is_file())
     note(f"checking {folder} ({model_bytes / 1e6:.1f} MB)")
     read_manifest(folder)  # every file's sha256, before anything is written
-    if manifest.get("profile") not in (None, chosen.name):
+    if manifest.profile not in (None, chosen.name):
         note(
-            f"note: {folder} was exported with profile {manifest['profile']}; it runs on {chosen.name}, but "
+            f"note: {folder} was exported with profile {manifest.profile}; it runs on {chosen.name}, but "
             f"`edgekit export --profile {chosen.profile_option}` picks that device's recipe"
         )
     _check_free_space(output, model_bytes)
@@ -91,7 +90,7 @@ def build_bundle(
     pins = resolve(list(project.runtime_requirements), chosen, _collecting(report))
     _check_light(pins)
 
-    model = " ".join(str(manifest.get("source", {}).get("name") or folder.name).split())
+    model = " ".join(str(manifest.source.name or folder.name).split())
     launch = Launch(output.name, model, chosen, project.wheel_name, _profile_argument(chosen))
     note(f"writing {output}")
     with staging(output, overwrite) as tmp:
@@ -109,7 +108,7 @@ def build_bundle(
             download_wheels(tmp / "requirements.txt", pins, chosen, tmp / WHEELS_FOLDER, _saving(len(pins), report))
         if not chosen.shipped:
             shutil.copyfile(chosen.profile.path, tmp / CUSTOM_PROFILE)  # type: ignore[arg-type]
-        _write_launcher(tmp, launch, manifest.get("flavor") or "cpu", wheels)
+        _write_launcher(tmp, launch, manifest.flavor or "cpu", wheels)
         note("verifying the bundle")
         read_manifest(tmp / MODEL_FOLDER)
         check_wheel(tmp / project.wheel_name)
@@ -118,7 +117,7 @@ def build_bundle(
     )
 
 
-def check_artifact(folder: Path, target: Target) -> dict[str, Any]:
+def check_artifact(folder: Path, target: Target) -> Manifest:
     """The artifact's manifest, once it is known to be an artifact this target runs (files unchecked)."""
     export = f"edgekit export SOURCE -o OUT --profile {target.profile_option}"
     if not folder.exists():
@@ -137,18 +136,18 @@ def check_artifact(folder: Path, target: Target) -> dict[str, Any]:
         raise EdgekitError(f"{folder}: not an edgekit artifact (no {MANIFEST}); make one with `{export}`")
     manifest = read_manifest(folder, check_files=False)
     wanted = target.profile.export
-    if manifest.get("format") == "mlx" and wanted.format != "mlx":
+    if manifest.format == "mlx" and wanted.format != "mlx":
         raise EdgekitError(
             f"{folder}: an MLX artifact, but {target.name} runs ONNX Runtime; export an ONNX one with `{export}`"
         )
-    if manifest.get("format") != wanted.format:
+    if manifest.format != wanted.format:
         raise EdgekitError(
-            f"{folder}: a {manifest.get('format')} artifact, but {target.name} runs {wanted.format} ones; "
+            f"{folder}: a {manifest.format} artifact, but {target.name} runs {wanted.format} ones; "
             f"re-export with `{export}`"
         )
-    if wanted.format == "onnx" and manifest.get("flavor") != wanted.flavor:
+    if wanted.format == "onnx" and manifest.flavor != wanted.flavor:
         raise EdgekitError(
-            f"{folder}: an ONNX {manifest.get('flavor')} artifact, but {target.name} runs {wanted.flavor} ones; "
+            f"{folder}: an ONNX {manifest.flavor} artifact, but {target.name} runs {wanted.flavor} ones; "
             f"re-export with `{export}`"
         )
     return manifest
@@ -196,8 +195,8 @@ def _profile_argument(target: Target) -> str:
     return target.name if target.shipped else f'"$here/{CUSTOM_PROFILE}"'
 
 
-def _copy_artifact(source: Path, folder: Path, manifest: dict[str, Any], report: OnProgress) -> None:
-    names = [*sorted(manifest.get("files", {})), MANIFEST]
+def _copy_artifact(source: Path, folder: Path, manifest: Manifest, report: OnProgress) -> None:
+    names = [*sorted(manifest.files), MANIFEST]
     total = sum((source / name).stat().st_size for name in names)
     done = 0
     folder.mkdir()

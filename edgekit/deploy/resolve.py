@@ -189,7 +189,7 @@ def explain_pip_failure(lines: list[str], target: Target) -> EdgekitError:
 
 def download_wheels(requirements_file: Path, pins: list[Pin], target: Target, folder: Path, on_line: OnLine) -> None:
     """Every pinned wheel into `folder`, checked against its pinned sha256."""
-    from ..exporters.artifact import sha256
+    from ..artifact import sha256
 
     folder.mkdir(parents=True, exist_ok=True)
     args = ["download", "--no-deps", "--require-hashes", f"--dest={folder}", f"--requirement={requirements_file}"]

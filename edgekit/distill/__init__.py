@@ -82,7 +82,7 @@ def distill(
 ) -> DistillResult:
     """Distill TEACHER (any source edgekit reads) into a student written as an HF folder at OUTPUT."""
     require("torch", "distill")
-    from ..exporters.artifact import staging
+    from ..artifact import staging
     from ..sources import open_checkpoint
     from ..sources.safetensors_io import write_safetensors
     from ..spec import spec_from_config

@@ -8,15 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from ..artifact import ALL_LOGITS_FILE, DATA_FILE, GENAI_CONFIG_FILE, MODEL_FILE
 from ..quant.pipeline import QuantizedModel
 from ..sources.checkpoint import Checkpoint
 from .onnx_decoder import DecoderBuilder, OnnxOptions
 from .verify import FLOAT16_TOLERANCE, TOLERANCE, compare_with_reference, run_greedy
-
-MODEL_FILE = "model.onnx"  # logits of the last position only: what generation needs
-ALL_LOGITS_FILE = "model.all_logits.onnx"  # every position (evaluation, onnxruntime-genai), same weights
-DATA_FILE = "model.onnx.data"
-
 
 def genai_config(checkpoint: Checkpoint, options: OnnxOptions) -> dict[str, Any]:
     """onnxruntime-genai's genai_config.json, so its runtime loads the same folder."""
@@ -87,7 +83,7 @@ def write_onnx(folder: Path, checkpoint: Checkpoint, qm: QuantizedModel, options
     _build(folder, qm, replace(options, all_logits=False), MODEL_FILE, written)
     _build(folder, qm, replace(options, all_logits=True), ALL_LOGITS_FILE, written)
     checkpoint.tokenizer.write(folder)
-    (folder / "genai_config.json").write_text(json.dumps(genai_config(checkpoint, options), indent=2))
+    (folder / GENAI_CONFIG_FILE).write_text(json.dumps(genai_config(checkpoint, options), indent=2))
     return written
 
 

@@ -16,15 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from ..artifact import MODEL_FILE, ExportResult, Manifest, QuantizationRecord, SourceRecord, folder_megabytes, staging
 from ..errors import EdgekitError, SourceError, require
 from ..quant.recipe import Recipe, TensorRecipe
 from ..quant.tensor import QuantizedTensor
-from ..runtimes.onnx_optimum import MODEL_FILE
 from ..sources.hf import read_json, read_tokenizer_files
 from ..spec import id_tuple
-from .artifact import staging, write_manifest
 
-GRAPH = "optimum"  # the manifest's "graph": which runtime drives the artifact
 ALGORITHMS = ("rtn", "hqq", "gptq")
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 VERIFY_STEPS = 4
@@ -51,9 +49,7 @@ def export_via_optimum(
     overwrite: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
     stage: Callable[[str], None] | None = None,
-) -> Any:
-    from .pipeline import ExportResult
-
+) -> ExportResult:
     exporters = require("optimum.exporters.onnx", "optimum")
     onnx = require("onnx", "export")
     note = stage or (lambda message: None)
@@ -101,31 +97,21 @@ def export_via_optimum(
         weight_bytes = sum(r["bytes"] for r in records.values())
         bits_per_weight = 8 * weight_bytes / max(1, sum(r["parameters"] for r in records.values()))
         eos = id_tuple(tokenizer.generation_config.get("eos_token_id")) or id_tuple(config.get("eos_token_id"))
-        write_manifest(
-            folder,
-            {
-                "format": "onnx",
-                "flavor": "cpu",
-                "graph": GRAPH,
-                "profile": None,
-                "spec": None,
-                "model_type": config.get("model_type"),
-                "vocab_size": int(config.get("vocab_size") or len(tokenizer.load().get_vocab())),
-                "max_context": context,
-                "accuracy_level": accuracy_level,
-                "quantization": {
-                    "recipe": recipe.to_dict(),
-                    "layers": records,
-                    "bits_per_weight": bits_per_weight,
-                    "weight_bytes": weight_bytes,
-                },
-                "source": {"path": str(source), "format": "hf", "name": Path(str(source)).name},
-                "eos_token_ids": list(eos),
-                "verify": result,
-            },
-        )
-        size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-    return ExportResult(output, time.perf_counter() - start, size / 1e6, bits_per_weight, result)
+        Manifest(
+            format="onnx",
+            flavor="cpu",
+            max_context=context,
+            source=SourceRecord(str(source), "hf", Path(str(source)).name),
+            quantization=QuantizationRecord(recipe.to_dict(), records, bits_per_weight, weight_bytes),
+            verify=result,
+            graph="optimum",
+            accuracy_level=accuracy_level,
+            eos_token_ids=tuple(eos),
+            model_type=config.get("model_type"),
+            vocab_size=int(config.get("vocab_size") or len(tokenizer.load().get_vocab())),
+        ).write(folder)
+        megabytes = folder_megabytes(folder)
+    return ExportResult(output, time.perf_counter() - start, megabytes, bits_per_weight, result)
 
 
 def _hf_folder(source: Path, scratch: Path) -> Path:

@@ -1,35 +1,90 @@
-"""export(): load -> quantize -> emit -> verify, into a temporary folder renamed into place."""
+"""export(): plan -> open -> quantize -> write and verify -> manifest, into a staging folder renamed
+into place. What differs between artifacts is one `Writer` per (format, flavor), in WRITERS."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..artifact import ExportResult, Manifest, QuantizationRecord, SourceRecord, folder_megabytes, staging
 from ..device_profiles import DeviceProfile, ExportSettings, load_profile
 from ..errors import EdgekitError, UnsupportedArchitectureError, require
 from ..quant.calibration import calibration_sequences
-from ..quant.pipeline import Progress, quantize_checkpoint
+from ..quant.pipeline import Progress, QuantizedModel, quantize_checkpoint
 from ..quant.recipe import DEFAULT_RECIPE, Recipe
 from ..quant.spill import SpilledTensors
-from ..sources import open_checkpoint
-from .artifact import staging, write_manifest
+from ..sources import Checkpoint, open_checkpoint
 from .mlx import verify_mlx, write_mlx
 from .onnx import verify_onnx, write_onnx
-from .onnx_decoder import FLAVORS, OnnxOptions
+from .onnx_decoder import OnnxOptions
 
-FORMATS = ("onnx", "mlx")
+if TYPE_CHECKING:
+    from ..distill.train import TrainConfig
+
 VIAS = ("native", "optimum")
+Note = Callable[[str], None]
 
 
-@dataclass
-class ExportResult:
-    output: Path
-    seconds: float
-    megabytes: float
-    bits_per_weight: float
-    verify: dict[str, Any] = field(default_factory=dict)
+@dataclass(frozen=True)
+class ExportPlan:
+    """Every export setting, resolved from the profile and the arguments that override it."""
+
+    format: str
+    flavor: str | None
+    recipe: Recipe
+    calibration: str | Path | None
+    max_context: int | None  # None: the model's own
+    accuracy_level: int
+    profile: DeviceProfile | None
+    settings: ExportSettings
+
+
+@dataclass(frozen=True)
+class WriteJob:
+    """What a writer gets: the staging folder, the model and its quantized weights."""
+
+    folder: Path
+    checkpoint: Checkpoint
+    qm: QuantizedModel
+    plan: ExportPlan
+    context: int
+    prompt: list[int]  # the verification prompt
+    note: Note
+
+
+@dataclass(frozen=True)
+class Written:
+    verify: dict[str, Any]
+    context: int
+    npu: dict[str, Any] | None = None  # the npu flavor's table for the manifest
+
+
+@dataclass(frozen=True)
+class Writer:
+    """One kind of artifact: `require(family)` fails fast when it cannot be made here (family None:
+    before the checkpoint is open); `whole_groups`: its kernels need quantization groups that tile
+    every row; `write` writes and verifies the files."""
+
+    require: Callable[[str | None], None]
+    whole_groups: bool
+    write: Callable[[WriteJob], Written]
+
+
+def _nothing_required(family: str | None) -> None:
+    return None
+
+
+def _require_mlx(family: str | None) -> None:
+    require("mlx.core", "mlx")  # the export ends by running the artifact
+
+
+def _require_npu(family: str | None) -> None:
+    from .onnx_npu import require_npu
+
+    require_npu(family)  # onnxruntime-qnn: the export ends by running the graphs on QNN's HTP backend
 
 
 def release_freed_memory() -> None:
@@ -42,6 +97,44 @@ def release_freed_memory() -> None:
     except (OSError, AttributeError, TypeError):
         return
     trim(0)
+
+
+def _write_onnx(job: WriteJob) -> Written:
+    options = OnnxOptions(flavor=job.plan.flavor or "cpu", max_context=job.context, accuracy_level=job.plan.accuracy_level)
+    job.note("writing the ONNX graph")
+    written = write_onnx(job.folder, job.checkpoint, job.qm, options)
+    release_freed_memory()
+    job.note("verifying against the numpy reference")
+    return Written(verify_onnx(job.folder, job.checkpoint, job.qm, options, job.prompt, written), job.context)
+
+
+def _write_npu(job: WriteJob) -> Written:
+    from .onnx_npu import export_npu, npu_options
+
+    plan = job.plan
+    chunk = plan.profile.runtime.prefill_chunk if plan.profile else None
+    npu = npu_options(plan.settings, chunk, plan.max_context, job.context)
+    result, table = export_npu(job.folder, job.checkpoint, job.qm, npu, plan.calibration, job.prompt, job.note)
+    return Written(result, npu.context, table)
+
+
+def _write_mlx(job: WriteJob) -> Written:
+    job.note("writing the MLX weights")
+    write_mlx(job.folder, job.checkpoint, job.qm)
+    job.note("verifying against the numpy reference")
+    return Written(verify_mlx(job.folder, job.checkpoint, job.qm, job.prompt), job.context)
+
+
+# MLX's groups must tile the row; padded blocks are only known to run in ONNX Runtime's CPU kernels,
+# and the cuda flavor has not run on a GPU here yet.
+WRITERS: dict[tuple[str, str | None], Writer] = {
+    ("onnx", "cpu"): Writer(_nothing_required, whole_groups=False, write=_write_onnx),
+    ("onnx", "cuda"): Writer(_nothing_required, whole_groups=True, write=_write_onnx),
+    ("onnx", "npu"): Writer(_require_npu, whole_groups=False, write=_write_npu),
+    ("mlx", None): Writer(_require_mlx, whole_groups=True, write=_write_mlx),
+}
+FORMATS = tuple(dict.fromkeys(f for f, _ in WRITERS))
+ONNX_FLAVORS = tuple(flavor for f, flavor in WRITERS if f == "onnx")
 
 
 def profile_recipe(settings: ExportSettings) -> Recipe:
@@ -57,12 +150,47 @@ def profile_recipe(settings: ExportSettings) -> Recipe:
     )
 
 
+def plan_export(
+    profile: str | Path | DeviceProfile | None,
+    artifact_format: str | None,
+    flavor: str | None,
+    recipe: Recipe | None,
+    calibration: str | Path | None,
+    max_context: int | None,
+    accuracy_level: int | None,
+) -> tuple[ExportPlan, Writer]:
+    """The settings an export runs with, checked, and the writer of its kind of artifact."""
+    if profile is not None and not isinstance(profile, DeviceProfile):
+        profile = load_profile(profile)
+    settings = profile.export if profile else ExportSettings(max_context=0)
+    artifact_format = artifact_format or settings.format
+    if artifact_format not in FORMATS:
+        raise EdgekitError(f"format '{artifact_format}' is not supported; supported: {', '.join(FORMATS)}")
+    if artifact_format == "mlx" and flavor is not None:
+        raise EdgekitError(f"flavor '{flavor}' applies to ONNX artifacts; MLX artifacts have no flavor")
+    if artifact_format == "onnx":
+        flavor = flavor or settings.flavor
+    writer = WRITERS.get((artifact_format, flavor))
+    if writer is None:
+        raise EdgekitError(f"flavor '{flavor}' is not supported; supported: {', '.join(ONNX_FLAVORS)}")
+    writer.require(None)
+    recipe = recipe or (profile_recipe(settings) if profile else DEFAULT_RECIPE)
+    if writer.whole_groups:
+        recipe = replace(recipe, whole_groups=True)
+    accuracy_level = settings.accuracy_level if accuracy_level is None else accuracy_level
+    if accuracy_level not in (0, 1, 2, 3, 4):
+        raise EdgekitError(f"accuracy level {accuracy_level} is not one of 0-4")
+    max_context = max_context or settings.max_context or None
+    plan = ExportPlan(artifact_format, flavor, recipe, calibration, max_context, accuracy_level, profile, settings)
+    return plan, writer
+
+
 def export(
     source: str | Path,
     output: str | Path,
     *,
     profile: str | Path | DeviceProfile | None = None,
-    format: str | None = None,
+    format: str | None = None,  # noqa: A002 - the CLI's --format and the manifest's field
     flavor: str | None = None,
     recipe: Recipe | None = None,
     calibration: str | Path | None = None,
@@ -70,9 +198,9 @@ def export(
     accuracy_level: int | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
-    stage: Any = None,
+    stage: Note | None = None,
     via: str | None = None,
-    qad: Any = None,
+    qad: TrainConfig | None = None,
 ) -> ExportResult:
     """Export SOURCE (HF folder, GGUF file or hub id) to an artifact folder at OUTPUT.
 
@@ -80,7 +208,7 @@ def export(
     defaults; every other argument given overrides it. Without a profile: ONNX, cpu flavor, the
     default recipe, the model's full context.
 
-    via: "native" (edgekit's graph builder, the five families), "optimum" (any architecture
+    via: "native" (edgekit's graph builder, the native families), "optimum" (any architecture
     optimum exports), or None: native, and optimum for an architecture the native builder does not
     know, when the optimum extra is installed.
 
@@ -88,33 +216,7 @@ def export(
     (extra `distill`): scales, float zero points and norms trained toward the unquantized model on
     the calibration text.
     """
-    if profile is not None and not isinstance(profile, DeviceProfile):
-        profile = load_profile(profile)
-    settings = profile.export if profile else ExportSettings(max_context=0)
-    format = format or settings.format
-    if format != "mlx":
-        flavor = flavor or settings.flavor
-    recipe = recipe or (profile_recipe(settings) if profile else DEFAULT_RECIPE)
-    max_context = max_context or settings.max_context or None
-    accuracy_level = settings.accuracy_level if accuracy_level is None else accuracy_level
-    if format not in FORMATS:
-        raise EdgekitError(f"format '{format}' is not supported; supported: {', '.join(FORMATS)}")
-    if format == "mlx":
-        if flavor is not None:
-            raise EdgekitError(f"flavor '{flavor}' applies to ONNX artifacts; MLX artifacts have no flavor")
-        require("mlx.core", "mlx")  # the export ends by running the artifact
-    elif flavor not in (*FLAVORS, "npu"):
-        raise EdgekitError(f"flavor '{flavor}' is not supported; supported: {', '.join(FLAVORS)}, npu")
-    elif flavor == "npu":
-        from .onnx_npu import require_npu
-
-        require_npu()  # onnxruntime-qnn: the export ends by running the graphs on QNN's HTP backend
-    if format == "mlx" or flavor == "cuda":
-        # MLX's groups must tile the row; padded blocks are only known to run in ONNX Runtime's CPU
-        # kernels, and the cuda flavor has not run on a GPU here yet
-        recipe = replace(recipe, whole_groups=True)
-    if accuracy_level not in (0, 1, 2, 3, 4):
-        raise EdgekitError(f"accuracy level {accuracy_level} is not one of 0-4")
+    plan, writer = plan_export(profile, format, flavor, recipe, calibration, max_context, accuracy_level)
     if via not in (None, *VIAS):
         raise EdgekitError(f"export path '{via}' is not one of {', '.join(VIAS)}")
     note = stage or (lambda message: None)
@@ -122,21 +224,54 @@ def export(
     output = Path(output)
     if output.exists() and not overwrite:
         raise EdgekitError(f"{output} already exists; choose another output folder or pass --overwrite")
-    generic = {
-        "format": format,
-        "flavor": flavor,
-        "recipe": recipe,
-        "calibration": calibration,
-        "max_context": max_context,
-        "accuracy_level": accuracy_level,
-        "overwrite": overwrite,
-        "progress": progress,
-        "stage": note,
-    }
-    if via == "optimum":
-        return _export_via_optimum(source, output, **generic)
+    checkpoint = None if via == "optimum" else _open_native(source, via, note)
+    if checkpoint is None:
+        return _export_via_optimum(source, output, plan, overwrite, progress, note)
+    writer.require(checkpoint.spec.family)
+    if qad is not None:
+        require("torch", "distill")
+    limit = checkpoint.spec.max_position_embeddings
+    context = min(plan.max_context or limit, limit)
+    sequences = None
+    if plan.recipe.needs_calibration or qad is not None:
+        note(f"calibration data: {calibration or 'samples generated by the model'}")
+        sequences = calibration_sequences(
+            checkpoint, plan.recipe.calibration_window, plan.recipe.calibration_samples, calibration
+        )
+    tokenizer = checkpoint.tokenizer.load()
+    prompt = tokenizer.encode("The capital of France is Paris. The capital of Italy is").ids[:16] or [0]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with SpilledTensors(output.parent) as spilled, staging(output, overwrite) as folder:
+        recipe = plan.recipe
+        note(f"quantizing {checkpoint.name}: {recipe.algorithm} {recipe.bits}-bit g{recipe.group_size}")
+        qm = quantize_checkpoint(checkpoint, recipe, sequences, progress, into=spilled)
+        release_freed_memory()
+        qad_record = _distill(checkpoint, qm, sequences or [], qad, progress, note) if qad is not None else None
+        written = writer.write(WriteJob(folder, checkpoint, qm, plan, context, prompt, note))
+        Manifest(
+            format=plan.format,
+            flavor=plan.flavor,
+            max_context=written.context,
+            source=SourceRecord(checkpoint.source, checkpoint.format, checkpoint.name),
+            quantization=QuantizationRecord(
+                {**recipe.to_dict(), "qad": qad_record}, qm.records, qm.bits_per_weight, qm.nbytes
+            ),
+            verify=written.verify,
+            spec=checkpoint.spec,
+            profile=plan.profile.name if plan.profile else None,
+            accuracy_level=plan.accuracy_level if plan.format == "onnx" else None,
+            eos_token_ids=tuple(checkpoint.eos_token_ids),
+            npu=written.npu,
+        ).write(folder)
+        megabytes = folder_megabytes(folder)
+    return ExportResult(output, time.perf_counter() - start, megabytes, qm.bits_per_weight, written.verify)
+
+
+def _open_native(source: str | Path, via: str | None, note: Note) -> Checkpoint | None:
+    """The checkpoint for the native builder, or None to go through optimum: an architecture it does
+    not know, with `via` left open and the optimum extra installed."""
     try:
-        checkpoint = open_checkpoint(source)
+        return open_checkpoint(source)
     except UnsupportedArchitectureError as exc:
         if via == "native":
             raise
@@ -145,85 +280,33 @@ def export(
                 f"{exc}; other architectures export through optimum: pip install 'edgekit[optimum]'"
             ) from None
         note(f"notice: {exc}; exporting through optimum instead")
-        return _export_via_optimum(source, output, **generic)
-    context = min(max_context or checkpoint.spec.max_position_embeddings, checkpoint.spec.max_position_embeddings)
-    options = OnnxOptions(flavor=flavor or "cpu", max_context=context, accuracy_level=accuracy_level)
-    if flavor == "npu":
-        from .onnx_npu import npu_options, require_npu
+        return None
 
-        require_npu(checkpoint.spec.family)
-        npu = npu_options(settings, profile.runtime.prefill_chunk if profile else None, max_context, context)
-        context = npu.context
-    if qad is not None:
-        require("torch", "distill")
-    sequences = None
-    if recipe.needs_calibration or qad is not None:
-        note(f"calibration data: {calibration or 'samples generated by the model'}")
-        sequences = calibration_sequences(
-            checkpoint, recipe.calibration_window, recipe.calibration_samples, calibration
+
+def _distill(
+    checkpoint: Checkpoint,
+    qm: QuantizedModel,
+    sequences: list[list[int]],
+    qad: TrainConfig,
+    progress: Progress | None,
+    note: Note,
+) -> dict[str, Any]:
+    """Quantization-aware distillation of `qm` in place, on all but an eighth of the calibration
+    sequences (held out to report what it changed); returns the manifest's record of it."""
+    from ..distill.qad import quantization_aware_distill
+
+    note(f"quantization-aware distillation: {qad.steps} steps on the calibration text")
+    shown = progress and (lambda step, total, info: progress(step, total, f"QAD loss {info['loss']:.4f}"))
+    held_out = sequences[-max(1, len(sequences) // 8) :] if len(sequences) > 1 else []
+    train_on = sequences[: len(sequences) - len(held_out)]
+    record = quantization_aware_distill(checkpoint, qm, train_on, qad, held_out=held_out, progress=shown or None)
+    if held_out:
+        before, after = record["held_out_before"], record["held_out_after"]
+        note(
+            f"QAD on {len(held_out)} held-out calibration sequences: perplexity {before['perplexity']:.2f} -> "
+            f"{after['perplexity']:.2f}, KL to the unquantized model {before['kl']:.4f} -> {after['kl']:.4f}"
         )
-    tokenizer = checkpoint.tokenizer.load()
-    prompt = tokenizer.encode("The capital of France is Paris. The capital of Italy is").ids[:16] or [0]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with SpilledTensors(output.parent) as spilled, staging(output, overwrite) as folder:
-        note(f"quantizing {checkpoint.name}: {recipe.algorithm} {recipe.bits}-bit g{recipe.group_size}")
-        qm = quantize_checkpoint(checkpoint, recipe, sequences, progress, into=spilled)
-        release_freed_memory()
-        qad_record = None
-        if qad is not None:
-            from ..distill.qad import quantization_aware_distill
-
-            note(f"quantization-aware distillation: {qad.steps} steps on the calibration text")
-            shown = progress and (lambda step, total, info: progress(step, total, f"QAD loss {info['loss']:.4f}"))
-            held_out = sequences[-max(1, len(sequences) // 8) :] if len(sequences) > 1 else []
-            train_on = sequences[: len(sequences) - len(held_out)]
-            qad_record = quantization_aware_distill(
-                checkpoint, qm, train_on, qad, held_out=held_out, progress=shown or None
-            )
-            if held_out:
-                before, after = qad_record["held_out_before"], qad_record["held_out_after"]
-                note(
-                    f"QAD on {len(held_out)} held-out calibration sequences: perplexity {before['perplexity']:.2f} -> "
-                    f"{after['perplexity']:.2f}, KL to the unquantized model {before['kl']:.4f} -> {after['kl']:.4f}"
-                )
-        if format == "mlx":
-            note("writing the MLX weights")
-            write_mlx(folder, checkpoint, qm)
-            note("verifying against the numpy reference")
-            result = verify_mlx(folder, checkpoint, qm, prompt)
-        elif flavor == "npu":
-            from .onnx_npu import export_npu
-
-            result, npu_table = export_npu(folder, checkpoint, qm, npu, calibration, prompt, note)
-        else:
-            note("writing the ONNX graph")
-            written = write_onnx(folder, checkpoint, qm, options)
-            release_freed_memory()
-            note("verifying against the numpy reference")
-            result = verify_onnx(folder, checkpoint, qm, options, prompt, written)
-        write_manifest(
-            folder,
-            {
-                "format": format,
-                "flavor": flavor,
-                "profile": profile.name if profile else None,
-                "spec": checkpoint.spec.to_dict(),
-                "max_context": context,
-                "accuracy_level": accuracy_level if format == "onnx" else None,
-                "quantization": {
-                    "recipe": {**recipe.to_dict(), "qad": qad_record},
-                    "layers": qm.records,
-                    "bits_per_weight": qm.bits_per_weight,
-                    "weight_bytes": qm.nbytes,
-                },
-                "source": {"path": checkpoint.source, "format": checkpoint.format, "name": checkpoint.name},
-                "eos_token_ids": list(checkpoint.eos_token_ids),
-                "verify": result,
-                **({"npu": npu_table} if flavor == "npu" else {}),
-            },
-        )
-        size = sum(p.stat().st_size for p in folder.iterdir())
-    return ExportResult(output, time.perf_counter() - start, size / 1e6, qm.bits_per_weight, result)
+    return record
 
 
 def _optimum_installed() -> bool:
@@ -235,23 +318,29 @@ def _optimum_installed() -> bool:
         return False
 
 
-def _export_via_optimum(source: str | Path, output: Path, **options: Any) -> ExportResult:
+def _export_via_optimum(
+    source: str | Path, output: Path, plan: ExportPlan, overwrite: bool, progress: Progress | None, note: Note
+) -> ExportResult:
     from .optimum import ALGORITHMS, export_via_optimum
 
-    format, flavor, recipe = options.pop("format"), options.pop("flavor"), options.pop("recipe")
-    if format != "onnx" or flavor != "cpu":
+    if plan.format != "onnx" or plan.flavor != "cpu":
         raise EdgekitError(
-            f"the optimum path writes ONNX artifacts of the cpu flavor, not {format}/{flavor}; "
+            f"the optimum path writes ONNX artifacts of the cpu flavor, not {plan.format}/{plan.flavor}; "
             "pass --format onnx --flavor cpu (or a cpu profile)"
         )
+    recipe = plan.recipe
     if recipe.algorithm not in ALGORITHMS:  # AWQ folds scales into the norms of the native families
-        algorithm = "gptq" if options["calibration"] else "hqq"
-        options["stage"](f"notice: {recipe.algorithm} needs a native family; quantizing with {algorithm}")
+        algorithm = "gptq" if plan.calibration else "hqq"
+        note(f"notice: {recipe.algorithm} needs a native family; quantizing with {algorithm}")
         recipe = replace(recipe, algorithm=algorithm)
-    return export_via_optimum(source, output, recipe=recipe, **options)
-
-
-def export_result_dict(result: ExportResult) -> dict[str, Any]:
-    data = asdict(result)
-    data["output"] = str(result.output)
-    return data
+    return export_via_optimum(
+        source,
+        output,
+        recipe=recipe,
+        calibration=plan.calibration,
+        max_context=plan.max_context,
+        accuracy_level=plan.accuracy_level,
+        overwrite=overwrite,
+        progress=progress,
+        stage=note,
+    )

@@ -11,7 +11,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..artifact import Manifest, read_manifest
+from ..device_profiles import DeviceProfile, load_profile
 from ..errors import EdgekitError
+from .loader import DEFAULT_PROVIDERS, Loaded, load_runtime
 from .sampling import Sampler, SamplingParams
 from .text_stream import IncrementalDecoder, StopStrings
 
@@ -146,14 +149,14 @@ class Engine:
     The KV cache is kept between calls: a prompt that starts with what the cache holds (the next
     turn of a chat) only computes its new tokens."""
 
-    def __init__(self, loaded: Any, profile: Any = None, defaults: GenerationConfig | None = None):
+    def __init__(self, loaded: Loaded, profile: DeviceProfile | None = None, defaults: GenerationConfig | None = None):
         self.runtime = loaded.runtime
         self.tokenizer = loaded.tokenizer
         self.spec = loaded.spec
         self.vocab_size: int = loaded.vocab_size
         self.name: str = loaded.name
         self.backend: str = loaded.backend
-        self.manifest: dict[str, Any] | None = loaded.manifest
+        self.manifest: Manifest | None = loaded.manifest
         self.profile = profile
         self.defaults = defaults or GenerationConfig()
         self._lock = threading.Lock()
@@ -303,9 +306,6 @@ def load(
     (the artifact flavor's defaults). overrides: threads, max_context, providers, prefill_chunk,
     huge_pages.
     """
-    from ..device_profiles import load_profile
-    from ..runtimes.loader import DEFAULT_PROVIDERS, load_runtime
-
     unknown = sorted(set(overrides) - set(RUNTIME_OPTIONS))
     if unknown:
         raise EdgekitError(f"unknown load option {unknown[0]!r}; options: {', '.join(RUNTIME_OPTIONS)}")
@@ -320,7 +320,7 @@ def load(
             "huge_pages": rt.huge_pages,
         }
         manifest = _peek_manifest(Path(artifact))
-        flavor = manifest.get("flavor")
+        flavor = manifest.flavor if manifest else None
         if flavor is None or flavor == chosen.export.flavor:
             settings["providers"] = [p.for_onnxruntime() for p in rt.providers]
         elif profile != "auto":
@@ -330,20 +330,15 @@ def load(
             )
         else:  # a detected profile for another flavor: run the artifact the way its flavor runs
             settings["providers"] = DEFAULT_PROVIDERS.get(flavor)
-        if isinstance(manifest.get("max_context"), int):  # the profile's context is a wish the artifact caps
-            settings["max_context"] = min(settings["max_context"], manifest["max_context"])
+        if manifest is not None:  # the profile's context is a wish the artifact caps
+            settings["max_context"] = min(settings["max_context"], manifest.max_context)
     settings.update(overrides)
     return Engine(load_runtime(artifact, **settings), chosen, generation)
 
 
-def _peek_manifest(folder: Path) -> dict[str, Any]:
-    """The manifest's fields without checking the files (load_runtime checks them and reports)."""
-    import json
-
-    from ..exporters.artifact import MANIFEST
-
+def _peek_manifest(folder: Path) -> Manifest | None:
+    """The manifest without checking the files (load_runtime checks them and reports)."""
     try:
-        data = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return read_manifest(folder, check_files=False)
+    except EdgekitError:
+        return None
