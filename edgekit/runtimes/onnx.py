@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import EdgekitError
 from ..spec import ModelSpec
-from .base import check_room
+from .base import check_room, prefill_in_chunks
 from .huge_pages import collapse_filled_heap
 
 # Prompt tokens per run when neither the caller nor a profile says. GroupQueryAttention's CPU kernel
@@ -120,11 +120,7 @@ class OnnxRuntime:
         return self.binding.get_outputs()[self._logits_index].numpy()[0]
 
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
-        """In chunks of prefill_chunk tokens: bounds the activations a long prompt needs at once."""
-        self._check_room(len(ids))
-        for start in range(0, len(ids), self.prefill_chunk):
-            logits = self._run(ids[start : start + self.prefill_chunk])
-        return logits[-1]
+        return prefill_in_chunks(self, ids, self.prefill_chunk, self._run)
 
     def decode(self, token: int) -> np.ndarray:
         return self._run([token])[-1]
