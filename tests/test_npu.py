@@ -11,7 +11,8 @@ from helpers import ALL_FAMILIES
 
 from edgekit import export, load
 from edgekit.errors import EdgekitError
-from edgekit.exporters.onnx_npu import MEDIAN_TOLERANCE, TOLERANCE, NpuWeights, npu_weights
+from edgekit.exporters.npu.verify import MEDIAN_TOLERANCE, TOLERANCE
+from edgekit.exporters.npu.weights import NpuWeights, npu_weights
 from edgekit.quant.recipe import Recipe
 from edgekit.reference import ReferenceModel
 from edgekit.runtimes.base import EMPTY_PROMPT
@@ -106,7 +107,7 @@ def test_npu_bad_input(tiny_models, tmp_path, monkeypatch):
     from edgekit.runtimes import onnx_npu
 
     with pytest.raises(EdgekitError, match="npu flavor supports .*use --flavor cpu"):
-        from edgekit.exporters.onnx_npu import require_npu
+        from edgekit.exporters.npu.export import require_npu
 
         require_npu("gemma")
     monkeypatch.setattr(onnx_npu, "_registered", [])
