@@ -28,7 +28,7 @@ class ReferenceRuntime:
         return self.model.forward(ids, self.cache, all_logits=False)
 
     def decode(self, token: int) -> np.ndarray:
-        return self.model.forward([token], self.cache, all_logits=False)[-1]
+        return self._run([token])[-1]
 
     def logits_all(self, ids: Sequence[int]) -> np.ndarray:
         self.reset()
