@@ -41,8 +41,8 @@ def check(source: Path, out: Path, provider: str) -> dict:
     import edgekit
     from edgekit.errors import EdgekitError
     from edgekit.exporters.verify import FLOAT16_TOLERANCE, compare_with_reference, run_greedy
-    from edgekit.quant import Recipe, quantize_checkpoint
     from edgekit.generation.loader import load_runtime
+    from edgekit.quant import Recipe, quantize_checkpoint
     from edgekit.sources import open_checkpoint
 
     # RTN in blocks of 32, the nvidia profiles' block: deterministic, so the reference below

@@ -18,8 +18,8 @@ from .generation import (
     TextTokenizer,
     load,
 )
-from .quant import QuantizedModel, QuantizedTensor, Recipe, quantize_checkpoint
 from .generation.loader import load_runtime
+from .quant import QuantizedModel, QuantizedTensor, Recipe, quantize_checkpoint
 from .reference import KVCache, ReferenceModel
 from .serve import serve
 from .sources import Checkpoint, TokenizerFiles, open_checkpoint

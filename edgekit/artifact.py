@@ -143,7 +143,9 @@ class Manifest:
                 files=dict(data.get("files") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise EdgekitError(f"{where}: manifest field missing or malformed ({exc!r}); re-export the artifact") from None
+            raise EdgekitError(
+                f"{where}: manifest field missing or malformed ({exc!r}); re-export the artifact"
+            ) from None
         if manifest.format not in FORMATS or manifest.graph not in GRAPHS:
             raise EdgekitError(
                 f"{where}: unknown artifact format '{manifest.format}' / graph '{manifest.graph}'; "

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from edgekit.artifact import read_manifest
 from edgekit.cli import cli
 from edgekit.deploy.resolve import Pin, explain_pip_failure
 from edgekit.deploy.target import bundle_target
 from edgekit.device_profiles import parse_profile
-from edgekit.artifact import read_manifest
 
 RUNTIME = {"numpy", "onnxruntime", "tokenizers", "jinja2", "click"}
 HEAVY = {"torch", "onnx", "transformers", "optimum"}

@@ -10,6 +10,7 @@ import pytest
 import edgekit
 from edgekit.errors import EdgekitError
 from edgekit.generation.engine import GenerationConfig
+from edgekit.runtimes.base import EMPTY_PROMPT
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +215,11 @@ def test_source_checkpoint_runs_on_the_reference(tiny_models):
     engine = edgekit.load(tiny_models["qwen3"], profile=None)
     assert engine.backend.startswith("numpy")
     assert len(engine.generate("Hi", max_new_tokens=3, ignore_eos=True).token_ids) == 3
+
+
+def test_empty_prompt_is_one_clear_error_on_the_reference(tiny_models):
+    runtime = edgekit.load(tiny_models["qwen3"], profile=None).runtime
+    assert type(runtime).__name__ == "ReferenceRuntime"
+    with pytest.raises(EdgekitError) as raised:
+        runtime.prefill([])
+    assert str(raised.value) == EMPTY_PROMPT and runtime.length == 0

@@ -77,7 +77,8 @@ def test_every_unit_has_a_layer():
 
 def upward_imports(graph: dict[str, set[str]]) -> list[str]:
     return [
-        f"{source} imports {target} ({unit(source)} is layer {LEVEL[unit(source)]}, {unit(target)} is {LEVEL[unit(target)]})"
+        f"{source} imports {target} "
+        f"({unit(source)} is layer {LEVEL[unit(source)]}, {unit(target)} is {LEVEL[unit(target)]})"
         for source, targets in graph.items()
         for target in targets
         if unit(source) != unit(target) and LEVEL[unit(target)] >= LEVEL[unit(source)]

@@ -17,12 +17,13 @@ from edgekit.errors import EdgekitError
 from edgekit.exporters.mlx import MlxFolderWeights, unpack_mlx, write_mlx
 from edgekit.exporters.pipeline import export
 from edgekit.exporters.verify import run_greedy
+from edgekit.generation.loader import load_runtime
 from edgekit.quant.packing import to_mlx
 from edgekit.quant.pipeline import quantize_checkpoint
 from edgekit.quant.recipe import Recipe
 from edgekit.quant.rtn import quantize_rtn
 from edgekit.reference import ReferenceModel
-from edgekit.generation.loader import load_runtime
+from edgekit.runtimes.base import EMPTY_PROMPT
 from edgekit.runtimes.mlx import MlxRuntime
 from edgekit.sources import open_checkpoint
 from edgekit.testing import FAMILY_CASES, write_tiny_checkpoint
@@ -236,3 +237,10 @@ def test_matmuls_split_over_cpu_streams_give_identical_logits(mlx_artifact):
     assert not one.model.layers[0].mlp.down.streams and len(three.model.layers[0].mlp.down.streams) == 3
     assert np.array_equal(one.prefill(PROMPT), three.prefill(PROMPT))
     assert np.array_equal(one.decode(7), three.decode(7))
+
+
+def test_empty_prompt_is_one_clear_error(mlx_artifact):
+    runtime = load_runtime(mlx_artifact).runtime
+    with pytest.raises(EdgekitError) as raised:
+        runtime.prefill([])
+    assert str(raised.value) == EMPTY_PROMPT and runtime.length == 0

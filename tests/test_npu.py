@@ -11,9 +11,11 @@ from helpers import ALL_FAMILIES
 
 from edgekit import export, load
 from edgekit.errors import EdgekitError
-from edgekit.exporters.onnx_npu import MEDIAN_TOLERANCE, TOLERANCE, NpuWeights, npu_weights
+from edgekit.exporters.npu.verify import MEDIAN_TOLERANCE, TOLERANCE
+from edgekit.exporters.npu.weights import NpuWeights, npu_weights
 from edgekit.quant.recipe import Recipe
 from edgekit.reference import ReferenceModel
+from edgekit.runtimes.base import EMPTY_PROMPT
 
 pytest.importorskip("onnxruntime_qnn", reason="the npu flavor needs onnxruntime-qnn")
 
@@ -105,7 +107,7 @@ def test_npu_bad_input(tiny_models, tmp_path, monkeypatch):
     from edgekit.runtimes import onnx_npu
 
     with pytest.raises(EdgekitError, match="npu flavor supports .*use --flavor cpu"):
-        from edgekit.exporters.onnx_npu import require_npu
+        from edgekit.exporters.npu.export import require_npu
 
         require_npu("gemma")
     monkeypatch.setattr(onnx_npu, "_registered", [])
@@ -115,3 +117,10 @@ def test_npu_bad_input(tiny_models, tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert "pip install onnxruntime-qnn" in result.output and "--flavor cpu" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_empty_prompt_is_one_clear_error(npu_artifacts):
+    runtime = load(npu_artifacts["llama"]).runtime
+    with pytest.raises(EdgekitError) as raised:
+        runtime.prefill([])
+    assert str(raised.value) == EMPTY_PROMPT and runtime.length == 0

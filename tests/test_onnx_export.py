@@ -10,18 +10,18 @@ import pytest
 from click.testing import CliRunner
 from helpers import rel_err
 
+from edgekit.artifact import ALL_LOGITS_FILE, MODEL_FILE
 from edgekit.cli import cli
 from edgekit.errors import EdgekitError
-from edgekit.artifact import ALL_LOGITS_FILE, MODEL_FILE
 from edgekit.exporters.onnx import write_onnx
 from edgekit.exporters.onnx_decoder import OnnxOptions
 from edgekit.exporters.pipeline import export
 from edgekit.exporters.verify import FLOAT16_TOLERANCE, run_greedy
+from edgekit.generation.loader import load_runtime
 from edgekit.quant.packing import to_matmulnbits
 from edgekit.quant.pipeline import quantize_checkpoint
 from edgekit.quant.recipe import Recipe
 from edgekit.reference import ReferenceModel
-from edgekit.generation.loader import load_runtime
 from edgekit.runtimes.onnx import OnnxRuntime
 from edgekit.sources import open_checkpoint
 from edgekit.testing import FAMILY_CASES, write_tiny_checkpoint

@@ -5,9 +5,10 @@ import shutil
 import numpy as np
 import pytest
 
+from edgekit.artifact import ALL_LOGITS_FILE, DATA_FILE, MODEL_FILE
 from edgekit.errors import EdgekitError
-from edgekit.exporters.onnx import ALL_LOGITS_FILE, DATA_FILE, MODEL_FILE
 from edgekit.generation.loader import load_runtime
+from edgekit.runtimes.base import EMPTY_PROMPT
 from edgekit.runtimes.onnx import OnnxRuntime
 
 PROMPT = [5, 17, 42, 9, 77, 3, 120, 64]
@@ -31,3 +32,10 @@ def test_logits_all_without_the_twin_says_so(tiny_artifact, tmp_path):
     runtime = OnnxRuntime(tmp_path / MODEL_FILE, spec, 32)
     with pytest.raises(EdgekitError, match=ALL_LOGITS_FILE):
         runtime.logits_all(PROMPT)
+
+
+def test_empty_prompt_is_one_clear_error(tiny_artifact):
+    runtime = load_runtime(tiny_artifact, max_context=32).runtime
+    with pytest.raises(EdgekitError) as raised:
+        runtime.prefill([])
+    assert str(raised.value) == EMPTY_PROMPT and runtime.length == 0

@@ -262,3 +262,15 @@ def test_without_the_extra_the_error_says_what_to_install(tiny_models, tmp_path)
     assert result.exit_code == 2
     assert "not supported" in result.output and "pip install 'edgekit[optimum]'" in result.output
     assert not out.exists()
+
+
+@needs_optimum
+def test_empty_prompt_is_one_clear_error(tiny_models, tmp_path):
+    from edgekit.runtimes.base import EMPTY_PROMPT
+
+    artifact = edgekit.export(tiny_models["llama"], tmp_path / "optimum", recipe=Recipe(algorithm="rtn"), via="optimum")
+    runtime = edgekit.load(artifact.output, profile=None).runtime
+    assert type(runtime).__name__ == "OptimumRuntime"
+    with pytest.raises(edgekit.EdgekitError) as raised:
+        runtime.prefill([])
+    assert str(raised.value) == EMPTY_PROMPT and runtime.length == 0

@@ -14,6 +14,7 @@ from ..sources.checkpoint import Checkpoint
 from .onnx_decoder import DecoderBuilder, OnnxOptions
 from .verify import FLOAT16_TOLERANCE, TOLERANCE, compare_with_reference, run_greedy
 
+
 def genai_config(checkpoint: Checkpoint, options: OnnxOptions) -> dict[str, Any]:
     """onnxruntime-genai's genai_config.json, so its runtime loads the same folder."""
     s = checkpoint.spec

@@ -82,7 +82,7 @@ def _require_mlx(family: str | None) -> None:
 
 
 def _require_npu(family: str | None) -> None:
-    from .onnx_npu import require_npu
+    from .npu.export import require_npu
 
     require_npu(family)  # onnxruntime-qnn: the export ends by running the graphs on QNN's HTP backend
 
@@ -100,7 +100,9 @@ def release_freed_memory() -> None:
 
 
 def _write_onnx(job: WriteJob) -> Written:
-    options = OnnxOptions(flavor=job.plan.flavor or "cpu", max_context=job.context, accuracy_level=job.plan.accuracy_level)
+    options = OnnxOptions(
+        flavor=job.plan.flavor or "cpu", max_context=job.context, accuracy_level=job.plan.accuracy_level
+    )
     job.note("writing the ONNX graph")
     written = write_onnx(job.folder, job.checkpoint, job.qm, options)
     release_freed_memory()
@@ -109,7 +111,7 @@ def _write_onnx(job: WriteJob) -> Written:
 
 
 def _write_npu(job: WriteJob) -> Written:
-    from .onnx_npu import export_npu, npu_options
+    from .npu.export import export_npu, npu_options
 
     plan = job.plan
     chunk = plan.profile.runtime.prefill_chunk if plan.profile else None

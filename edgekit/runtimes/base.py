@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -38,3 +38,21 @@ def check_room(length: int, new: int, max_context: int) -> int:
             f"{max_context}; start a new conversation or load with a larger max_context"
         )
     return total
+
+
+EMPTY_PROMPT = "the prompt is empty: prefill needs at least one token id; pass a prompt of one token or more"
+
+
+def prefill_in_chunks(
+    runtime: Runtime, ids: Sequence[int], chunk: int, run: Callable[[Sequence[int]], np.ndarray]
+) -> np.ndarray:
+    """The prompt's last position's logits [vocab]: `ids` after what the cache holds, `chunk` tokens
+    per call of `run` (the backend's step: it runs the ids it is given after the cache, stores their
+    keys/values and returns logits [positions returned, vocab]). Bounded chunks bound the
+    activations a long prompt needs at once."""
+    if not len(ids):
+        raise EdgekitError(EMPTY_PROMPT)
+    check_room(runtime.length, len(ids), runtime.max_context)
+    for start in range(0, len(ids), chunk):
+        logits = run(ids[start : start + chunk])
+    return logits[-1]

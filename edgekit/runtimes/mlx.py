@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import EdgekitError, require
 from ..spec import ModelSpec
-from .base import check_room
+from .base import check_room, prefill_in_chunks
 
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -122,10 +122,7 @@ class MlxRuntime:
         return np.array(logits.astype(mx.float32))
 
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
-        check_room(self.length, len(ids), self.max_context)
-        for start in range(0, len(ids), self.prefill_chunk):
-            logits = self._run(ids[start : start + self.prefill_chunk])
-        return logits[-1]
+        return prefill_in_chunks(self, ids, self.prefill_chunk, self._run)
 
     def decode(self, token: int) -> np.ndarray:
         """The compiled step over the whole cache buffers, grown first when full."""

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifact import ALL_LOGITS_FILE
 from ..errors import EdgekitError
 from ..spec import ModelSpec
-from .base import check_room
+from .base import check_room, prefill_in_chunks
 from .huge_pages import collapse_filled_heap
 
 # Prompt tokens per run when neither the caller nor a profile says. GroupQueryAttention's CPU kernel
@@ -120,11 +121,7 @@ class OnnxRuntime:
         return self.binding.get_outputs()[self._logits_index].numpy()[0]
 
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
-        """In chunks of prefill_chunk tokens: bounds the activations a long prompt needs at once."""
-        self._check_room(len(ids))
-        for start in range(0, len(ids), self.prefill_chunk):
-            logits = self._run(ids[start : start + self.prefill_chunk])
-        return logits[-1]
+        return prefill_in_chunks(self, ids, self.prefill_chunk, self._run)
 
     def decode(self, token: int) -> np.ndarray:
         return self._run([token])[-1]
@@ -136,8 +133,6 @@ class OnnxRuntime:
         # the generation graph returns the last position only; evaluation loads its twin over the
         # same weight file, which returns every position, the first time it is asked for
         if self._every_position is None:
-            from ..exporters.onnx import ALL_LOGITS_FILE
-
             path, spec, providers, threads, kv_dtype, huge_pages = self._options
             twin = path.with_name(ALL_LOGITS_FILE)
             if not twin.is_file():

@@ -10,7 +10,7 @@ its cache. The embedding rows are looked up here from the artifact's int8 table.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import EdgekitError
 from ..rope import rope_tables
 from ..spec import ModelSpec
-from .base import check_room
+from .base import check_room, prefill_in_chunks
 
 QNN_INSTALL = "pip install onnxruntime-qnn (or 'edgekit[npu]')"
 _registered: list[str] = []
@@ -150,28 +150,31 @@ class NpuRuntime:
         self.length = start + n
         return outputs[0][0, :n]
 
-    def _forward(self, ids: Sequence[int]) -> np.ndarray:
-        check_room(self.length, len(ids), self.max_context)
-        if len(ids) == 1:
-            return self._run(ids, self.decode_session, 1)
-        return np.concatenate(
-            [
-                self._run(ids[i : i + self.chunk], self.prefill_session, self.chunk)
-                for i in range(0, len(ids), self.chunk)
-            ]
-        )
+    def _run_prefill_graph(self, ids: Sequence[int]) -> np.ndarray:
+        return self._run(ids, self.prefill_session, self.chunk)
+
+    def _run_decode_graph(self, ids: Sequence[int]) -> np.ndarray:
+        return self._run(ids, self.decode_session, 1)
+
+    def _graph_for(self, ids: Sequence[int]) -> Callable[[Sequence[int]], np.ndarray]:
+        """A single token (a decode step, or a prompt of one) runs through the decode graph; a
+        longer sequence through the prefill graph, every chunk of it, its last one padded."""
+        return self._run_decode_graph if len(ids) == 1 else self._run_prefill_graph
 
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
-        if not len(ids):
-            raise EdgekitError("prefill needs at least one token")
-        return self._forward(list(ids))[-1]
+        ids = list(ids)
+        return prefill_in_chunks(self, ids, self.chunk, self._graph_for(ids))
 
     def decode(self, token: int) -> np.ndarray:
-        return self._forward([token])[-1]
+        check_room(self.length, 1, self.max_context)
+        return self._run_decode_graph([token])[-1]
 
     def logits_all(self, ids: Sequence[int]) -> np.ndarray:
         self.reset()
-        return self._forward(list(ids))
+        ids = list(ids)
+        check_room(0, len(ids), self.max_context)
+        run = self._graph_for(ids)
+        return np.concatenate([run(ids[i : i + self.chunk]) for i in range(0, len(ids), self.chunk)])
 
     def reset(self) -> None:
         self.length = 0

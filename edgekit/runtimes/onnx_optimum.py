@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgekitError
-from .base import check_room
+from .base import check_room, prefill_in_chunks
 from .onnx import DEFAULT_PREFILL_CHUNK, make_session
 
-MODEL_FILE = "model.onnx"
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
 
@@ -84,12 +83,7 @@ class OptimumRuntime:
         return out[0][0]
 
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
-        if not len(ids):
-            raise EdgekitError("prefill needs at least one token")
-        logits = None
-        for start in range(0, len(ids), self.prefill_chunk):
-            logits = self._run(ids[start : start + self.prefill_chunk])
-        return logits[-1]
+        return prefill_in_chunks(self, ids, self.prefill_chunk, self._run)
 
     def decode(self, token: int) -> np.ndarray:
         return self._run([token])[-1]

@@ -7,12 +7,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..reference import ReferenceModel
+from .base import prefill_in_chunks
 
 
 class ReferenceRuntime:
     def __init__(self, model: ReferenceModel, max_context: int):
         self.model = model
         self.max_context = max_context
+        self.prefill_chunk = max_context  # the whole prompt in one run
         self.cache = model.new_cache()
 
     @property
@@ -20,10 +22,13 @@ class ReferenceRuntime:
         return self.cache.length
 
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
-        return self.model.forward(ids, self.cache, all_logits=False)[-1]
+        return prefill_in_chunks(self, ids, self.prefill_chunk, self._run)
+
+    def _run(self, ids: Sequence[int]) -> np.ndarray:
+        return self.model.forward(ids, self.cache, all_logits=False)
 
     def decode(self, token: int) -> np.ndarray:
-        return self.model.forward([token], self.cache, all_logits=False)[-1]
+        return self._run([token])[-1]
 
     def logits_all(self, ids: Sequence[int]) -> np.ndarray:
         self.reset()

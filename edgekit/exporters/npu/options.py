@@ -1,0 +1,39 @@
+"""The npu graphs' static sizes and EPContext target, and the families the flavor exports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...errors import EdgekitError
+
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+DEFAULT_CONTEXT = 1024  # without a profile or --max-context: the KV cache is static, so not the model's
+DEFAULT_CHUNK = 64
+
+
+@dataclass(frozen=True)
+class NpuOptions:
+    context: int = 512  # KV cache positions (static)
+    chunk: int = 64  # prompt tokens per prefill run (static)
+    soc_model: str = ""  # QNN soc_model number: also write EPContext models compiled for that SoC
+    htp_arch: str = ""  # QNN htp_arch of that SoC (73: Snapdragon X Elite, 75: 8 Gen 3)
+    calibration_samples: int = 8
+
+    @property
+    def qnn_options(self) -> dict[str, str]:
+        return {k: v for k, v in (("soc_model", self.soc_model), ("htp_arch", self.htp_arch)) if v}
+
+
+def npu_options(settings, prefill_chunk: int | None, max_context: int | None, context: int) -> NpuOptions:
+    """The npu graphs' static sizes and EPContext target from the profile's settings."""
+    if not max_context:
+        context = min(context, DEFAULT_CONTEXT)
+    chunk = min(prefill_chunk or DEFAULT_CHUNK, context)
+    return NpuOptions(context, chunk, settings.qnn_soc_model, settings.qnn_htp_arch)
+
+
+def require_family(family: str) -> None:
+    if family not in FAMILIES:
+        raise EdgekitError(
+            f"the npu flavor supports the {', '.join(FAMILIES)} families, not {family}; use --flavor cpu"
+        )
