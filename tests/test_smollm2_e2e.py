@@ -64,18 +64,25 @@ def test_digits_are_split_one_by_one(smollm2):
     assert tok.encode("2024").tokens == ["2", "0", "2", "4"]
 
 
-transformers = pytest.importorskip("transformers")
-torch = pytest.importorskip("torch")
+@pytest.fixture(scope="module")
+def transformers():
+    """transformers (the dev extra): only the tests that compare with it skip without it."""
+    pytest.importorskip("torch")
+    return pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
-def hf_model(smollm2_gguf):
+def hf_model(smollm2_gguf, transformers):
+    import torch
+
     return transformers.AutoModelForCausalLM.from_pretrained(
         smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32
     ).eval()
 
 
 def test_logits_match_transformers_gguf_loader(smollm2, reference, hf_model):
+    import torch
+
     ids = smollm2.tokenizer.load().encode("The capital of France is Paris, and the capital of Italy is").ids
     with torch.no_grad():
         expected = hf_model(torch.tensor([ids])).logits[0].numpy()
@@ -87,7 +94,7 @@ def test_logits_match_transformers_gguf_loader(smollm2, reference, hf_model):
     assert rel_err(np.concatenate(stepped), expected) < 1e-3
 
 
-def test_tokenizer_matches_transformers(smollm2, smollm2_gguf):
+def test_tokenizer_matches_transformers(smollm2, smollm2_gguf, transformers):
     theirs = transformers.AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
     ours = smollm2.tokenizer.load()
     assert ours.encode(MIXED_TEXT).ids == theirs(MIXED_TEXT)["input_ids"]

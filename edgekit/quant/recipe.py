@@ -14,7 +14,6 @@ ALGORITHMS = ("rtn", "hqq", "awq", "gptq", "awq-gptq")
 CALIBRATED = ("awq", "gptq", "awq-gptq")
 SCALED = ("awq", "awq-gptq")
 GPTQ_ROUNDED = ("gptq", "awq-gptq")
-TENSOR_CLASSES = ("embedding", "lm_head", "attention", "mlp")
 MAX_EMBEDDING_GROUP = 64  # the embedding's default group follows the recipe's, up to this (Recipe)
 
 
