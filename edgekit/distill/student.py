@@ -13,6 +13,7 @@ from ..errors import EdgekitError
 from ..families import LAYER_NAME, bias_of, layer_prefix, layer_weights, renumbered
 from ..spec import ModelSpec
 
+
 @dataclass
 class StudentPlan:
     keep_layers: list[int]  # teacher layer indices, in order

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgekitError
+from ..families import norm_names, norm_offset
 from ..quant.packing import MLXWeights, to_mlx
 from ..quant.pipeline import QuantizedModel
 from ..runtimes.mlx import INDEX_FILE, module_settings, weight_files
 from ..sources.checkpoint import Checkpoint
 from ..sources.safetensors_io import DTYPES, SafetensorsFile, write_safetensors_streamed
-from ..families import norm_names, norm_offset
 from ..spec import ModelSpec, weight_shapes
 
 MLX_GROUPS = (32, 64, 128)  # what MLX's affine kernels accept

@@ -2,9 +2,9 @@
 
 Per layer: (Skip)SimplifiedLayerNormalization -> MatMulNBits (fused q/k/v) -> GroupQueryAttention
 (rotary inside, KV cache in one past/present buffer) -> MatMulNBits (o) -> SkipSimplified... ->
-MatMulNBits (fused gate/up) -> SiLU (or tanh-approximated GELU) * up -> MatMulNBits (down). The embedding is gathered from the
-same quantized blocks the (tied) lm_head multiplies with. Built straight from the quantized
-tensors: no torch, no tracing. Node names follow `/model/layers.{n}/{block}/{op}`.
+MatMulNBits (fused gate/up) -> SiLU (or tanh-approximated GELU) * up -> MatMulNBits (down). The
+embedding is gathered from the same quantized blocks the (tied) lm_head multiplies with (and scaled
+by sqrt(hidden) for gemma). Built straight from the quantized tensors: no torch, no tracing. Node names follow `/model/layers.{n}/{block}/{op}`.
 
 Float zero points (HQQ's, or trained by QAD) would send MatMulNBits to ONNX Runtime's slow
 unpacked path (its int8 CPU kernels and CUDA's fused GEMV take integer zero points only), so such a
@@ -307,7 +307,9 @@ class DecoderBuilder:
             (y,) = self.g.op("FastGelu", [x], scope + "/FastGelu", domain=MS_DOMAIN)
             return y
         if self.spec.hidden_act != "silu":
-            raise EdgekitError(f"the ONNX decoder has no {self.spec.hidden_act} activation; supported: silu, gelu_pytorch_tanh")
+            raise EdgekitError(
+                f"the ONNX decoder has no {self.spec.hidden_act} activation; supported: silu, gelu_pytorch_tanh"
+            )
         (sig,) = self.g.op("Sigmoid", [x], scope + "/Sigmoid")
         (y,) = self.g.op("Mul", [x, sig], scope + "/Mul")
         return y

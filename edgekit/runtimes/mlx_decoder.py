@@ -1,10 +1,10 @@
 """The decoder families in MLX: one model file, top to bottom, in the style of mlx-lm's.
 
 The supported families are Llama with switches (fused projections for phi3, q/k/v biases for
-qwen2, q/k norms for qwen3, gemma's scaled embedding and GELU), and ModelSpec carries those switches, so one file covers them, as
-one graph builder does for ONNX. Weights arrive under HF names, quantized in MLX's affine layout
-(uint32 `weight`, `scales`, `biases`) or dense; q/k/v and gate/up are fused into one matmul each
-at load when they were quantized alike.
+qwen2, q/k norms for qwen3, gemma's scaled embedding and GELU), and ModelSpec and the family table
+carry those switches, so one file covers them, as one graph builder does for ONNX. Weights arrive
+under HF names, quantized in MLX's affine layout (uint32 `weight`, `scales`, `biases`) or dense;
+q/k/v and gate/up are fused into one matmul each at load when they were quantized alike.
 """
 
 from __future__ import annotations

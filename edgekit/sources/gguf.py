@@ -15,6 +15,7 @@ from .gguf_tokenizer import tokenizer_from_gguf
 
 GGUF_MAGIC = b"GGUF"
 
+
 def gguf_tensor_names(spec: ModelSpec) -> dict[str, str]:
     """Canonical HF name -> llama.cpp's tensor name, for every tensor of the spec, from the gguf
     package's own table of its architecture (phi3's fused gate_up_proj is its ffn_up there)."""
@@ -120,7 +121,7 @@ class GGUFStore(TensorStore):
 
 
 def _config_from_metadata(reader: Any, path: Path) -> dict[str, Any]:
-    from gguf import TENSOR_NAMES, Keys, MODEL_TENSOR
+    from gguf import MODEL_TENSOR, TENSOR_NAMES, Keys
 
     arch = _field(reader, Keys.General.ARCHITECTURE)
     family = GGUF_ARCHITECTURES.get(arch)

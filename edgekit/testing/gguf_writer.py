@@ -1,7 +1,8 @@
 """Write a GGUF file from an HF checkpoint the way llama.cpp's converter lays it out (tests only).
 
 Tensor names (the gguf package's tables), llama's q/k row permutation, phi3's fused ffn_up,
-gemma's norms stored as 1 + w and the tokenizer metadata follow llama.cpp, so reading the file back exercises the same paths as a real download.
+gemma's norms stored as 1 + w and the tokenizer metadata follow llama.cpp, so reading the file
+back exercises the same paths as a real download.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sources.checkpoint import Checkpoint
 from ..families import FAMILIES, module
+from ..sources.checkpoint import Checkpoint
 from ..sources.gguf import gguf_tensor_names, permute_rows, permuted_heads
 from ..sources.gguf_tokenizer import BYTE, CONTROL, NORMAL, UNKNOWN
+
 
 def spm_vocab(size: int) -> tuple[list[str], list[float], list[int]]:
     """A SentencePiece-style vocabulary of `size` pieces (unk, bos, eos, 256 bytes, learned pieces)."""
