@@ -4,7 +4,8 @@ Per layer: (Skip)SimplifiedLayerNormalization -> MatMulNBits (fused q/k/v) -> Gr
 (rotary inside, KV cache in one past/present buffer) -> MatMulNBits (o) -> SkipSimplified... ->
 MatMulNBits (fused gate/up) -> SiLU (or tanh-approximated GELU) * up -> MatMulNBits (down). The
 embedding is gathered from the same quantized blocks the (tied) lm_head multiplies with (and scaled
-by sqrt(hidden) for gemma). Built straight from the quantized tensors: no torch, no tracing. Node names follow `/model/layers.{n}/{block}/{op}`.
+by sqrt(hidden) for gemma). Built straight from the quantized tensors: no torch, no tracing.
+Node names follow `/model/layers.{n}/{block}/{op}`.
 
 Float zero points (HQQ's, or trained by QAD) would send MatMulNBits to ONNX Runtime's slow
 unpacked path (its int8 CPU kernels and CUDA's fused GEMV take integer zero points only), so such a
