@@ -96,7 +96,7 @@ class ModelSpec:
 
 
 def supported_list() -> str:
-    return ", ".join(sorted(FAMILIES))
+    return ", ".join(FAMILIES)  # in table order: the oldest families first
 
 
 def family_of(config: dict[str, Any], where: str) -> Family:
