@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .families import EMBED, FINAL_NORM, LayerWeights, embedding_scale, head_weight, layer_weights
 from .rope import apply_rotary, rope_tables
 from .spec import ModelSpec
 
@@ -104,46 +105,43 @@ class ReferenceModel:
         callers that run single layers with `layer_forward(..., layer=build_layer(...))`."""
         self.spec = spec
         self.act = ACTIVATION_FNS[spec.hidden_act]
+        self.embed_scale = np.float32(embedding_scale(spec))
         if head:
-            self.embed = _f32(weights["model.embed_tokens.weight"])
-            self.norm = _f32(weights["model.norm.weight"])
-            self.lm_head = self.embed if spec.tie_word_embeddings else _f32(weights["lm_head.weight"])
+            self.embed = _f32(weights[EMBED])
+            self.norm = _f32(weights[FINAL_NORM])
+            self.lm_head = self.embed if spec.tie_word_embeddings else _f32(weights[head_weight(spec)])
         self.layers = [self.build_layer(weights, i) for i in range(spec.num_layers)] if layers else []
         self._cos, self._sin = rope_tables(spec, 256)
         self._last_positions: tuple = ((-1, -1), None)
 
     def build_layer(self, w: Mapping[str, np.ndarray], n: int) -> _Layer:
         """Layer n's weights from a name -> array mapping, converted and fused for the forward."""
-        s, p = self.spec, f"model.layers.{n}."
+        lw = layer_weights(self.spec, n)
 
-        def get(name: str) -> np.ndarray | None:
-            return _f32(w[p + name]) if p + name in w else None
+        def get(name: str | None) -> np.ndarray | None:
+            return _f32(w[name]) if name is not None and name in w else None
 
-        if s.fused_qkv:
-            qkv, qkv_bias = get("self_attn.qkv_proj.weight"), get("self_attn.qkv_proj.bias")
-        else:
-            names = ("q_proj", "k_proj", "v_proj")
-            qkv = _cat([w[f"{p}self_attn.{n}.weight"] for n in names])
-            qkv_bias = _cat([get(f"self_attn.{n}.bias") for n in names]) if s.qkv_bias else None
-        if s.fused_gate_up:
-            gate_up, gate_up_bias = get("mlp.gate_up_proj.weight"), get("mlp.gate_up_proj.bias")
-        else:
-            gate_up = _cat([w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]])
-            gate_up_bias = _cat([get("mlp.gate_proj.bias"), get("mlp.up_proj.bias")]) if s.mlp_bias else None
+        def cat(names: tuple[str, ...]) -> np.ndarray | None:
+            return _cat([w[name] for name in names]) if names else None
+
         return _Layer(
-            input_norm=get("input_layernorm.weight"),  # type: ignore[arg-type]
-            qkv=qkv,  # type: ignore[arg-type]
-            qkv_bias=qkv_bias,
-            o=get("self_attn.o_proj.weight"),  # type: ignore[arg-type]
-            o_bias=get("self_attn.o_proj.bias"),
-            q_norm=get("self_attn.q_norm.weight") if s.qk_norm else None,
-            k_norm=get("self_attn.k_norm.weight") if s.qk_norm else None,
-            post_norm=get("post_attention_layernorm.weight"),  # type: ignore[arg-type]
-            gate_up=gate_up,  # type: ignore[arg-type]
-            gate_up_bias=gate_up_bias,
-            down=get("mlp.down_proj.weight"),  # type: ignore[arg-type]
-            down_bias=get("mlp.down_proj.bias"),
+            input_norm=get(lw.input_norm),  # type: ignore[arg-type]
+            qkv=cat(lw.qkv),  # type: ignore[arg-type]
+            qkv_bias=cat(lw.qkv_bias),
+            o=get(lw.o),  # type: ignore[arg-type]
+            o_bias=get(lw.o_bias),
+            q_norm=get(lw.q_norm),
+            k_norm=get(lw.k_norm),
+            post_norm=get(lw.post_norm),  # type: ignore[arg-type]
+            gate_up=cat(lw.gate_up),  # type: ignore[arg-type]
+            gate_up_bias=cat(lw.gate_up_bias),
+            down=get(lw.down),  # type: ignore[arg-type]
+            down_bias=get(lw.down_bias),
         )
+
+    def embedding(self, rows: np.ndarray) -> np.ndarray:
+        """Hidden states of looked-up embedding rows (scaled where the family scales them)."""
+        return rows * self.embed_scale if self.embed_scale != 1 else rows
 
     @classmethod
     def from_checkpoint(cls, checkpoint) -> ReferenceModel:
@@ -181,7 +179,7 @@ class ReferenceModel:
         position when all_logits is False). The cache is extended by len(ids)."""
         cache = cache if cache is not None else self.new_cache()
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        h = self.embed[ids]
+        h = self.embedding(self.embed[ids])
         for n in range(len(self.layers)):
             h = self.layer_forward(n, h, cache, observe=observe)
         cache.length += len(ids)
@@ -206,23 +204,23 @@ class ReferenceModel:
         cache.length positions. Stores this layer's keys/values in the cache but leaves
         cache.length to the caller. With a list of caches, row b of h is the next token of the
         sequence whose cache is caches[b]."""
-        p = f"model.layers.{n}."
+        lw = layer_weights(self.spec, n)
         layer = layer if layer is not None else self.layers[n]
 
-        def linear(name: str, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+        def linear(point: str, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
             if observe is not None:
-                observe(p + name, x)
+                observe(point, x)
             y = x @ w.T
             return y + b if b is not None else y
 
         x = rms_norm(h, layer.input_norm, self.spec.rms_norm_eps)
-        qkv = linear("self_attn.qkv", x, layer.qkv, layer.qkv_bias)
+        qkv = linear(lw.qkv_input, x, layer.qkv, layer.qkv_bias)
         if isinstance(cache, KVCache):
             attn = self._attention(n, layer, qkv, cache)
         else:
             attn = np.concatenate([self._attention(n, layer, qkv[b : b + 1], c) for b, c in enumerate(cache)])
-        h = h + linear("self_attn.o_proj", attn, layer.o, layer.o_bias)
-        return h + self._mlp(layer, h, linear)
+        h = h + linear(lw.o_input, attn, layer.o, layer.o_bias)
+        return h + self._mlp(lw, layer, h, linear)
 
     def _attention(self, n: int, layer: _Layer, qkv: np.ndarray, cache: KVCache) -> np.ndarray:
         """Attention output [T, q_size] of T new positions (their fused q/k/v rows) after what
@@ -244,17 +242,17 @@ class ReferenceModel:
         attn = (softmax(scores) @ values[:, None]).reshape(s.num_heads, t, s.head_dim)
         return attn.transpose(1, 0, 2).reshape(t, s.q_size)
 
-    def _mlp(self, layer: _Layer, h: np.ndarray, linear) -> np.ndarray:
+    def _mlp(self, lw: LayerWeights, layer: _Layer, h: np.ndarray, linear) -> np.ndarray:
         x = rms_norm(h, layer.post_norm, self.spec.rms_norm_eps)
-        gate_up = linear("mlp.gate_up", x, layer.gate_up, layer.gate_up_bias)
+        gate_up = linear(lw.gate_up_input, x, layer.gate_up, layer.gate_up_bias)
         inter = self.spec.intermediate_size
-        return linear("mlp.down_proj", self.act(gate_up[:, :inter]) * gate_up[:, inter:], layer.down, layer.down_bias)
+        return linear(lw.down_input, self.act(gate_up[:, :inter]) * gate_up[:, inter:], layer.down, layer.down_bias)
 
     def decode_batch(self, tokens: Sequence[int], caches: Sequence[KVCache]) -> np.ndarray:
         """One new token for each of several independent sequences (each with its own cache, of
         any length): logits [B, vocab]. The projections run once for the whole batch, so B
         sequences cost about as much weight reading as one."""
-        h = self.embed[np.asarray(tokens, dtype=np.int64)]
+        h = self.embedding(self.embed[np.asarray(tokens, dtype=np.int64)])
         for n in range(len(self.layers)):
             h = self.layer_forward(n, h, caches)
         for cache in caches:
@@ -280,7 +278,7 @@ class ReferenceModel:
 
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         cache = cache if cache is not None else self.new_cache()
-        h = rows("model.embed_tokens.weight", ids)
+        h = self.embedding(rows(EMBED, ids))
         for n in range(s.num_layers):
             h = self.layer_forward(n, h, cache, layer=self.build_layer(weights, n))
         if isinstance(cache, KVCache):
@@ -288,8 +286,8 @@ class ReferenceModel:
         else:
             for c in cache:
                 c.length += 1
-        x = rms_norm(h, _f32(weights["model.norm.weight"]), s.rms_norm_eps)
-        head = "model.embed_tokens.weight" if s.tie_word_embeddings else "lm_head.weight"
+        x = rms_norm(h, _f32(weights[FINAL_NORM]), s.rms_norm_eps)
+        head = head_weight(s)
         out = np.empty((len(ids), s.vocab_size), np.float32)
         for start in range(0, s.vocab_size, block):
             index = np.arange(start, min(s.vocab_size, start + block))

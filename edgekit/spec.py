@@ -10,30 +10,10 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .errors import SourceError, UnsupportedArchitectureError
+from .families import FAMILIES, Family, weight_shapes
 
+__all__ = ["FAMILIES", "Family", "ModelSpec", "RopeSpec", "spec_from_config", "weight_shapes"]
 
-@dataclass(frozen=True)
-class Family:
-    """What sets one decoder family apart from plain Llama."""
-
-    model_type: str
-    architecture: str
-    fused_qkv: bool = False  # one qkv_proj instead of q/k/v_proj (phi3)
-    fused_gate_up: bool = False  # one gate_up_proj, gate rows first (phi3)
-    qkv_bias: bool = False  # always-on q/k/v biases (qwen2)
-    qk_norm: bool = False  # RMS norm over head_dim on q and k before rotary (qwen3)
-
-
-FAMILIES: dict[str, Family] = {
-    f.model_type: f
-    for f in (
-        Family("llama", "LlamaForCausalLM"),
-        Family("mistral", "MistralForCausalLM"),
-        Family("qwen2", "Qwen2ForCausalLM", qkv_bias=True),
-        Family("qwen3", "Qwen3ForCausalLM", qk_norm=True),
-        Family("phi3", "Phi3ForCausalLM", fused_qkv=True, fused_gate_up=True),
-    )
-}
 
 ROPE_SCALINGS = ("none", "linear", "llama3", "yarn")
 ACTIVATIONS = ("silu", "gelu", "gelu_pytorch_tanh")
@@ -116,7 +96,7 @@ class ModelSpec:
 
 
 def supported_list() -> str:
-    return ", ".join(sorted(FAMILIES))
+    return ", ".join(FAMILIES)  # in table order: the oldest families first
 
 
 def family_of(config: dict[str, Any], where: str) -> Family:
@@ -194,7 +174,7 @@ def spec_from_config(config: dict[str, Any], where: str = "config.json") -> Mode
     heads = int(_required(config, "num_attention_heads", where))
     kv_heads = int(config.get("num_key_value_heads") or heads)
     head_dim = int(config.get("head_dim") or hidden // heads)
-    act = config.get("hidden_act", "silu")
+    act = family.activation(config)
     if act not in ACTIVATIONS:
         raise UnsupportedArchitectureError(
             f"{where}: hidden_act '{act}' is not supported; supported: {', '.join(ACTIVATIONS)}"
@@ -203,7 +183,7 @@ def spec_from_config(config: dict[str, Any], where: str = "config.json") -> Mode
         raise SourceError(f"{where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
     attention_bias = bool(config.get("attention_bias", False))
     sliding = config.get("sliding_window")
-    if family.model_type == "qwen2" and not config.get("use_sliding_window", False):
+    if family.sliding_window_switch and not config.get(family.sliding_window_switch, False):
         sliding = None
     return ModelSpec(
         family=family.model_type,
@@ -222,7 +202,7 @@ def spec_from_config(config: dict[str, Any], where: str = "config.json") -> Mode
         hidden_act=act,
         qkv_bias=family.qkv_bias or attention_bias,
         # Llama-style `attention_bias` also puts a bias on o_proj; qwen2's fixed biases do not.
-        o_bias=attention_bias and family.model_type in ("llama", "mistral"),
+        o_bias=attention_bias and family.attention_bias_on_o,
         mlp_bias=bool(config.get("mlp_bias", False)),
         qk_norm=family.qk_norm,
         fused_qkv=family.fused_qkv,
@@ -232,38 +212,3 @@ def spec_from_config(config: dict[str, Any], where: str = "config.json") -> Mode
         eos_token_ids=id_tuple(config.get("eos_token_id")),
         pad_token_id=config.get("pad_token_id"),
     )
-
-
-def weight_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Every tensor the family needs, by canonical HF name, with its shape."""
-    h, i, hd = spec.hidden_size, spec.intermediate_size, spec.head_dim
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (spec.vocab_size, h)}
-    for n in range(spec.num_layers):
-        p = f"model.layers.{n}."
-        shapes[p + "input_layernorm.weight"] = (h,)
-        shapes[p + "post_attention_layernorm.weight"] = (h,)
-        projections = (
-            {"qkv_proj": spec.q_size + 2 * spec.kv_size}
-            if spec.fused_qkv
-            else {"q_proj": spec.q_size, "k_proj": spec.kv_size, "v_proj": spec.kv_size}
-        )
-        for proj, rows in projections.items():
-            shapes[f"{p}self_attn.{proj}.weight"] = (rows, h)
-            if spec.qkv_bias:
-                shapes[f"{p}self_attn.{proj}.bias"] = (rows,)
-        shapes[p + "self_attn.o_proj.weight"] = (h, spec.q_size)
-        if spec.o_bias:
-            shapes[p + "self_attn.o_proj.bias"] = (h,)
-        if spec.qk_norm:
-            shapes[p + "self_attn.q_norm.weight"] = (hd,)
-            shapes[p + "self_attn.k_norm.weight"] = (hd,)
-        mlp = {"gate_up_proj": (2 * i, h)} if spec.fused_gate_up else {"gate_proj": (i, h), "up_proj": (i, h)}
-        mlp["down_proj"] = (h, i)
-        for proj, shape in mlp.items():
-            shapes[f"{p}mlp.{proj}.weight"] = shape
-            if spec.mlp_bias:
-                shapes[f"{p}mlp.{proj}.bias"] = (shape[0],)
-    shapes["model.norm.weight"] = (h,)
-    if not spec.tie_word_embeddings:
-        shapes["lm_head.weight"] = (spec.vocab_size, h)
-    return shapes

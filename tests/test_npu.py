@@ -106,10 +106,6 @@ def test_npu_bad_input(tiny_models, tmp_path, monkeypatch):
     from edgekit.cli import cli
     from edgekit.runtimes import onnx_npu
 
-    with pytest.raises(EdgekitError, match="npu flavor supports .*use --flavor cpu"):
-        from edgekit.exporters.npu.export import require_npu
-
-        require_npu("gemma")
     monkeypatch.setattr(onnx_npu, "_registered", [])
     monkeypatch.setitem(__import__("sys").modules, "onnxruntime_qnn", None)  # as if not installed
     args = ["export", str(tiny_models["llama"]), "-o", str(tmp_path / "x"), "--flavor", "npu"]

@@ -66,12 +66,42 @@ def test_quantized_gguf_dequantizes_close_to_source(tiny_models, tmp_path, qtype
         assert np.array_equal(gg.tensors.rows(matrix, 2, 9), whole[2:9])
 
 
-transformers = pytest.importorskip("transformers")
-torch = pytest.importorskip("torch")
+def test_gemma_gguf_stores_norms_as_llama_cpp_does(tiny_models, gguf_files):
+    """llama.cpp's converter writes gemma's norm weights as 1 + w; the HF folder holds w. Both
+    read as the multiplier 1 + w, and the HF folder written back from the GGUF holds w again."""
+    import gguf
+
+    from edgekit.sources.hf_writer import save_hf_folder
+    from edgekit.sources.safetensors_io import SafetensorsFile
+
+    stored = SafetensorsFile(tiny_models["gemma"] / "model.safetensors")
+    in_gguf = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(str(gguf_files["gemma"])).tensors}
+    for hf_name, gguf_name in (
+        ("model.layers.1.input_layernorm.weight", "blk.1.attn_norm.weight"),
+        ("model.layers.0.post_attention_layernorm.weight", "blk.0.ffn_norm.weight"),
+        ("model.norm.weight", "output_norm.weight"),
+    ):
+        w = np.asarray(stored.get(hf_name), dtype=np.float32)
+        assert np.abs(w).mean() < 0.5  # near 0: gemma's stored convention
+        assert np.array_equal(in_gguf[gguf_name], w + np.float32(1)), gguf_name
+        assert np.array_equal(open_checkpoint(tiny_models["gemma"]).tensors.get(hf_name), w + np.float32(1))
+    written = save_hf_folder(open_checkpoint(gguf_files["gemma"]), gguf_files["gemma"].parent / "gemma-hf")
+    back = SafetensorsFile(written / "model.safetensors")
+    name = "model.layers.1.input_layernorm.weight"
+    assert np.allclose(back.get(name), stored.get(name), atol=1e-6)
+
+
+try:
+    import torch
+    import transformers
+except ImportError:
+    transformers = torch = None
+needs_transformers = pytest.mark.skipif(transformers is None, reason="needs transformers and torch")
 
 
 # transformers' GGUF loader drops qwen3's attention.key_length (it assumes head_dim 128), so a tiny
-# qwen3 cannot be compared through it; the exact round trip above covers qwen3.
+# qwen3 cannot be compared through it, and it reads no gemma GGUF; the exact round trips above cover both.
+@needs_transformers
 @pytest.mark.parametrize("family", ["llama", "qwen2", "phi3"])
 def test_logits_match_transformers_gguf_loader(gguf_files, family):
     path = gguf_files[family]
@@ -84,6 +114,7 @@ def test_logits_match_transformers_gguf_loader(gguf_files, family):
     assert rel_err(ours, expected) < 1e-4
 
 
+@needs_transformers
 @pytest.mark.parametrize("vocab", ["bpe", "spm"])
 def test_tokenizer_matches_transformers_gguf_tokenizer(tiny_models, tmp_path, vocab):
     path = write_gguf(open_checkpoint(tiny_models["llama"]), tmp_path / "m.gguf", "F32", vocab)

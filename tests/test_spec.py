@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from edgekit.errors import SourceError, UnsupportedArchitectureError
+from edgekit.families import EMBED, FAMILIES, FINAL_NORM, LM_HEAD, layer_weights
 from edgekit.rope import inv_freq
 from edgekit.spec import ModelSpec, spec_from_config, weight_shapes
 from edgekit.testing import tiny_config
@@ -63,6 +64,33 @@ def test_family_features():
     phi3 = spec_from_config(tiny_config("phi3"))
     assert phi3.fused_qkv and phi3.fused_gate_up
     assert "model.layers.0.self_attn.qkv_proj.weight" in weight_shapes(phi3)
+    gemma = spec_from_config(tiny_config("gemma"))
+    assert gemma.hidden_act == "gelu_pytorch_tanh" and gemma.head_dim == 32 and gemma.tie_word_embeddings
+    assert "lm_head.weight" not in weight_shapes(gemma)
+
+
+@pytest.mark.parametrize(
+    "keys,expected",
+    [
+        ({}, "gelu_pytorch_tanh"),  # GemmaConfig's default
+        ({"hidden_act": "gelu"}, "gelu_pytorch_tanh"),  # the legacy spelling of the tanh approximation
+        ({"hidden_act": "gelu", "hidden_activation": "gelu_pytorch_tanh"}, "gelu_pytorch_tanh"),
+    ],
+)
+def test_gemma_activation_is_read_as_transformers_reads_it(keys, expected):
+    config = {k: v for k, v in tiny_config("gemma").items() if k not in ("hidden_act", "hidden_activation")}
+    assert spec_from_config({**config, **keys}).hidden_act == expected
+
+
+def test_layer_weights_name_every_tensor_once():
+    for family in FAMILIES:
+        spec = spec_from_config(tiny_config(family, attention_bias=True, mlp_bias=True))
+        named = [EMBED, FINAL_NORM] + ([] if spec.tie_word_embeddings else [LM_HEAD])
+        for n in range(spec.num_layers):
+            lw = layer_weights(spec, n)
+            named += [lw.input_norm, *lw.qkv, *lw.qkv_bias, lw.o, lw.post_norm, *lw.gate_up, *lw.gate_up_bias, lw.down]
+            named += [x for x in (lw.o_bias, lw.q_norm, lw.k_norm, lw.down_bias) if x]
+        assert sorted(named) == sorted(weight_shapes(spec)), family
 
 
 def test_round_trip_through_dict():
@@ -77,7 +105,7 @@ def test_unknown_architecture_names_it_and_lists_supported():
         spec_from_config(tiny_config("llama", model_type="gpt_neox"), "x/config.json")
     message = str(err.value)
     assert "gpt_neox" in message and "x/config.json" in message
-    for family in ("llama", "mistral", "qwen2", "qwen3", "phi3"):
+    for family in ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma"):
         assert family in message
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import EdgekitError
+
+if TYPE_CHECKING:  # the commands import the library when they run, so `edgekit --help` starts fast
+    from ..generation.engine import Engine, GenerationConfig
 
 
 class _Group(click.Group):
@@ -109,7 +112,9 @@ def generation_config(**values: Any):
     )
 
 
-def load_engine(model: str, profile: str, threads: int | None, max_context: int | None, config: Any = None):
+def load_engine(
+    model: str, profile: str, threads: int | None, max_context: int | None, config: GenerationConfig | None = None
+) -> Engine:
     from ..generation.engine import load
 
     overrides = {k: v for k, v in {"threads": threads, "max_context": max_context}.items() if v is not None}

@@ -84,6 +84,7 @@ def distill(
     require("torch", "distill")
     from ..artifact import staging
     from ..sources import open_checkpoint
+    from ..sources.hf_writer import as_stored
     from ..sources.safetensors_io import write_safetensors
     from ..spec import spec_from_config
     from .student import plan_student, student_config, student_weights
@@ -124,7 +125,7 @@ def distill(
         record = {"teacher": str(teacher), **plan.to_dict(), "training": config.to_dict()}
         record |= {"held_out": {"before": result.before, "after": result.after, "teacher": result.teacher}}
         (folder / "config.json").write_text(json.dumps({**config_json, "edgekit_distillation": record}, indent=2))
-        write_safetensors(folder / "model.safetensors", weights.to_numpy())
+        write_safetensors(folder / "model.safetensors", as_stored(student_spec, weights.to_numpy()))
         checkpoint.tokenizer.write(folder)
         open_checkpoint(folder)  # the student reads back as a model before it is put in place
     shutil.rmtree(work, ignore_errors=True)

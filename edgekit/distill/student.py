@@ -3,7 +3,6 @@ keeping the intermediate channels that carry the most weight, and everything els
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,9 +10,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgekitError
+from ..families import LAYER_NAME, bias_of, layer_prefix, layer_weights, renumbered
 from ..spec import ModelSpec
-
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
 @dataclass
@@ -55,26 +53,25 @@ def plan_student(
     return StudentPlan(keep, inter)
 
 
-def _mlp_channels(w: Mapping[str, np.ndarray], p: str, spec: ModelSpec, keep: int) -> np.ndarray:
-    """The intermediate channels with the largest |gate row| * |up row| * |down column|."""
-    inter = spec.intermediate_size
-    if spec.fused_gate_up:
-        gate_up = np.asarray(w[p + "mlp.gate_up_proj.weight"], dtype=np.float32)
-        gate, up = gate_up[:inter], gate_up[inter:]
-    else:
-        gate = np.asarray(w[p + "mlp.gate_proj.weight"], dtype=np.float32)
-        up = np.asarray(w[p + "mlp.up_proj.weight"], dtype=np.float32)
-    down = np.asarray(w[p + "mlp.down_proj.weight"], dtype=np.float32)
+def _mlp_channels(w: Mapping[str, np.ndarray], n: int, spec: ModelSpec, keep: int) -> np.ndarray:
+    """The intermediate channels of layer n with the largest |gate row| * |up row| * |down column|."""
+    lw = layer_weights(spec, n)
+    gate_up = np.concatenate([np.asarray(w[name], dtype=np.float32) for name in lw.gate_up])
+    gate, up = gate_up[: spec.intermediate_size], gate_up[spec.intermediate_size :]
+    down = np.asarray(w[lw.down], dtype=np.float32)
     score = np.linalg.norm(gate, axis=1) * np.linalg.norm(up, axis=1) * np.linalg.norm(down, axis=0)
     return np.sort(np.argsort(-score)[:keep])
 
 
-def _narrow(name: str, a: np.ndarray, channels: np.ndarray, inter: int) -> np.ndarray:
-    if name.endswith(("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.gate_proj.bias", "mlp.up_proj.bias")):
-        return a[channels]
-    if name.endswith(("mlp.gate_up_proj.weight", "mlp.gate_up_proj.bias")):
+def _narrow(name: str, a: np.ndarray, channels: np.ndarray, spec: ModelSpec, n: int) -> np.ndarray:
+    lw = layer_weights(spec, n)
+    inter = spec.intermediate_size
+    gate_up = (*lw.gate_up, *(bias_of(x) for x in lw.gate_up))
+    if name in gate_up and spec.fused_gate_up:
         return np.concatenate([a[:inter][channels], a[inter:][channels]])
-    if name.endswith("mlp.down_proj.weight"):
+    if name in gate_up:
+        return a[channels]
+    if name == lw.down:
         return a[:, channels]
     return a
 
@@ -84,15 +81,15 @@ def student_weights(spec: ModelSpec, teacher: Mapping[str, np.ndarray], plan: St
     out: dict[str, np.ndarray] = {}
     narrow = plan.intermediate_size < spec.intermediate_size
     for new, old in enumerate(plan.keep_layers):
-        p = f"model.layers.{old}."
-        channels = _mlp_channels(teacher, p, spec, plan.intermediate_size) if narrow else None
+        p = layer_prefix(old)
+        channels = _mlp_channels(teacher, old, spec, plan.intermediate_size) if narrow else None
         for name in [n for n in teacher if n.startswith(p)]:
             a = np.array(teacher[name], dtype=np.float32)
             if channels is not None:
-                a = _narrow(name, a, channels, spec.intermediate_size)
-            out[f"model.layers.{new}.{name[len(p) :]}"] = a
+                a = _narrow(name, a, channels, spec, old)
+            out[renumbered(name, new)] = a
     for name in teacher:
-        if not _LAYER.match(name):
+        if not LAYER_NAME.match(name):
             out[name] = np.array(teacher[name], dtype=np.float32)
     return out
 

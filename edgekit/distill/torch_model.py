@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from ..families import EMBED, FINAL_NORM, LayerWeights, embedding_scale, head_weight, layer_weights
 from ..quant.tensor import QuantizedTensor
 from ..rope import rope_tables
 from ..spec import ModelSpec
@@ -143,28 +144,22 @@ class Decoder(nn.Module):
         super().__init__()
         self.spec, self.weights = spec, weights
         self.act = ACTIVATIONS[spec.hidden_act]
+        self.embed_scale = float(np.float32(embedding_scale(spec)))
         cos, sin = rope_tables(spec, max_length)
         self.register_buffer("cos", torch.from_numpy(cos), persistent=False)
         self.register_buffer("sin", torch.from_numpy(sin), persistent=False)
 
-    def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        w = self.weights
-        bias = w[name + ".bias"] if name + ".bias" in w else None
-        return F.linear(x, w[name + ".weight"], bias)
+    def _linear(self, x: torch.Tensor, weights: tuple[str, ...] | str) -> torch.Tensor:
+        """x through one weight, or through several stacked by output rows (a split projection)."""
+        w, names = self.weights, (weights,) if isinstance(weights, str) else weights
+        if len(names) > 1:
+            return torch.cat([self._linear(x, n) for n in names], dim=-1)
+        bias = names[0].removesuffix(".weight") + ".bias"
+        return F.linear(x, w[names[0]], w[bias] if bias in w else None)
 
-    def _qkv(self, x: torch.Tensor, p: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        s = self.spec
-        if s.fused_qkv:
-            qkv = self._linear(x, p + "self_attn.qkv_proj")
-            return qkv.split([s.q_size, s.kv_size, s.kv_size], dim=-1)
-        return tuple(self._linear(x, f"{p}self_attn.{n}_proj") for n in "qkv")  # type: ignore[return-value]
-
-    def _mlp(self, x: torch.Tensor, p: str) -> torch.Tensor:
-        if self.spec.fused_gate_up:
-            gate, up = self._linear(x, p + "mlp.gate_up_proj").chunk(2, dim=-1)
-        else:
-            gate, up = self._linear(x, p + "mlp.gate_proj"), self._linear(x, p + "mlp.up_proj")
-        return self._linear(self.act(gate) * up, p + "mlp.down_proj")
+    def _mlp(self, x: torch.Tensor, lw: LayerWeights) -> torch.Tensor:
+        gate, up = self._linear(x, lw.gate_up).chunk(2, dim=-1)
+        return self._linear(self.act(gate) * up, lw.down)
 
     def _mask(self, t: int, device: torch.device) -> torch.Tensor:
         positions = torch.arange(t, device=device)
@@ -174,34 +169,36 @@ class Decoder(nn.Module):
         return torch.zeros(t, t, device=device).masked_fill(~allowed, float("-inf"))
 
     def layer(self, n: int, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        s, w, p = self.spec, self.weights, f"model.layers.{n}."
+        s, w, lw = self.spec, self.weights, layer_weights(self.spec, n)
         b, t, _ = h.shape
-        x = rms_norm(h, w[p + "input_layernorm.weight"], s.rms_norm_eps)
-        q, k, v = self._qkv(x, p)
+        x = rms_norm(h, w[lw.input_norm], s.rms_norm_eps)
+        q, k, v = self._linear(x, lw.qkv).split([s.q_size, s.kv_size, s.kv_size], dim=-1)
         q = q.view(b, t, s.num_heads, s.head_dim).transpose(1, 2)
         k = k.view(b, t, s.num_kv_heads, s.head_dim).transpose(1, 2)
         v = v.view(b, t, s.num_kv_heads, s.head_dim).transpose(1, 2)
-        if s.qk_norm:
-            q = rms_norm(q, w[p + "self_attn.q_norm.weight"], s.rms_norm_eps)
-            k = rms_norm(k, w[p + "self_attn.k_norm.weight"], s.rms_norm_eps)
+        if lw.q_norm and lw.k_norm:
+            q = rms_norm(q, w[lw.q_norm], s.rms_norm_eps)
+            k = rms_norm(k, w[lw.k_norm], s.rms_norm_eps)
         cos, sin = self.cos[:t], self.sin[:t]
         q, k = rotate(q, cos, sin, s.rotary_dim), rotate(k, cos, sin, s.rotary_dim)
         group = s.num_heads // s.num_kv_heads
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        h = h + self._linear(attn.transpose(1, 2).reshape(b, t, s.q_size), p + "self_attn.o_proj")
-        x = rms_norm(h, w[p + "post_attention_layernorm.weight"], s.rms_norm_eps)
-        return h + self._mlp(x, p)
+        h = h + self._linear(attn.transpose(1, 2).reshape(b, t, s.q_size), lw.o)
+        x = rms_norm(h, w[lw.post_norm], s.rms_norm_eps)
+        return h + self._mlp(x, lw)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         s, w = self.spec, self.weights
-        embed = w["model.embed_tokens.weight"]
+        embed = w[EMBED]
         h = F.embedding(ids, embed)
+        if self.embed_scale != 1:
+            h = h * self.embed_scale
         mask = self._mask(ids.shape[1], ids.device)
         for n in range(s.num_layers):
             h = self.layer(n, h, mask)
-        x = rms_norm(h, w["model.norm.weight"], s.rms_norm_eps)
-        head = embed if s.tie_word_embeddings else w["lm_head.weight"]
+        x = rms_norm(h, w[FINAL_NORM], s.rms_norm_eps)
+        head = embed if s.tie_word_embeddings else w[head_weight(s)]
         return F.linear(x, head)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgekitError
+from ..families import norm_names, norm_offset
 from ..quant.packing import MLXWeights, to_mlx
 from ..quant.pipeline import QuantizedModel
 from ..runtimes.mlx import INDEX_FILE, module_settings, weight_files
@@ -35,6 +36,13 @@ def module_of(name: str) -> str:
     return name.removesuffix(".weight")
 
 
+def stored_norms(spec: ModelSpec) -> dict[str, float]:
+    """Norm weight -> what an MLX folder stores less than edgekit's multiplier: the source's
+    convention, which mlx-lm follows (gemma's w, multiplied by 1 + w)."""
+    offset = norm_offset(spec.family)
+    return dict.fromkeys(norm_names(spec), offset) if offset else {}
+
+
 def mlx_can_quantize(shape: tuple[int, int], bits: int, group_size: int) -> bool:
     return group_size in MLX_GROUPS and shape[1] % group_size == 0 and (shape[1] * bits) % 32 == 0
 
@@ -45,6 +53,7 @@ class _Tensors:
     def __init__(self, qm: QuantizedModel, quantize: dict[str, bool]):
         self.qm, self.quantize = qm, quantize
         self._packed: tuple[str, MLXWeights] | None = None
+        self.norms = stored_norms(qm.spec)
 
     def _mlx(self, name: str) -> MLXWeights:
         if self._packed is None or self._packed[0] != name:
@@ -53,7 +62,7 @@ class _Tensors:
 
     def __call__(self, file_name: str) -> np.ndarray:
         if file_name in self.qm.dense:
-            return self.qm.dense[file_name].astype(SCALE_DTYPE)
+            return (self.qm.dense[file_name] - self.norms.get(file_name, 0.0)).astype(SCALE_DTYPE)
         module, _, part = file_name.rpartition(".")
         name = module + ".weight"
         if not self.quantize[name]:
@@ -181,6 +190,7 @@ class MlxFolderWeights(Mapping[str, np.ndarray]):
     def __post_init__(self) -> None:
         self.files = [SafetensorsFile(p) for p in weight_files(self.folder)]
         self.where = {name: f for f in self.files for name in f.tensors}
+        self.norms = stored_norms(self.spec)
 
     @classmethod
     def open(cls, folder: str | Path) -> MlxFolderWeights:
@@ -208,7 +218,8 @@ class MlxFolderWeights(Mapping[str, np.ndarray]):
             raise KeyError(name)
         packed = self.packed(name)
         if packed is None:
-            return self._read(name)
+            values = self._read(name)
+            return values + np.float32(self.norms[name]) if name in self.norms else values
         words, scales, biases, bits, group = packed
         codes = unpack_mlx(words, bits).astype(np.float32).reshape(scales.shape[0], scales.shape[1], group)
         return (codes * scales[:, :, None] + biases[:, :, None]).reshape(scales.shape[0], -1)

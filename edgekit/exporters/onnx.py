@@ -46,7 +46,7 @@ def genai_config(checkpoint: Checkpoint, options: OnnxOptions) -> dict[str, Any]
             },
             "eos_token_id": eos[0] if len(eos) == 1 else eos,
             "pad_token_id": s.pad_token_id if s.pad_token_id is not None else (eos[0] if eos else 0),
-            "type": s.family if s.family in ("llama", "mistral", "qwen2", "qwen3", "phi3") else "decoder",
+            "type": s.family,  # onnxruntime-genai knows every native family by its model_type
             "vocab_size": s.vocab_size,
         },
         "search": {

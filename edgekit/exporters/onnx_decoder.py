@@ -2,9 +2,10 @@
 
 Per layer: (Skip)SimplifiedLayerNormalization -> MatMulNBits (fused q/k/v) -> GroupQueryAttention
 (rotary inside, KV cache in one past/present buffer) -> MatMulNBits (o) -> SkipSimplified... ->
-MatMulNBits (fused gate/up) -> SiLU * up -> MatMulNBits (down). The embedding is gathered from the
-same quantized blocks the (tied) lm_head multiplies with. Built straight from the quantized
-tensors: no torch, no tracing. Node names follow `/model/layers.{n}/{block}/{op}`.
+MatMulNBits (fused gate/up) -> SiLU (or tanh-approximated GELU) * up -> MatMulNBits (down). The
+embedding is gathered from the same quantized blocks the (tied) lm_head multiplies with (and scaled
+by sqrt(hidden) for gemma). Built straight from the quantized tensors: no torch, no tracing.
+Node names follow `/model/layers.{n}/{block}/{op}`.
 
 Float zero points (HQQ's, or trained by QAD) would send MatMulNBits to ONNX Runtime's slow
 unpacked path (its int8 CPU kernels and CUDA's fused GEMV take integer zero points only), so such a
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import EdgekitError
+from ..families import EMBED, FINAL_NORM, bias_of, embedding_scale, head_weight, layer_weights
 from ..quant.packing import MatMulNBitsWeights, to_matmulnbits
 from ..quant.pipeline import QuantizedModel
 from ..quant.tensor import QuantizedTensor, concat_rows
@@ -106,15 +109,15 @@ class DecoderBuilder:
 
     def embedding(self, ids: str) -> str:
         """Gather rows of the quantized embedding's blocks and dequantize them in the graph."""
-        qt = self.qm.quantized["model.embed_tokens.weight"]
+        qt = self.qm.quantized[EMBED]
         scope = "/model/embed_tokens"
         if self.spec.tie_word_embeddings:  # share the lm_head's blocks and scales
-            self.matmul_prepare("model.embed_tokens.weight", qt)
-            qweight, flat_scales = self._packed["model.embed_tokens.weight"].split(",")[:2]
+            self.matmul_prepare(EMBED, qt)
+            qweight, flat_scales = self._packed[EMBED].split(",")[:2]
         else:
             packed = to_matmulnbits(qt, np.float16)
-            qweight = self.g.const("model.embed_tokens.weight.qweight", packed.B)
-            flat_scales = self.stored_half("model.embed_tokens.weight.scales", packed.scales)
+            qweight = self.g.const(EMBED + ".qweight", packed.B)
+            flat_scales = self.stored_half(EMBED + ".scales", packed.scales)
             del packed
         (blocks,) = self.g.op("Gather", [qweight, ids], scope, axis=0)  # [1, S, G, blob]
         if qt.bits == 4:
@@ -139,17 +142,17 @@ class DecoderBuilder:
         (scales,) = self.g.op("Reshape", [flat_scales, shape3], scope + "/scales_reshape")
         (s,) = self.g.op("Gather", [scales, ids], scope + "/scales", axis=0)  # [1, S, G, 1]
         if qt.zeros is None:
-            z = self.g.const("model.embed_tokens.weight.zero", np.array(2 ** (qt.bits - 1), self.float))
+            z = self.g.const(EMBED + ".zero", np.array(2 ** (qt.bits - 1), self.float))
         elif qt.integer_zeros:
             zeros = qt.zeros.astype(self.float)[:, :, None]
             (z,) = self.g.op(
                 "Gather",
-                [self.g.const("model.embed_tokens.weight.zeros2d", zeros), ids],
+                [self.g.const(EMBED + ".zeros2d", zeros), ids],
                 scope + "/zeros",
                 axis=0,
             )
         else:  # the float16 zero points the (tied) lm_head's C is made of: one copy in the file
-            flat = self.float_zeros("model.embed_tokens.weight", qt, self.elem)
+            flat = self.float_zeros(EMBED, qt, self.elem)
             (zeros,) = self.g.op("Reshape", [flat, shape3], scope + "/zeros_reshape")
             (z,) = self.g.op("Gather", [zeros, ids], scope + "/zeros", axis=0)
         (centered,) = self.g.op("Sub", [codes, z], scope + "/center")
@@ -168,6 +171,10 @@ class DecoderBuilder:
                 ],
                 scope + "/unpad",
             )
+        scale = embedding_scale(self.spec)
+        if scale != 1:
+            factor = self.g.const("const/embed_scale", np.array(scale, np.float32).astype(self.float))
+            (values,) = self.g.op("Mul", [values, factor], scope + "/scale_by_sqrt_hidden")
         return values
 
     def matmul_prepare(self, weight: str, qt: QuantizedTensor) -> None:
@@ -236,11 +243,11 @@ class DecoderBuilder:
         (cast,) = self.g.op("Cast", [stored], "/model/constants/" + name, to=self.elem)
         return cast
 
-    def projection(self, x: str, names: list[str], scope: str, split: bool = True) -> list[str]:
+    def projection(self, x: str, names: list[str] | tuple[str, ...], scope: str, split: bool = True) -> list[str]:
         """Outputs of the projections `names` (weights) applied to x: fused into one MatMulNBits when
         they were quantized alike (the outputs then come back split, or as one with split=False)."""
         q = self.qm.quantized
-        biases = [n.removesuffix(".weight") + ".bias" for n in names]
+        biases = [bias_of(n) for n in names]
         has_bias = [b in self.qm.dense for b in biases]
         fused = concat_rows([q[n] for n in names]) if len(names) > 1 else q[names[0]]
         if fused is not None:
@@ -255,8 +262,8 @@ class DecoderBuilder:
             y = self.matmul(x, key, fused, scope + "/MatMul", bias)
             if len(names) == 1 or not split:
                 return [y]
-            split = self.g.const(scope + "/split_sizes", np.array([q[n].shape[0] for n in names], np.int64))
-            return self.g.op("Split", [y, split], scope, outputs=len(names), axis=-1)
+            sizes = self.g.const(scope + "/split_sizes", np.array([q[n].shape[0] for n in names], np.int64))
+            return self.g.op("Split", [y, sizes], scope, outputs=len(names), axis=-1)
         outs = []
         for n, b, h in zip(names, biases, has_bias, strict=True):
             part = n.split(".")[-2]
@@ -294,6 +301,20 @@ class DecoderBuilder:
         (y,) = self.g.op("Reshape", [y, flat], scope + "/merge_heads")
         return y
 
+    def activation(self, x: str, scope: str) -> str:
+        """The MLP's activation of the gate: SiLU as Sigmoid * x, the tanh GELU as ONNX Runtime's
+        FastGelu (CPU and CUDA kernels, float16 included)."""
+        if self.spec.hidden_act == "gelu_pytorch_tanh":
+            (y,) = self.g.op("FastGelu", [x], scope + "/FastGelu", domain=MS_DOMAIN)
+            return y
+        if self.spec.hidden_act != "silu":
+            raise EdgekitError(
+                f"the ONNX decoder has no {self.spec.hidden_act} activation; supported: silu, gelu_pytorch_tanh"
+            )
+        (sig,) = self.g.op("Sigmoid", [x], scope + "/Sigmoid")
+        (y,) = self.g.op("Mul", [x, sig], scope + "/Mul")
+        return y
+
     def build(self) -> Graph:
         from onnx import TensorProto
 
@@ -327,21 +348,18 @@ class DecoderBuilder:
         residual = None
         delta = x
         for n in range(s.num_layers):
-            p, scope = f"model.layers.{n}.", f"/model/layers.{n}"
-            normed, residual = self.norm(delta, p + "input_layernorm.weight", scope + "/input_layernorm", residual)
-            attn_names = (
-                [p + "self_attn.qkv_proj.weight"] if s.fused_qkv else [p + f"self_attn.{x}_proj.weight" for x in "qkv"]
-            )
+            lw, scope = layer_weights(s, n), f"/model/layers.{n}"
+            normed, residual = self.norm(delta, lw.input_norm, scope + "/input_layernorm", residual)
             # packed q/k/v go straight into the attention; split only for qwen3's head norms
-            outs = self.projection(normed, attn_names, scope + "/attn/qkv_proj", split=False)
+            outs = self.projection(normed, lw.qkv, scope + "/attn/qkv_proj", split=False)
             if s.qk_norm or len(outs) == 3:
                 if len(outs) == 1:
                     sizes = g.const(scope + "/attn/qkv_split", np.array([s.q_size, s.kv_size, s.kv_size], np.int64))
                     outs = g.op("Split", [outs[0], sizes], scope + "/attn/qkv_split", outputs=3, axis=-1)
                 q, k, v = outs
-                if s.qk_norm:
-                    q = self.head_norm(q, p + "self_attn.q_norm.weight", s.num_heads, scope + "/attn/q_norm")
-                    k = self.head_norm(k, p + "self_attn.k_norm.weight", s.num_kv_heads, scope + "/attn/k_norm")
+                if lw.q_norm and lw.k_norm:
+                    q = self.head_norm(q, lw.q_norm, s.num_heads, scope + "/attn/q_norm")
+                    k = self.head_norm(k, lw.k_norm, s.num_kv_heads, scope + "/attn/k_norm")
             else:
                 q, k, v = outs[0], "", ""
             past_k = g.input(f"past_key_values.{n}.key", self.elem, kv_shape)
@@ -359,24 +377,15 @@ class DecoderBuilder:
                 domain=MS_DOMAIN,
                 **attrs,
             )[0]
-            (delta,) = self.projection(attn, [p + "self_attn.o_proj.weight"], scope + "/attn/o_proj")
-            normed, residual = self.norm(
-                delta, p + "post_attention_layernorm.weight", scope + "/post_attention_layernorm", residual
-            )
-            mlp_names = (
-                [p + "mlp.gate_up_proj.weight"]
-                if s.fused_gate_up
-                else [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]
-            )
-            outs = self.projection(normed, mlp_names, scope + "/mlp/gate_up_proj")
+            (delta,) = self.projection(attn, [lw.o], scope + "/attn/o_proj")
+            normed, residual = self.norm(delta, lw.post_norm, scope + "/post_attention_layernorm", residual)
+            outs = self.projection(normed, lw.gate_up, scope + "/mlp/gate_up_proj")
             if len(outs) == 1:
                 outs = g.op("Split", [outs[0]], scope + "/mlp/gate_up_split", outputs=2, axis=-1, num_outputs=2)
             gate, up = outs
-            (sig,) = g.op("Sigmoid", [gate], scope + "/mlp/act/Sigmoid")
-            (act,) = g.op("Mul", [gate, sig], scope + "/mlp/act/Mul")
-            (prod,) = g.op("Mul", [act, up], scope + "/mlp/Mul")
-            (delta,) = self.projection(prod, [p + "mlp.down_proj.weight"], scope + "/mlp/down_proj")
-        normed, _ = self.norm(delta, "model.norm.weight", "/model/norm", residual)
+            (prod,) = g.op("Mul", [self.activation(gate, scope + "/mlp/act"), up], scope + "/mlp/Mul")
+            (delta,) = self.projection(prod, [lw.down], scope + "/mlp/down_proj")
+        normed, _ = self.norm(delta, FINAL_NORM, "/model/norm", residual)
         if not opt.all_logits:
             (normed,) = g.op(
                 "Slice",
@@ -388,7 +397,7 @@ class DecoderBuilder:
                 ],
                 "/model/last_position",
             )
-        head = "model.embed_tokens.weight" if s.tie_word_embeddings else "lm_head.weight"
+        head = head_weight(s)
         logits = self.matmul(normed, head, self.qm.quantized[head], "/lm_head/MatMul")
         if self.float is np.float16:
             (logits,) = g.op("Cast", [logits], "/lm_head/Cast", to=TensorProto.FLOAT)

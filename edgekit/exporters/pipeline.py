@@ -84,7 +84,7 @@ def _require_mlx(family: str | None) -> None:
 def _require_npu(family: str | None) -> None:
     from .npu.export import require_npu
 
-    require_npu(family)  # onnxruntime-qnn: the export ends by running the graphs on QNN's HTP backend
+    require_npu()  # onnxruntime-qnn: the export ends by running the graphs on QNN's HTP backend
 
 
 def release_freed_memory() -> None:

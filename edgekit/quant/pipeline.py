@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgekitError
+from ..families import EMBED, FINAL_NORM, LM_HEAD, bias_of, layer_prefix, layer_weights
 from ..reference import KVCache, ReferenceModel, rms_norm
 from ..sources.checkpoint import Checkpoint
 from ..spec import ModelSpec, weight_shapes
@@ -111,15 +112,7 @@ def quantize_tensor(
 
 def _points(spec: ModelSpec, n: int) -> dict[str, list[str]]:
     """Projection inputs of layer n (as the reference names them) -> the weights reading them."""
-    p = f"model.layers.{n}."
-    qkv = ["qkv_proj"] if spec.fused_qkv else ["q_proj", "k_proj", "v_proj"]
-    mlp = ["gate_up_proj"] if spec.fused_gate_up else ["gate_proj", "up_proj"]
-    return {
-        p + "self_attn.qkv": [f"{p}self_attn.{x}.weight" for x in qkv],
-        p + "self_attn.o_proj": [p + "self_attn.o_proj.weight"],
-        p + "mlp.gate_up": [f"{p}mlp.{x}.weight" for x in mlp],
-        p + "mlp.down_proj": [p + "mlp.down_proj.weight"],
-    }
+    return layer_weights(spec, n).projection_inputs()
 
 
 class _Hessians:
@@ -171,40 +164,34 @@ class _Hessians:
 def _fold_awq(spec: ModelSpec, n: int, w: dict[str, np.ndarray], point: str, s: np.ndarray) -> None:
     """Scale the columns of the weights reading `point` by s and divide whatever produces that
     input by s, so the layer computes the same function."""
-    p = f"model.layers.{n}."
-    for name in _points(spec, n)[point]:
+    lw = layer_weights(spec, n)
+    for name in lw.projection_inputs()[point]:
         w[name] = w[name] * s[None, :]
-    if point.endswith("self_attn.qkv"):
-        w[p + "input_layernorm.weight"] = w[p + "input_layernorm.weight"] / s
-    elif point.endswith("mlp.gate_up"):
-        w[p + "post_attention_layernorm.weight"] = w[p + "post_attention_layernorm.weight"] / s
-    elif point.endswith("self_attn.o_proj"):  # attention output = probs @ v: scale v's rows
+    if point == lw.qkv_input:
+        w[lw.input_norm] = w[lw.input_norm] / s
+    elif point == lw.gate_up_input:
+        w[lw.post_norm] = w[lw.post_norm] / s
+    elif point == lw.o_input:  # attention output = probs @ v: scale v's rows
         s_kv = s.reshape(spec.num_kv_heads, -1, spec.head_dim)[:, 0].reshape(-1)
-        rows = slice(spec.q_size + spec.kv_size, None)
-        name = p + ("self_attn.qkv_proj" if spec.fused_qkv else "self_attn.v_proj")
-        if spec.fused_qkv:
-            w[name + ".weight"][rows] /= s_kv[:, None]
-            if name + ".bias" in w:
-                w[name + ".bias"][rows] /= s_kv
-        else:
-            w[name + ".weight"] = w[name + ".weight"] / s_kv[:, None]
-            if name + ".bias" in w:
-                w[name + ".bias"] = w[name + ".bias"] / s_kv
-    elif point.endswith("mlp.down_proj"):  # silu(gate) * up: scale up's rows
-        i = spec.intermediate_size
-        if spec.fused_gate_up:
-            w[p + "mlp.gate_up_proj.weight"][i:] /= s[:, None]
-            if p + "mlp.gate_up_proj.bias" in w:
-                w[p + "mlp.gate_up_proj.bias"][i:] /= s
-        else:
-            w[p + "mlp.up_proj.weight"] = w[p + "mlp.up_proj.weight"] / s[:, None]
-            if p + "mlp.up_proj.bias" in w:
-                w[p + "mlp.up_proj.bias"] = w[p + "mlp.up_proj.bias"] / s
+        _divide_rows(w, lw.v, slice(spec.q_size + spec.kv_size, None) if spec.fused_qkv else slice(None), s_kv)
+    elif point == lw.down_input:  # act(gate) * up: scale up's rows
+        rows = slice(spec.intermediate_size, None) if spec.fused_gate_up else slice(None)
+        _divide_rows(w, lw.up, rows, s)
+
+
+def _divide_rows(w: dict[str, np.ndarray], weight: str, rows: slice, s: np.ndarray) -> None:
+    """Divide rows `rows` of a weight (and of its bias, if any) by s."""
+    w[weight] = w[weight].copy()
+    w[weight][rows] /= s[:, None]
+    bias = bias_of(weight)
+    if bias in w:
+        w[bias] = w[bias].copy()
+        w[bias][rows] /= s
 
 
 def _awq_rms(spec: ModelSpec, point: str, hessian: np.ndarray) -> np.ndarray | None:
     """For o_proj the scale must be shared by the heads reading one kv head (it is folded into v)."""
-    if not point.endswith("self_attn.o_proj"):
+    if not point.endswith(".self_attn.o_proj"):
         return None
     d = np.diag(hessian).reshape(spec.num_kv_heads, -1, spec.head_dim).mean(axis=1)
     return np.repeat(d[:, None, :], spec.num_heads // spec.num_kv_heads, axis=1).reshape(-1)
@@ -264,7 +251,7 @@ def quantize_checkpoint(
     runner = ReferenceModel(spec, store, layers=False, head=False)
     hidden: list[np.ndarray] = []
     if calibrate:
-        hidden = [store.take("model.embed_tokens.weight", np.asarray(ids)) for ids in calibration]
+        hidden = [runner.embedding(store.take(EMBED, np.asarray(ids))) for ids in calibration]
     quantized: MutableMapping[str, QuantizedTensor] = into if into is not None else {}
     dense: dict[str, np.ndarray] = {}
     records: dict[str, dict[str, Any]] = {}
@@ -292,7 +279,7 @@ def quantize_checkpoint(
     for n in range(spec.num_layers):
         if progress:
             progress(n, steps, f"layer {n}")
-        p = f"model.layers.{n}."
+        p = layer_prefix(n)
         w = {k: np.array(store.get(k), dtype=np.float32) for k in names if k.startswith(p)}
         for k in w:
             store.release(k)
@@ -332,7 +319,7 @@ def quantize_checkpoint(
 
     if progress:
         progress(spec.num_layers, steps, "embedding / lm_head")
-    norm = np.array(store.get("model.norm.weight"), dtype=np.float32)
+    norm = np.array(store.get(FINAL_NORM), dtype=np.float32)
     head_hessian = None  # the lm_head's input: the final norm of the calibration states
     if calibrate:
         hs = _Hessians()
@@ -341,9 +328,9 @@ def quantize_checkpoint(
         head_hessian = hs.get("lm_head")
         hidden.clear()
     if not spec.tie_word_embeddings:
-        put("lm_head.weight", None, head_hessian)
-    dense["model.norm.weight"] = norm
-    put("model.embed_tokens.weight", None, head_hessian if spec.tie_word_embeddings else None)
+        put(LM_HEAD, None, head_hessian)
+    dense[FINAL_NORM] = norm
+    put(EMBED, None, head_hessian if spec.tie_word_embeddings else None)
     if progress:
         progress(steps, steps, "done")
     return QuantizedModel(spec, quantized, dense, recipe, records, time.perf_counter() - start, sizes)

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..errors import EdgekitError
+from ..families import EMBED, LM_HEAD
 from .tensor import check_bits_and_group, layer_group
 
 # "awq-gptq": AWQ's activation-aware scaling, then GPTQ's error-compensating rounding
@@ -18,9 +19,9 @@ MAX_EMBEDDING_GROUP = 64  # the embedding's default group follows the recipe's, 
 
 
 def tensor_class(name: str) -> str:
-    if name == "model.embed_tokens.weight":
+    if name == EMBED:
         return "embedding"
-    if name == "lm_head.weight":
+    if name == LM_HEAD:
         return "lm_head"
     return "attention" if ".self_attn." in name else "mlp"
 

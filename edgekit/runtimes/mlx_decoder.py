@@ -1,10 +1,10 @@
 """The decoder families in MLX: one model file, top to bottom, in the style of mlx-lm's.
 
 The supported families are Llama with switches (fused projections for phi3, q/k/v biases for
-qwen2, q/k norms for qwen3), and ModelSpec carries those switches, so one file covers them, as
-one graph builder does for ONNX. Weights arrive under HF names, quantized in MLX's affine layout
-(uint32 `weight`, `scales`, `biases`) or dense; q/k/v and gate/up are fused into one matmul each
-at load when they were quantized alike.
+qwen2, q/k norms for qwen3, gemma's scaled embedding and GELU), and ModelSpec and the family table
+carry those switches, so one file covers them, as one graph builder does for ONNX. Weights arrive
+under HF names, quantized in MLX's affine layout (uint32 `weight`, `scales`, `biases`) or dense;
+q/k/v and gate/up are fused into one matmul each at load when they were quantized alike.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+from ..families import EMBED, FINAL_NORM, LayerWeights, embedding_scale, head_weight, layer_weights, module, norm_offset
 from ..rope import inv_freq
 from ..spec import ModelSpec
 
@@ -68,6 +69,8 @@ class Linear:
     def fuse(parts: list[Linear]) -> list[Linear]:
         """One Linear stacking the outputs of `parts` when they are stored alike, else `parts`."""
         first = parts[0]
+        if len(parts) == 1:
+            return parts
         alike = all(
             (p.scales is None) == (first.scales is None)
             and (p.bias is None) == (first.bias is None)
@@ -159,15 +162,12 @@ def _activation(name: str):
 
 
 class Attention:
-    def __init__(self, spec: ModelSpec, w: dict, p: str, linear):
+    def __init__(self, spec: ModelSpec, norms, lw: LayerWeights, linear):
         self.spec = spec
-        if spec.fused_qkv:
-            self.qkv = [linear(p + "qkv_proj")]
-        else:
-            self.qkv = Linear.fuse([linear(p + n) for n in ("q_proj", "k_proj", "v_proj")])
-        self.o_proj = linear(p + "o_proj")
-        self.q_norm = w.get(p + "q_norm.weight")
-        self.k_norm = w.get(p + "k_norm.weight")
+        self.qkv = Linear.fuse([linear(module(n)) for n in lw.qkv])
+        self.o_proj = linear(module(lw.o))
+        self.q_norm = norms(lw.q_norm) if lw.q_norm else None
+        self.k_norm = norms(lw.k_norm) if lw.k_norm else None
         self.scale = spec.head_dim**-0.5
 
     def __call__(self, x: mx.array, cache: KVCache, rotary: Rotary, mask) -> mx.array:
@@ -187,12 +187,9 @@ class Attention:
 
 
 class MLP:
-    def __init__(self, spec: ModelSpec, p: str, linear):
-        if spec.fused_gate_up:
-            self.gate_up = [linear(p + "gate_up_proj")]
-        else:
-            self.gate_up = Linear.fuse([linear(p + "gate_proj"), linear(p + "up_proj")])
-        self.down = linear(p + "down_proj")
+    def __init__(self, spec: ModelSpec, lw: LayerWeights, linear):
+        self.gate_up = Linear.fuse([linear(module(n)) for n in lw.gate_up])
+        self.down = linear(module(lw.down))
         self.act = _activation(spec.hidden_act)
         self.inter = spec.intermediate_size
 
@@ -202,13 +199,13 @@ class MLP:
 
 
 class DecoderLayer:
-    def __init__(self, spec: ModelSpec, w: dict, n: int, linear):
-        p = f"model.layers.{n}."
+    def __init__(self, spec: ModelSpec, norms, n: int, linear):
+        lw = layer_weights(spec, n)
         self.eps = spec.rms_norm_eps
-        self.input_norm = w[p + "input_layernorm.weight"]
-        self.post_norm = w[p + "post_attention_layernorm.weight"]
-        self.attn = Attention(spec, w, p + "self_attn.", linear)
-        self.mlp = MLP(spec, p + "mlp.", linear)
+        self.input_norm = norms(lw.input_norm)
+        self.post_norm = norms(lw.post_norm)
+        self.attn = Attention(spec, norms, lw, linear)
+        self.mlp = MLP(spec, lw, linear)
 
     def __call__(self, h: mx.array, cache: KVCache, rotary: Rotary, mask) -> mx.array:
         h = h + self.attn(mx.fast.rms_norm(h, self.input_norm, self.eps), cache, rotary, mask)
@@ -231,11 +228,18 @@ class Model:
             scales, biases = w[module + ".scales"], w[module + ".biases"]
             return Linear(w[module + ".weight"], bias, scales, biases, group, bits, streams)
 
+        offset = norm_offset(spec.family)
+
+        def norms(name: str) -> mx.array:
+            # MLX folders keep the source's norm weights (mlx-lm adds gemma's 1 when it runs)
+            return weights[name] + offset if offset else weights[name]
+
         self.spec = spec
-        self.embed = linear("model.embed_tokens")
-        self.layers = [DecoderLayer(spec, weights, n, linear) for n in range(spec.num_layers)]
-        self.norm = weights["model.norm.weight"]
-        self.lm_head = self.embed if spec.tie_word_embeddings else linear("lm_head")
+        self.embed = linear(module(EMBED))
+        self.embed_scale = embedding_scale(spec)
+        self.layers = [DecoderLayer(spec, norms, n, linear) for n in range(spec.num_layers)]
+        self.norm = norms(FINAL_NORM)
+        self.lm_head = self.embed if spec.tie_word_embeddings else linear(module(head_weight(spec)))
         self.rotary = Rotary(spec)
 
     def mask(self, offset: int, t: int):
@@ -263,6 +267,8 @@ class Model:
         if mask is None:
             mask = self.mask(caches[0].offset, t)
         h = self.embed.rows(ids)[None]
+        if self.embed_scale != 1:
+            h = h * mx.array(self.embed_scale, dtype=h.dtype)
         for layer, cache in zip(self.layers, caches, strict=True):
             h = layer(h, cache, self.rotary, mask)
         if last_only:

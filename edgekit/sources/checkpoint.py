@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SourceError
+from ..families import norm_names, norm_offset
 from ..spec import ModelSpec, weight_shapes
 
 
@@ -59,6 +60,36 @@ class TensorStore(ABC):
 
     def keys(self) -> list[str]:
         return list(self.infos())
+
+
+class OffsetNorms(TensorStore):
+    """A store whose norm weights are read as the multipliers every backend uses: w + offset for a
+    family that stores w and multiplies by 1 + w (gemma's Hugging Face folders)."""
+
+    def __init__(self, store: TensorStore, norms: list[str], offset: float):
+        self.store, self.norms, self.offset = store, frozenset(norms), np.float32(offset)
+
+    def infos(self) -> dict[str, TensorInfo]:
+        return self.store.infos()
+
+    def get(self, name: str) -> np.ndarray:
+        values = self.store.get(name)
+        return values + self.offset if name in self.norms else values
+
+    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self.get(name)[start:stop] if name in self.norms else self.store.rows(name, start, stop)
+
+    def take(self, name: str, rows: np.ndarray) -> np.ndarray:
+        return self.get(name)[rows] if name in self.norms else self.store.take(name, rows)
+
+    def release(self, name: str) -> None:
+        self.store.release(name)
+
+
+def canonical_norms(spec: ModelSpec, store: TensorStore) -> TensorStore:
+    """`store` with the family's stored norm weights read as multipliers (see OffsetNorms)."""
+    offset = norm_offset(spec.family)
+    return OffsetNorms(store, norm_names(spec), offset) if offset else store
 
 
 @dataclass

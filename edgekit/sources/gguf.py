@@ -2,51 +2,48 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import SourceError, UnsupportedArchitectureError, require
-from ..spec import FAMILIES, spec_from_config
+from ..families import FAMILIES, GGUF_ARCHITECTURES, layer_weights, module
+from ..spec import ModelSpec, spec_from_config, weight_shapes
 from .checkpoint import Checkpoint, TensorInfo, TensorStore, check_tensors
 from .gguf_tokenizer import tokenizer_from_gguf
 
 GGUF_MAGIC = b"GGUF"
 
-# GGUF general.architecture -> HF model_type. Mistral models are written as "llama".
-ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
 
-_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-_LAYER_NAMES = {
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_qkv": "self_attn.qkv_proj",
-    "attn_output": "self_attn.o_proj",
-    "attn_q_norm": "self_attn.q_norm",
-    "attn_k_norm": "self_attn.k_norm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-_LAYER_RE = re.compile(r"^blk\.(\d+)\.(\w+)\.(weight|bias)$")
+def gguf_tensor_names(spec: ModelSpec) -> dict[str, str]:
+    """Canonical HF name -> llama.cpp's tensor name, for every tensor of the spec, from the gguf
+    package's own table of its architecture (phi3's fused gate_up_proj is its ffn_up there)."""
+    import gguf
+
+    arch = FAMILIES[spec.family].gguf_arch
+    model_arch = {name: a for a, name in gguf.MODEL_ARCH_NAMES.items()}[arch]
+    table = gguf.get_tensor_name_map(model_arch, spec.num_layers)
+    names: dict[str, str] = {}
+    for name in weight_shapes(spec):
+        mapped = table.get_name(module(name))
+        if mapped is None:
+            raise UnsupportedArchitectureError(
+                f"llama.cpp's '{arch}' architecture has no tensor for {name}; this {spec.family} model cannot be GGUF"
+            )
+        names[name] = f"{mapped}.{name.rpartition('.')[2]}"
+    return names
 
 
-def hf_name(gguf_name: str, arch: str) -> str | None:
-    match = _LAYER_RE.match(gguf_name)
-    if match:
-        layer, part, kind = match.groups()
-        if part == "ffn_up" and arch == "phi3":  # phi3 keeps gate and up fused in ffn_up
-            return f"model.layers.{layer}.mlp.gate_up_proj.{kind}"
-        mapped = _LAYER_NAMES.get(part)
-        return f"model.layers.{layer}.{mapped}.{kind}" if mapped else None
-    stem, _, kind = gguf_name.rpartition(".")
-    mapped = _GLOBAL_NAMES.get(stem)
-    return f"{mapped}.{kind}" if mapped else None
+def permuted_heads(spec: ModelSpec) -> dict[str, int]:
+    """Module -> the head count llama.cpp interleaved its rows by (its "llama" q/k, biases too)."""
+    if not FAMILIES[spec.family].gguf_permuted_qk or spec.fused_qkv:
+        return {}
+    heads: dict[str, int] = {}
+    for n in range(spec.num_layers):
+        q, k, _ = layer_weights(spec, n).qkv
+        heads[module(q)], heads[module(k)] = spec.num_heads, spec.num_kv_heads
+    return heads
 
 
 def unpermute_rows(w: np.ndarray, heads: int) -> np.ndarray:
@@ -70,15 +67,14 @@ def _field(reader: Any, key: str, default: Any = None) -> Any:
 
 
 class GGUFStore(TensorStore):
-    def __init__(self, reader: Any, arch: str, heads: int, kv_heads: int):
+    def __init__(self, reader: Any, spec: ModelSpec):
         self._reader = reader
-        self._arch = arch
         self._tensors: dict[str, Any] = {}
         self._infos: dict[str, TensorInfo] = {}
-        # llama.cpp permutes q/k rows only for its "llama" architecture.
-        self._permute = {"q_proj": heads, "k_proj": kv_heads} if arch == "llama" else {}
+        self._permute = permuted_heads(spec)
+        hf_names = {g: h for h, g in gguf_tensor_names(spec).items()}
         for t in reader.tensors:
-            name = hf_name(t.name, arch)
+            name = hf_names.get(t.name)
             if name is None:
                 continue
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))
@@ -107,7 +103,7 @@ class GGUFStore(TensorStore):
 
     def _permuted_heads(self, name: str) -> int | None:
         """The head count llama.cpp interleaved this tensor's rows by, or None (rows as stored)."""
-        return self._permute.get(name.split(".")[-2])
+        return self._permute.get(module(name))
 
     # A GGUF matrix's data holds one row per entry (a quantized row's blocks as bytes), so some rows
     # dequantize alone: an embedding lookup or a block of the lm_head without the whole tensor.
@@ -125,58 +121,61 @@ class GGUFStore(TensorStore):
 
 
 def _config_from_metadata(reader: Any, path: Path) -> dict[str, Any]:
-    arch = _field(reader, "general.architecture")
-    model_type = ARCHITECTURES.get(arch)
-    if model_type is None:
+    from gguf import MODEL_TENSOR, TENSOR_NAMES, Keys
+
+    arch = _field(reader, Keys.General.ARCHITECTURE)
+    family = GGUF_ARCHITECTURES.get(arch)
+    if family is None:
         raise UnsupportedArchitectureError(
-            f"{path}: GGUF architecture '{arch}' is not supported; supported: {', '.join(sorted(ARCHITECTURES))}"
+            f"{path}: GGUF architecture '{arch}' is not supported; supported: {', '.join(sorted(GGUF_ARCHITECTURES))}"
         )
 
     def meta(key: str, default: Any = None) -> Any:
-        return _field(reader, f"{arch}.{key}", default)
+        return _field(reader, key.format(arch=arch), default)
 
-    heads = meta("attention.head_count")
-    kv_heads = meta("attention.head_count_kv", heads)
+    heads = meta(Keys.Attention.HEAD_COUNT)
+    kv_heads = meta(Keys.Attention.HEAD_COUNT_KV, heads)
     if isinstance(heads, list) or isinstance(kv_heads, list):
         raise UnsupportedArchitectureError(f"{path}: per-layer head counts are not supported")
-    hidden = meta("embedding_length")
-    head_dim = meta("attention.key_length") or (hidden // heads if hidden and heads else None)
+    hidden = meta(Keys.LLM.EMBEDDING_LENGTH)
+    head_dim = meta(Keys.Attention.KEY_LENGTH) or (hidden // heads if hidden and heads else None)
     tensor_names = {t.name for t in reader.tensors}
-    tokens = _field(reader, "tokenizer.ggml.tokens") or []
-    embed = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
-    vocab = meta("vocab_size") or (int(embed.shape[1]) if embed is not None else len(tokens))
+    tokens = _field(reader, Keys.Tokenizer.LIST) or []
+    embed = next((t for t in reader.tensors if t.name == TENSOR_NAMES[MODEL_TENSOR.TOKEN_EMBD] + ".weight"), None)
+    vocab = meta(Keys.LLM.VOCAB_SIZE) or (int(embed.shape[1]) if embed is not None else len(tokens))
     config: dict[str, Any] = {
-        "model_type": model_type,
-        "architectures": [FAMILIES[model_type].architecture],
+        "model_type": family.model_type,
+        "architectures": [family.architecture],
         "hidden_size": hidden,
-        "intermediate_size": meta("feed_forward_length"),
-        "num_hidden_layers": meta("block_count"),
+        "intermediate_size": meta(Keys.LLM.FEED_FORWARD_LENGTH),
+        "num_hidden_layers": meta(Keys.LLM.BLOCK_COUNT),
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
         "head_dim": head_dim,
-        "rms_norm_eps": meta("attention.layer_norm_rms_epsilon", 1e-6),
-        "rope_theta": meta("rope.freq_base", 10000.0),
-        "max_position_embeddings": meta("context_length", 2048),
+        "rms_norm_eps": meta(Keys.Attention.LAYERNORM_RMS_EPS, 1e-6),
+        "rope_theta": meta(Keys.Rope.FREQ_BASE, 10000.0),
+        "max_position_embeddings": meta(Keys.LLM.CONTEXT_LENGTH, 2048),
         "vocab_size": vocab,
-        "tie_word_embeddings": "output.weight" not in tensor_names,
-        "attention_bias": model_type == "llama" and "blk.0.attn_q.bias" in tensor_names,
-        "hidden_act": "silu",
-        "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
-        "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
-        "pad_token_id": _field(reader, "tokenizer.ggml.padding_token_id"),
+        "tie_word_embeddings": TENSOR_NAMES[MODEL_TENSOR.OUTPUT] + ".weight" not in tensor_names,
+        "attention_bias": family.attention_bias_on_o
+        and TENSOR_NAMES[MODEL_TENSOR.ATTN_Q].format(bid=0) + ".bias" in tensor_names,
+        "hidden_act": family.default_activation,
+        "bos_token_id": _field(reader, Keys.Tokenizer.BOS_ID),
+        "eos_token_id": _field(reader, Keys.Tokenizer.EOS_ID),
+        "pad_token_id": _field(reader, Keys.Tokenizer.PAD_ID),
     }
-    rotary = meta("rope.dimension_count")
+    rotary = meta(Keys.Rope.DIMENSION_COUNT)
     if rotary and head_dim and rotary != head_dim:
         config["partial_rotary_factor"] = rotary / head_dim
-    scaling = meta("rope.scaling.type")
+    scaling = meta(Keys.Rope.SCALING_TYPE)
     if scaling and scaling != "none":
         config["rope_scaling"] = {
             "rope_type": scaling,
-            "factor": meta("rope.scaling.factor", 1.0),
-            "original_max_position_embeddings": meta("rope.scaling.original_context_length"),
+            "factor": meta(Keys.Rope.SCALING_FACTOR, 1.0),
+            "original_max_position_embeddings": meta(Keys.Rope.SCALING_ORIG_CTX_LEN),
         }
-    if meta("attention.sliding_window"):
-        config["sliding_window"] = meta("attention.sliding_window")
+    if meta(Keys.Attention.SLIDING_WINDOW):
+        config["sliding_window"] = meta(Keys.Attention.SLIDING_WINDOW)
     if config["intermediate_size"] is None or hidden is None or heads is None or config["num_hidden_layers"] is None:
         raise SourceError(f"{path}: GGUF metadata lacks the {arch}.* model sizes; the file is incomplete")
     return config
@@ -199,15 +198,16 @@ def open_gguf(path: Path) -> Checkpoint:
         if int(t.data_offset) + int(t.n_bytes) > size or t.data.nbytes != int(t.n_bytes):
             raise SourceError(f"{path}: GGUF file is truncated: tensor '{t.name}' runs past the end; re-download it")
     config = _config_from_metadata(reader, path)
-    rope_freqs = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)
+    rope_freqs_name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
+    rope_freqs = next((t for t in reader.tensors if t.name == rope_freqs_name), None)
     spec = spec_from_config(config, str(path))
     if rope_freqs is not None:
         from dataclasses import replace
 
         factors = tuple(float(v) for v in np.asarray(rope_freqs.data, dtype=np.float32))
         spec = replace(spec, rope=replace(spec.rope, freq_factors=factors))
-    store = GGUFStore(reader, _field(reader, "general.architecture"), spec.num_heads, spec.num_kv_heads)
+    store = GGUFStore(reader, spec)
     check_tensors(spec, store, str(path))
     tokenizer = tokenizer_from_gguf(reader, path, spec)
-    name = _field(reader, "general.name") or path.stem
+    name = _field(reader, gguf.Keys.General.NAME) or path.stem
     return Checkpoint(spec, store, tokenizer, config, str(path), "gguf", name=name)

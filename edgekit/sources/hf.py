@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import SourceError
 from ..spec import spec_from_config
-from .checkpoint import Checkpoint, TensorInfo, TensorStore, TokenizerFiles, check_tensors
+from .checkpoint import Checkpoint, TensorInfo, TensorStore, TokenizerFiles, canonical_norms, check_tensors
 from .safetensors_io import SafetensorsFile
 
 
@@ -126,7 +126,7 @@ def open_hf_folder(folder: Path) -> Checkpoint:
             "(`edgekit run`, edgekit.load) or export from the unquantized Hugging Face checkpoint"
         )
     spec = spec_from_config(config, str(config_path))
-    store = SafetensorsStore(safetensors_files(folder))
+    store = canonical_norms(spec, SafetensorsStore(safetensors_files(folder)))
     check_tensors(spec, store, str(folder))
     tokenizer = read_tokenizer_files(folder)
     return Checkpoint(spec, store, tokenizer, config, str(folder), "hf", name=folder.name)

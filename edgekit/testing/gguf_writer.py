@@ -1,7 +1,8 @@
 """Write a GGUF file from an HF checkpoint the way llama.cpp's converter lays it out (tests only).
 
-Tensor names, llama's q/k row permutation, phi3's fused ffn_up and the tokenizer metadata follow
-llama.cpp, so reading the file back exercises the same paths as a real download.
+Tensor names (the gguf package's tables), llama's q/k row permutation, phi3's fused ffn_up,
+gemma's norms stored as 1 + w and the tokenizer metadata follow llama.cpp, so reading the file
+back exercises the same paths as a real download.
 """
 
 from __future__ import annotations
@@ -10,34 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..families import FAMILIES, module
 from ..sources.checkpoint import Checkpoint
-from ..sources.gguf import ARCHITECTURES, permute_rows
+from ..sources.gguf import gguf_tensor_names, permute_rows, permuted_heads
 from ..sources.gguf_tokenizer import BYTE, CONTROL, NORMAL, UNKNOWN
-
-_TO_GGUF_LAYER = {
-    "input_layernorm": "attn_norm",
-    "post_attention_layernorm": "ffn_norm",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.qkv_proj": "attn_qkv",
-    "self_attn.o_proj": "attn_output",
-    "self_attn.q_norm": "attn_q_norm",
-    "self_attn.k_norm": "attn_k_norm",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.gate_up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
-_TO_GGUF_GLOBAL = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
-
-
-def gguf_name(name: str) -> str:
-    stem, _, kind = name.rpartition(".")
-    if stem.startswith("model.layers."):
-        _, _, layer, rest = stem.split(".", 3)
-        return f"blk.{layer}.{_TO_GGUF_LAYER[rest]}.{kind}"
-    return f"{_TO_GGUF_GLOBAL[stem]}.{kind}"
 
 
 def spm_vocab(size: int) -> tuple[list[str], list[float], list[int]]:
@@ -71,8 +48,8 @@ def write_gguf(
     import gguf
 
     spec = checkpoint.spec
-    arch = {"mistral": "llama"}.get(spec.family, spec.family)
-    assert arch in ARCHITECTURES
+    arch = FAMILIES[spec.family].gguf_arch
+    names = gguf_tensor_names(spec)
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(checkpoint.name or "tiny")
     w.add_context_length(spec.max_position_embeddings)
@@ -122,18 +99,18 @@ def write_gguf(
         w.add_chat_template(checkpoint.tokenizer.chat_template)
 
     qtype = gguf.GGMLQuantizationType[tensor_type]
-    permute = {"q_proj": spec.num_heads, "k_proj": spec.num_kv_heads} if arch == "llama" else {}
+    permute = permuted_heads(spec)
     for name in checkpoint.tensors:
+        # norms as edgekit reads them: gemma's 1 + w, which is what llama.cpp's converter stores
         values = np.ascontiguousarray(checkpoint.tensors.get(name), dtype=np.float32)
-        proj = name.split(".")[-2]
-        if proj in permute:
-            values = permute_rows(values, permute[proj])
+        if module(name) in permute:
+            values = permute_rows(values, permute[module(name)])
         if values.ndim == 2 and qtype not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
-            w.add_tensor(gguf_name(name), gguf.quants.quantize(values, qtype), raw_dtype=qtype)
+            w.add_tensor(names[name], gguf.quants.quantize(values, qtype), raw_dtype=qtype)
         elif values.ndim == 2 and qtype == gguf.GGMLQuantizationType.F16:
-            w.add_tensor(gguf_name(name), values.astype(np.float16))
+            w.add_tensor(names[name], values.astype(np.float16))
         else:
-            w.add_tensor(gguf_name(name), values)
+            w.add_tensor(names[name], values)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..families import bias_of, layer_weights
 from ..sources.checkpoint import Checkpoint, TensorInfo, TensorStore
 from ..spec import ModelSpec
 
@@ -52,32 +53,25 @@ def off_grid_tensors(
     out = {name: np.array(store.get(name), dtype=np.float32) for name in store}
     group = spec.num_heads // spec.num_kv_heads
     for n in range(spec.num_layers):
-        p = f"model.layers.{n}."
-        qkv = ["qkv_proj"] if spec.fused_qkv else ["q_proj", "k_proj", "v_proj"]
-        mlp = ["gate_up_proj"] if spec.fused_gate_up else ["gate_proj", "up_proj"]
-        for norm, readers in (
-            (p + "input_layernorm.weight", [f"{p}self_attn.{x}.weight" for x in qkv]),
-            (p + "post_attention_layernorm.weight", [f"{p}mlp.{x}.weight" for x in mlp]),
-        ):
+        lw = layer_weights(spec, n)
+        for norm, readers in ((lw.input_norm, lw.qkv), (lw.post_norm, lw.gate_up)):
             d = _factors(rng, spec.hidden_size, sigma, outlier_fraction, outlier_scale)
             out[norm] *= d
             for r in readers:
                 out[r] /= d[None, :]
         e = _factors(rng, spec.kv_size, sigma, 0, 1)
-        v_name = p + ("self_attn.qkv_proj" if spec.fused_qkv else "self_attn.v_proj")
         v_rows = slice(spec.q_size + spec.kv_size, None) if spec.fused_qkv else slice(None)
-        out[v_name + ".weight"][v_rows] *= e[:, None]
-        if v_name + ".bias" in out:
-            out[v_name + ".bias"][v_rows] *= e
+        out[lw.v][v_rows] *= e[:, None]
+        if bias_of(lw.v) in out:
+            out[bias_of(lw.v)][v_rows] *= e
         e_o = np.repeat(e.reshape(spec.num_kv_heads, 1, spec.head_dim), group, axis=1).reshape(-1)
-        out[p + "self_attn.o_proj.weight"] /= e_o[None, :]
+        out[lw.o] /= e_o[None, :]
         f = _factors(rng, spec.intermediate_size, sigma, 0, 1)
-        up_name = p + ("mlp.gate_up_proj" if spec.fused_gate_up else "mlp.up_proj")
         up_rows = slice(spec.intermediate_size, None) if spec.fused_gate_up else slice(None)
-        out[up_name + ".weight"][up_rows] *= f[:, None]
-        if up_name + ".bias" in out:
-            out[up_name + ".bias"][up_rows] *= f
-        out[p + "mlp.down_proj.weight"] /= f[None, :]
+        out[lw.up][up_rows] *= f[:, None]
+        if bias_of(lw.up) in out:
+            out[bias_of(lw.up)][up_rows] *= f
+        out[lw.down] /= f[None, :]
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..families import EMBED, norm_offset
 from ..sources.safetensors_io import write_safetensors
 from ..spec import FAMILIES, spec_from_config, weight_shapes
 
@@ -44,6 +45,7 @@ FAMILY_CASES = {
         "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 64},
     },
     "qwen2-yarn": {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}},
+    "gemma": {},
 }
 
 
@@ -90,6 +92,8 @@ def tiny_config(family: str = "llama", **overrides: Any) -> dict[str, Any]:
         config["head_dim"] = 32  # qwen3 decouples head_dim from hidden / heads
     if family == "phi3":
         config["pad_token_id"] = 0
+    if family == "gemma":  # as released: tied, head_dim apart from hidden / heads, both activation keys
+        config.update(head_dim=32, tie_word_embeddings=True, hidden_act="gelu", hidden_activation="gelu_pytorch_tanh")
     config.update(overrides)
     return config
 
@@ -142,12 +146,13 @@ def random_weights(config: dict[str, Any], seed: int = 0) -> dict[str, np.ndarra
     spec = spec_from_config(config)
     rng = np.random.default_rng(seed)
     tensors: dict[str, np.ndarray] = {}
+    stored_norm = 1.0 - norm_offset(spec.family)  # near 1 as the multiplier the family makes of it
     for name, shape in weight_shapes(spec).items():
         if name.endswith("norm.weight"):
-            values = 1.0 + 0.1 * rng.standard_normal(shape)
+            values = stored_norm + 0.1 * rng.standard_normal(shape)
         elif name.endswith(".bias"):
             values = 0.1 * rng.standard_normal(shape)
-        elif name == "model.embed_tokens.weight":
+        elif name == EMBED:
             values = rng.standard_normal(shape)
         else:
             values = rng.standard_normal(shape) / np.sqrt(shape[-1])

@@ -12,6 +12,8 @@ from .layout import DATA_FILE
 from .qdq_graph import QdqGraph
 from .weights import NpuWeights
 
+GELU_SLOPE = np.array(2 * np.sqrt(2 / np.pi), np.float32)
+
 
 class DecoderGraph(QdqGraph):
     """ranges None: the float graph, for calibration (see QdqGraph)."""
@@ -44,6 +46,16 @@ class DecoderGraph(QdqGraph):
         else:
             scale = self.const_act(weight, self.w.dense[weight])
         return self.op("RMSNormalization", [x, scale], scope, axis=-1, epsilon=float(self.s.rms_norm_eps))
+
+    def activation(self, x: str, scope: str) -> str:
+        """silu(x) = x * sigmoid(x); gelu's tanh form = x * sigmoid(2c (x + 0.044715 x^3)), c = sqrt(2/pi)."""
+        z = x
+        if self.s.hidden_act != "silu":
+            cube = self.op("Mul", [self.op("Mul", [x, x], scope + "/square"), x], scope + "/cube")
+            cubic = self.const_act("gelu_cubic", np.array(0.044715, np.float32))
+            inner = self.op("Add", [x, self.op("Mul", [cube, cubic], scope + "/cubic")], scope + "/inner")
+            z = self.op("Mul", [inner, self.const_act("gelu_slope", GELU_SLOPE)], scope + "/slope")
+        return self.op("Mul", [x, self.op("Sigmoid", [z], scope + "/sigmoid")], scope)
 
     def heads(self, x: str, count: int, scope: str) -> str:
         """[1, T, count * d] -> [1, count, T, d]."""
@@ -113,7 +125,7 @@ class DecoderGraph(QdqGraph):
             x = self.norm(h, scope + "/post_attention_layernorm")
             gate = self.matmul(x, f"{scope}/mlp/gate_proj")
             up = self.matmul(x, f"{scope}/mlp/up_proj")
-            act = self.op("Mul", [gate, self.op("Sigmoid", [gate], f"{scope}/mlp/act")], f"{scope}/mlp/act")
+            act = self.activation(gate, f"{scope}/mlp/act")
             down = self.matmul(self.op("Mul", [act, up], f"{scope}/mlp/gate_times_up"), f"{scope}/mlp/down_proj")
             h = self.op("Add", [h, down], f"{scope}/mlp/residual")
         self.matmul(self.norm(h, "/model/norm"), "/lm_head", output="logits")

@@ -3,28 +3,35 @@ npu_options (its static sizes from the profile), export_npu (write, compile, ver
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ...quant.calibration import calibration_sequences
+from ...quant.pipeline import QuantizedModel
 from ...runtimes.onnx_npu import qnn_ep
+from ...sources import Checkpoint
 from .context import compile_context
-from .options import NpuOptions, npu_options, require_family
+from .options import NpuOptions, npu_options
 from .verify import verify_npu
 from .write import write_npu
 
 __all__ = ["export_npu", "npu_options", "require_npu"]
 
 
-def require_npu(family: str | None = None) -> None:
-    """One clear line when the npu flavor cannot be exported here."""
-    if family is not None:
-        require_family(family)
+def require_npu() -> None:
+    """One clear line when the npu flavor cannot be exported here (every native family can be)."""
     qnn_ep()
 
 
 def export_npu(
-    folder: Path, checkpoint, qm, options: NpuOptions, calibration, prompt: list[int], note
+    folder: Path,
+    checkpoint: Checkpoint,
+    qm: QuantizedModel,
+    options: NpuOptions,
+    calibration: str | Path | None,
+    prompt: list[int],
+    note: Callable[[str], None],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write, (optionally) compile and verify the npu artifact's files into `folder` (the staging
     folder). Returns (verification result, the manifest's "npu" table)."""

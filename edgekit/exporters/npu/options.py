@@ -1,12 +1,9 @@
-"""The npu graphs' static sizes and EPContext target, and the families the flavor exports."""
+"""The npu graphs' static sizes and EPContext target."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...errors import EdgekitError
-
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 DEFAULT_CONTEXT = 1024  # without a profile or --max-context: the KV cache is static, so not the model's
 DEFAULT_CHUNK = 64
 
@@ -30,10 +27,3 @@ def npu_options(settings, prefill_chunk: int | None, max_context: int | None, co
         context = min(context, DEFAULT_CONTEXT)
     chunk = min(prefill_chunk or DEFAULT_CHUNK, context)
     return NpuOptions(context, chunk, settings.qnn_soc_model, settings.qnn_htp_arch)
-
-
-def require_family(family: str) -> None:
-    if family not in FAMILIES:
-        raise EdgekitError(
-            f"the npu flavor supports the {', '.join(FAMILIES)} families, not {family}; use --flavor cpu"
-        )

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ...families import EMBED, FINAL_NORM, LM_HEAD, embedding_scale, head_weight, layer_weights, module
 from ...spec import ModelSpec
 
 
@@ -58,46 +59,29 @@ def npu_weights(spec: ModelSpec, weights) -> NpuWeights:
 
     ones = np.ones(s.hidden_size, np.float32)
     for n in range(s.num_layers):
-        p, key = f"model.layers.{n}.", f"/model/layers.{n}"
-        g_in, g_post = get(p + "input_layernorm.weight"), get(p + "post_attention_layernorm.weight")
-        if s.fused_qkv:
-            parts = np.split(get(p + "self_attn.qkv_proj.weight"), [s.q_size, s.q_size + s.kv_size])
-        else:
-            parts = [get(p + f"self_attn.{x}_proj.weight") for x in "qkv"]
-        for x, w in zip("qkv", parts, strict=True):
+        lw, key = layer_weights(s, n), f"/model/layers.{n}"
+        unfused = layer_weights(out.reference_spec, n)  # the reference's names: q/k/v and gate/up apart
+        g_in, g_post = get(lw.input_norm), get(lw.post_norm)
+        parts = np.split(get(lw.qkv[0]), [s.q_size, s.q_size + s.kv_size]) if s.fused_qkv else map(get, lw.qkv)
+        biases = lw.qkv_bias if lw.qkv_bias and not s.fused_qkv else (None, None, None)
+        for x, name, w, bias in zip("qkv", unfused.qkv, parts, biases, strict=True):
             factor = q_factor if x == "q" else 1.0
-            bias = None if s.fused_qkv else get(p + f"self_attn.{x}_proj.bias")
-            linear(f"{key}/attn/{x}_proj", p + f"self_attn.{x}_proj", w, g_in, bias, factor)
-        linear(
-            f"{key}/attn/o_proj",
-            p + "self_attn.o_proj",
-            get(p + "self_attn.o_proj.weight"),
-            None,
-            get(p + "self_attn.o_proj.bias"),
-        )
+            linear(f"{key}/attn/{x}_proj", module(name), w, g_in, bias and get(bias), factor)
+        linear(f"{key}/attn/o_proj", module(lw.o), get(lw.o), None, lw.o_bias and get(lw.o_bias))
         if s.qk_norm:
-            for x, factor in (("q", 1 / np.sqrt(s.head_dim)), ("k", 1.0)):
-                g = get(p + f"self_attn.{x}_norm.weight")
+            for x, norm, factor in (("q", lw.q_norm, 1 / np.sqrt(s.head_dim)), ("k", lw.k_norm, 1.0)):
+                g = get(norm)
                 out.dense[f"{key}/attn/{x}_norm.weight"] = (g * factor).astype(np.float32)
-                ref[p + f"self_attn.{x}_norm.weight"] = g
-        if s.fused_gate_up:
-            gate, up = np.split(get(p + "mlp.gate_up_proj.weight"), 2)
-        else:
-            gate, up = get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")
-        for x, w in (("gate", gate), ("up", up)):
-            linear(f"{key}/mlp/{x}_proj", p + f"mlp.{x}_proj", w, g_post, get(p + f"mlp.{x}_proj.bias"))
-        linear(
-            f"{key}/mlp/down_proj",
-            p + "mlp.down_proj",
-            get(p + "mlp.down_proj.weight"),
-            None,
-            get(p + "mlp.down_proj.bias"),
-        )
-        ref[p + "input_layernorm.weight"] = ref[p + "post_attention_layernorm.weight"] = ones
-    head = get("model.embed_tokens.weight" if s.tie_word_embeddings else "lm_head.weight")
-    linear("/lm_head", "lm_head", head, get("model.norm.weight"), None)
-    ref["model.norm.weight"] = ones
-    codes, scales = per_channel_int8(get("model.embed_tokens.weight"))
-    out.embedding = (codes, scales)
-    ref["model.embed_tokens.weight"] = codes.astype(np.float32) * scales[:, None]
+                ref[norm] = g
+        gate, up = np.split(get(lw.gate_up[0]), 2) if s.fused_gate_up else map(get, lw.gate_up)
+        biases = lw.gate_up_bias if lw.gate_up_bias and not s.fused_gate_up else (None, None)
+        for x, name, w, bias in zip(("gate", "up"), unfused.gate_up, (gate, up), biases, strict=True):
+            linear(f"{key}/mlp/{x}_proj", module(name), w, g_post, bias and get(bias))
+        linear(f"{key}/mlp/down_proj", module(lw.down), get(lw.down), None, lw.down_bias and get(lw.down_bias))
+        ref[lw.input_norm] = ref[lw.post_norm] = ones
+    linear("/lm_head", module(LM_HEAD), get(head_weight(s)), get(FINAL_NORM), None)
+    ref[FINAL_NORM] = ones
+    codes, scales = per_channel_int8(get(EMBED))
+    out.embedding = (codes, scales * np.float32(embedding_scale(s)))  # gemma's scaling, folded into the table
+    ref[EMBED] = codes.astype(np.float32) * scales[:, None]
     return out

@@ -7,17 +7,20 @@ from pathlib import Path
 
 import numpy as np
 
+from ...quant.pipeline import QuantizedModel
+from ...sources import Checkpoint
 from .calibration import calibrate
 from .decoder_graph import save_graph
 from .layout import EMBEDDING, GRAPHS
-from .options import NpuOptions, require_family
+from .options import NpuOptions
 from .weights import NpuWeights, npu_weights
 
 
-def write_npu(folder: Path, checkpoint, qm, options: NpuOptions, sequences: list[list[int]]) -> tuple[dict, NpuWeights]:
+def write_npu(
+    folder: Path, checkpoint: Checkpoint, qm: QuantizedModel, options: NpuOptions, sequences: list[list[int]]
+) -> tuple[dict, NpuWeights]:
     """Returns the manifest's "npu" table and the weights (for verification)."""
     spec = checkpoint.spec
-    require_family(spec.family)
     w = npu_weights(spec, qm.weights())
     ranges = calibrate(folder, w, options, sequences)
     mask_value = ranges.pop("__mask_value__")[0]
