@@ -34,6 +34,9 @@ class Family:
     activation_aliases: tuple[tuple[str, str], ...] = ()  # (config spelling, what it means)
     scaled_embedding: bool = False  # embedding rows times sqrt(hidden_size) after the lookup (lm_head unscaled)
     norm_offset: float = 0.0  # HF stores RMS norm weights w that multiply by w + norm_offset
+    # transformers' config class default, for a config.json that leaves `tie_word_embeddings` out
+    # (transformers 4 omits it when it equals the base class's True)
+    tied_embeddings_default: bool = False
     gguf_permuted_qk: bool = False  # llama.cpp interleaves the rotary halves of q/k rows
 
     def activation(self, config: dict) -> str:
@@ -61,6 +64,7 @@ FAMILIES: dict[str, Family] = {
             activation_aliases=(("gelu", "gelu_pytorch_tanh"),),
             scaled_embedding=True,
             norm_offset=1.0,
+            tied_embeddings_default=True,
         ),
     )
 }

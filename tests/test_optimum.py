@@ -46,23 +46,21 @@ def _gpt2(folder):
     return _tiny_folder(folder, GPT2LMHeadModel(config))
 
 
-def _gemma(folder):
-    from transformers import GemmaConfig, GemmaForCausalLM
+def _gpt_neox(folder):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    config = GemmaConfig(
+    config = GPTNeoXConfig(
         num_hidden_layers=2,
         hidden_size=64,
         intermediate_size=128,
         num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
         vocab_size=384,
         max_position_embeddings=256,
+        rotary_pct=0.25,
         bos_token_id=1,
         eos_token_id=2,
-        pad_token_id=0,
     )
-    return _tiny_folder(folder, GemmaForCausalLM(config))
+    return _tiny_folder(folder, GPTNeoXForCausalLM(config))
 
 
 def _opt(folder):
@@ -83,7 +81,7 @@ def _opt(folder):
     return _tiny_folder(folder, OPTForCausalLM(config))
 
 
-BUILDERS = {"gpt2": _gpt2, "gemma": _gemma, "opt": _opt}
+BUILDERS = {"gpt2": _gpt2, "gpt_neox": _gpt_neox, "opt": _opt}
 
 
 @pytest.fixture(autouse=True)

@@ -92,3 +92,49 @@ def test_greedy_continuation_matches_transformers(tiny_models):
         torch.tensor([PROMPT[:10]]), max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0
     )[0, 10:].tolist()
     assert ours == theirs
+
+
+def test_a_gemma_folder_saved_by_transformers_runs_natively(tmp_path):
+    """Gemma's quirks (a scaled embedding, norms by 1 + w, tied embeddings left out of config.json
+    the way transformers 4 writes them) from a folder transformers itself wrote."""
+    import json
+
+    from edgekit import export, load
+    from edgekit.quant.recipe import Recipe
+    from edgekit.testing import tiny_tokenizer
+
+    torch.manual_seed(0)
+    config = transformers.GemmaConfig(
+        num_hidden_layers=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=384,
+        max_position_embeddings=256,
+    )
+    model = transformers.GemmaForCausalLM(config).eval()
+    with torch.no_grad():  # norms away from their initial zeros, so a missing 1 + w shows
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(0.0, 0.3)
+    folder = tmp_path / "gemma"
+    model.save_pretrained(folder)
+    tiny_tokenizer(384).save(str(folder / "tokenizer.json"))
+    saved = json.loads((folder / "config.json").read_text())
+    saved.pop("tie_word_embeddings", None)
+    (folder / "config.json").write_text(json.dumps(saved))
+
+    checkpoint = open_checkpoint(folder)
+    assert checkpoint.spec.family == "gemma" and checkpoint.spec.tie_word_embeddings
+    with torch.no_grad():
+        expected = model(torch.tensor([PROMPT])).logits[0].numpy()
+    assert rel_err(ReferenceModel.from_checkpoint(checkpoint).forward(PROMPT), expected) < 1e-4
+
+    result = export(folder, tmp_path / "gemma-onnx", recipe=Recipe(algorithm="rtn"), max_context=64)
+    assert result.verify["checked"] and result.verify["top1_agreement"] == 1.0
+    engine = load(result.output, profile=None)
+    assert (
+        engine.backend == "onnx" and len(engine.generate(PROMPT[:8], max_new_tokens=4, ignore_eos=True).token_ids) == 4
+    )
