@@ -172,6 +172,42 @@ def test_unknown_format_version(artifact, tmp_path):
         load_runtime(copy)
 
 
+def _edited_manifest(artifact, folder, edit) -> None:
+    import shutil
+
+    shutil.copytree(artifact, folder)
+    manifest = json.loads((folder / "edgekit.json").read_text())
+    edit(manifest)
+    (folder / "edgekit.json").write_text(json.dumps(manifest))
+
+
+def test_manifest_of_the_previous_layout_still_loads(artifact, tmp_path):
+    """Artifacts exported before the typed manifest lack graph/model_type/vocab_size/npu."""
+
+    def previous(manifest):
+        for key in ("graph", "model_type", "vocab_size", "npu"):
+            del manifest[key]
+
+    _edited_manifest(artifact, tmp_path / "old", previous)
+    loaded = load_runtime(tmp_path / "old")
+    assert loaded.manifest.kind == "onnx-cpu" and loaded.vocab_size == loaded.spec.vocab_size
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda m: m.pop("source"), "manifest field missing or malformed"),
+        (lambda m: m.update(max_context="many"), "manifest field missing or malformed"),
+        (lambda m: m.update(format="tflite"), "unknown artifact format 'tflite'"),
+        (lambda m: m.update(spec=None), "manifest has no model spec"),
+    ],
+)
+def test_damaged_manifest_is_one_clear_line(artifact, tmp_path, edit, message):
+    _edited_manifest(artifact, tmp_path / "bad", edit)
+    with pytest.raises(EdgekitError, match=message):
+        load_runtime(tmp_path / "bad")
+
+
 def test_context_longer_than_artifact(artifact):
     with pytest.raises(EdgekitError, match="longer than the artifact's 128"):
         load_runtime(artifact, max_context=1024)
