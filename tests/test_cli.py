@@ -117,3 +117,72 @@ def test_eval_empty_text(runner, tiny_models, tmp_path):
     text.write_text("   \n")
     result = runner.invoke(cli, ["eval", str(tiny_models["llama"]), "--text", str(text)])
     assert result.exit_code == 2 and "empty" in result.output
+
+
+PROSE = "The quick brown fox jumps over the lazy dog. Paris is the capital of France. " * 12
+
+
+def _artifact_rows(runner, artifact, text, *args):
+    result = runner.invoke(cli, ["eval", str(artifact), "--text", str(text), "--window", "32", "--json", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output[result.output.index("[") :])
+
+
+def test_eval_artifact_runs_it_as_deployed(runner, tiny_models, tmp_path):
+    """Exported with float32 compute, the artifact's perplexity is the reference's on the same
+    quantized weights; with ONNX Runtime's int8 compute (what a device runs) it moves a little."""
+    from edgekit import export
+    from edgekit.evaluate import evaluate
+    from edgekit.quant.calibration import token_windows
+    from edgekit.quant.pipeline import quantize_checkpoint
+    from edgekit.quant.recipe import Recipe
+    from edgekit.reference import ReferenceModel
+    from edgekit.sources import open_checkpoint
+
+    text = tmp_path / "prose.txt"
+    text.write_text(PROSE)
+    recipe = Recipe(algorithm="rtn", group_size=32)
+    exact = export(tiny_models["qwen2"], tmp_path / "f32", recipe=recipe, max_context=64, accuracy_level=0).output
+    source, deployed = _artifact_rows(runner, exact, text)
+    assert source["model"] == "source" and deployed["model"] == "f32 (onnx)"
+
+    checkpoint = open_checkpoint(tiny_models["qwen2"])
+    windows = token_windows(checkpoint.tokenizer.load().encode(PROSE).ids, 32, 8)
+    quantized = ReferenceModel(checkpoint.spec, quantize_checkpoint(checkpoint, recipe).weights())
+    expected = evaluate(windows, quantized.forward, ReferenceModel.from_checkpoint(checkpoint).forward)
+    assert deployed["perplexity"] == pytest.approx(expected.perplexity, rel=1e-4)
+    assert deployed["kl"] == pytest.approx(expected.kl, rel=1e-2, abs=1e-6)
+    assert deployed["bits_per_weight"] < 8 and deployed["recipe"]["algorithm"] == "rtn"
+
+    int8 = export(tiny_models["qwen2"], tmp_path / "int8", recipe=recipe, max_context=64, accuracy_level=4).output
+    _, on_int8 = _artifact_rows(runner, int8, text)
+    assert on_int8["perplexity"] == pytest.approx(expected.perplexity, rel=0.05)
+    assert on_int8["perplexity"] != deployed["perplexity"]
+
+
+def test_eval_artifact_bad_input(runner, tiny_artifact, tiny_models, tmp_path):
+    import shutil
+
+    text = tmp_path / "prose.txt"
+    text.write_text(PROSE)
+    short = tmp_path / "short.txt"
+    short.write_text("Too short.")
+
+    def fails(*args: str) -> str:
+        result = runner.invoke(cli, ["eval", *args])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        return result.output
+
+    assert "shorter than one window of 32" in fails(str(tiny_artifact), "--text", str(short), "--window", "32")
+    assert "longer than" in fails(str(tiny_artifact), "--text", str(text), "--window", "4096")
+    assert "quantization options" in fails(str(tiny_artifact), "--text", str(text), "-a", "gptq")
+    assert "not an artifact folder" in fails(str(tiny_models["llama"]), "--text", str(text), "--source", "x")
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_artifact, moved)
+    manifest = json.loads((moved / "edgekit.json").read_text())
+    manifest["source"]["path"] = str(tmp_path / "gone")
+    (moved / "edgekit.json").write_text(json.dumps(manifest))
+    assert "pass the checkpoint it was exported from with --source" in fails(str(moved), "--text", str(text))
+    assert "its spec differs" in fails(str(moved), "--text", str(text), "--source", str(tiny_models["qwen3"]))
+    rows = _artifact_rows(runner, moved, text, "--source", str(tiny_models["llama"]))
+    assert rows[1]["kl"] > 0 and 0 < rows[1]["top1"] <= 1

@@ -244,3 +244,17 @@ def test_empty_prompt_is_one_clear_error(mlx_artifact):
     with pytest.raises(EdgekitError) as raised:
         runtime.prefill([])
     assert str(raised.value) == EMPTY_PROMPT and runtime.length == 0
+
+
+def test_eval_runs_the_mlx_artifact_against_its_source(mlx_artifact, tmp_path):
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    text = tmp_path / "prose.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. Paris is the capital of France. " * 12)
+    result = CliRunner().invoke(cli, ["eval", str(mlx_artifact), "--text", str(text), "--window", "32", "--json"])
+    assert result.exit_code == 0, result.output
+    source, artifact = json.loads(result.output[result.output.index("[") :])
+    assert artifact["model"] == "tiny-llama-mlx (mlx)" and source["tokens"] == artifact["tokens"]
+    assert 0 < artifact["kl"] < 0.5 and 0.5 < artifact["perplexity_ratio"] < 2

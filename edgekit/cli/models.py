@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from ..errors import EdgekitError
 from .app import cli
 
 
@@ -308,6 +309,12 @@ def export(
     help="Text to measure perplexity on (UTF-8), not used for calibration.",
 )
 @click.option("--source-only", is_flag=True, help="Evaluate the source alone, without quantizing it.")
+@click.option(
+    "--source",
+    "source_path",
+    type=click.Path(),
+    help="For an artifact: the checkpoint it was exported from, when not where its manifest says.",
+)
 @recipe_options
 @click.option("--window", default=256, show_default=True, type=click.IntRange(8), help="Tokens per window.")
 @click.option("--max-windows", default=8, show_default=True, type=click.IntRange(1))
@@ -316,6 +323,7 @@ def eval_command(
     source: str,
     text_path: str,
     source_only: bool,
+    source_path: str | None,
     algorithm: str | None,
     bits: int | None,
     group_size: int | None,
@@ -327,7 +335,10 @@ def eval_command(
     as_json: bool,
 ) -> None:
     """Perplexity of SOURCE on a text, and of its INT4 quantization: KL divergence and top-1
-    agreement against the source, bits per weight, size. Evaluated with the numpy reference."""
+    agreement against the source, bits per weight, size. A checkpoint is quantized here and
+    evaluated with the numpy reference; an exported artifact is evaluated as deployed, through its
+    own runtime (ONNX Runtime's kernels, MLX), against the checkpoint it was exported from."""
+    from ..artifact import is_artifact
     from ..evaluate import evaluate
     from ..quant.calibration import calibration_sequences, read_text, token_windows
     from ..quant.pipeline import quantize_checkpoint
@@ -335,6 +346,18 @@ def eval_command(
     from ..reference import ReferenceModel
     from ..sources import open_checkpoint
 
+    recipe_given = any(v is not None for v in (algorithm, bits, group_size, symmetric, embedding_bits, calibration))
+    if is_artifact(Path(source)):
+        if recipe_given or source_only:
+            raise EdgekitError(
+                f"{source} is an exported artifact, evaluated as it was exported: quantization options and "
+                "--source-only apply to a source checkpoint"
+            )
+        rows = _evaluate_artifact(Path(source), source_path, read_text(text_path), window, max_windows, text_path)
+        _print_quality(rows, as_json)
+        return
+    if source_path is not None:
+        raise EdgekitError(f"--source names an artifact's checkpoint; {source} is not an artifact folder")
     checkpoint = open_checkpoint(source)
     windows = token_windows(checkpoint.tokenizer.load().encode(read_text(text_path)).ids, window, max_windows)
     recipe = None if source_only else _recipe(DEFAULT_RECIPE, algorithm, bits, group_size, symmetric, embedding_bits)
@@ -370,6 +393,68 @@ def eval_command(
                 "recipe": recipe.to_dict(),
             }
         )
+    _print_quality(rows, as_json)
+
+
+def _evaluate_artifact(
+    folder: Path, source_path: str | None, text: str, window: int, max_windows: int, text_path: str
+) -> list[dict[str, Any]]:
+    """Rows for the source (numpy reference) and the artifact (its own runtime) on the same windows."""
+    from ..artifact import read_manifest
+    from ..evaluate import evaluate
+    from ..generation.loader import load_runtime
+    from ..quant.calibration import token_windows
+    from ..reference import ReferenceModel
+    from ..sources import open_checkpoint
+
+    manifest = read_manifest(folder)
+    if manifest.spec is None:
+        raise EdgekitError(
+            f"{folder}: a {manifest.model_type} artifact from the optimum path; its source has no native "
+            "reference to compare with, so `edgekit eval` measures native-family artifacts only"
+        )
+    where = source_path or manifest.source.path
+    if not Path(where).exists():
+        raise EdgekitError(
+            f"{folder}: its source {where} is not here; pass the checkpoint it was exported from with --source PATH"
+        )
+    checkpoint = open_checkpoint(where)
+    if checkpoint.spec.to_dict() != manifest.spec.to_dict():
+        raise EdgekitError(
+            f"{where}: not the model {folder} was exported from (its spec differs); pass that checkpoint with --source"
+        )
+    if window > manifest.max_context:
+        raise EdgekitError(f"--window {window} is longer than {folder}'s context of {manifest.max_context}")
+    loaded = load_runtime(folder, max_context=window)
+    ids = loaded.tokenizer.encode(text)
+    if len(ids) < window:
+        raise EdgekitError(
+            f"{text_path}: {len(ids)} tokens, shorter than one window of {window}; "
+            "pass a longer text or a smaller --window"
+        )
+    windows = token_windows(ids, window, max_windows)
+    click.echo(f"evaluating {folder} ({loaded.backend}) on {sum(map(len, windows))} tokens of {text_path}", err=True)
+    reference = ReferenceModel.from_checkpoint(checkpoint)
+    quantization = manifest.quantization
+    files = sum((folder / name).stat().st_size for name in manifest.files)
+    return [
+        {
+            "model": "source",
+            **evaluate(windows, reference.forward).to_dict(),
+            "bits_per_weight": 8 * checkpoint.size_on_disk / checkpoint.parameter_count,
+            "megabytes": checkpoint.size_on_disk / 1e6,
+        },
+        {
+            "model": f"{folder.name} ({loaded.backend})",
+            **evaluate(windows, loaded.runtime.logits_all, reference.forward).to_dict(),
+            "bits_per_weight": quantization.bits_per_weight,
+            "megabytes": files / 1e6,
+            "recipe": quantization.recipe,
+        },
+    ]
+
+
+def _print_quality(rows: list[dict[str, Any]], as_json: bool) -> None:
     base = rows[0]["perplexity"]
     for row in rows:
         row["perplexity_ratio"] = row["perplexity"] / base
