@@ -152,7 +152,7 @@ def call_grammar(
         more = f" (WS? {open_} {one})*" if parallel and open_ else ""
         body = one + more
     start = f"{open_} {body}" if with_open and open_ else body
-    return f"start: {start}\nWS: /[ \\t\\n]+/\ncall: %json {schema}\n"
+    return f"start: {start}\nWS: /[ \\t\\n]{{1,3}}/\ncall: %json {schema}\n"  # bounded: no endless padding
 
 
 def _new_id(fmt: CallFormat) -> str:
