@@ -11,11 +11,14 @@ from .generation import (
     ChatTemplate,
     Chunk,
     Completion,
+    ConstraintError,
     Engine,
     GenerationConfig,
     SamplingParams,
     Stats,
     TextTokenizer,
+    ToolCall,
+    ToolError,
     load,
 )
 from .generation.loader import load_runtime
@@ -33,6 +36,7 @@ except PackageNotFoundError:  # run from a source tree that was never installed
 __all__ = [
     "Chunk",
     "Completion",
+    "ConstraintError",
     "DeviceProfile",
     "Engine",
     "GenerationConfig",
@@ -63,6 +67,8 @@ __all__ = [
     "RopeSpec",
     "SourceError",
     "TextTokenizer",
+    "ToolCall",
+    "ToolError",
     "TokenizerFiles",
     "UnsupportedArchitectureError",
     "open_checkpoint",

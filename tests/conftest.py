@@ -38,3 +38,16 @@ def tiny_artifact(tiny_models, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("artifact") / "tiny-llama-onnx"
     export(tiny_models["llama"], out, recipe=Recipe(algorithm="rtn"), max_context=128)
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_onnx(smollm2_gguf, tmp_path_factory):
+    """SmolLM2 exported to ONNX for this machine's profile, with round-to-nearest (no calibration:
+    seconds instead of minutes; the default recipe is measured in bench/). One export for every test file."""
+    import edgekit
+    from edgekit.quant.recipe import Recipe
+
+    out = tmp_path_factory.mktemp("smollm2") / "onnx"
+    result = edgekit.export(smollm2_gguf, out, profile="auto", recipe=Recipe(algorithm="rtn"), max_context=1024)
+    assert result.verify["checked"] and result.verify["top1_agreement"] >= 0.8
+    return out

@@ -261,7 +261,7 @@ def test_a_profile_file_as_target(tiny_artifact, tmp_path, monkeypatch):
     import edgekit.deploy.bundle as bundle_module
 
     pin = Pin("click", "8.1.7", "0" * 64, "click-8.1.7-py3-none-any.whl", (), ("edgekit",))
-    monkeypatch.setattr(bundle_module, "resolve", lambda requirements, target, on_line: [pin])
+    monkeypatch.setattr(bundle_module, "resolve", lambda requirements, target, on_line, extras=(): [pin])
     profile = tmp_path / "my-board.toml"
     profile.write_text(
         'name = "my-board"\ndescription = "My board: an aarch64 SBC"\n'

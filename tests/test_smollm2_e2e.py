@@ -126,19 +126,6 @@ def test_cli_inspect_and_run_as_subprocess(smollm2_gguf):
     assert "tokens/s" in run.stderr
 
 
-@pytest.fixture(scope="module")
-def smollm2_onnx(smollm2_gguf, tmp_path_factory):
-    """SmolLM2 exported to ONNX for this machine's profile, with round-to-nearest (no calibration:
-    seconds instead of minutes; the default recipe is measured in bench/)."""
-    import edgekit
-    from edgekit.quant.recipe import Recipe
-
-    out = tmp_path_factory.mktemp("smollm2") / "onnx"
-    result = edgekit.export(smollm2_gguf, out, profile="auto", recipe=Recipe(algorithm="rtn"), max_context=1024)
-    assert result.verify["checked"] and result.verify["top1_agreement"] >= 0.8
-    return out
-
-
 def test_exported_model_answers_through_the_generation_api(smollm2_onnx):
     import edgekit
 

@@ -50,8 +50,20 @@ class _ProgressLine:
 )
 @click.option("--wheels", is_flag=True, help="Also download every pinned wheel into wheels/ to install offline.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option(
+    "--with",
+    "extras",
+    multiple=True,
+    help="An optional part of edgekit for the device too (repeatable): structured (JSON schemas, grammars, tools).",
+)
 def bundle(
-    artifact: Path, target: str, output: Path, python_version: str | None, wheels: bool, overwrite: bool
+    artifact: Path,
+    target: str,
+    output: Path,
+    python_version: str | None,
+    wheels: bool,
+    overwrite: bool,
+    extras: tuple[str, ...],
 ) -> None:
     """Make a folder that serves ARTIFACT on a device as an OpenAI-compatible server.
 
@@ -75,6 +87,7 @@ def bundle(
             python=python_version,
             wheels=wheels,
             overwrite=overwrite,
+            extras=extras,
             stage=stage,
             progress=line,
         )

@@ -23,6 +23,52 @@ def _stats_line(stats, engine) -> str:
     return f"{stats.summary()} | {', '.join(extra)} ({where})"
 
 
+def constraint_options(command):
+    """--json-schema FILE, --grammar FILE, --regex R, --choice C: what every answer must match."""
+    for option in reversed(
+        [
+            click.option(
+                "--json-schema", "json_schema_file", default=None, help="Answer JSON matching this schema file."
+            ),
+            click.option("--grammar", "grammar_file", default=None, help="Answer in this Lark or GBNF grammar file."),
+            click.option("--regex", default=None, help="Answer matching this regular expression."),
+            click.option("--choice", "choices", multiple=True, help="Answer with one of these (repeatable)."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _read(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise EdgekitError(f"{path}: cannot read the {what} file ({exc.strerror or exc})") from None
+
+
+def _constraint(options: dict[str, Any]) -> dict[str, Any]:
+    """Take the constraint options out of `options`, as Engine.generate options (files read and checked)."""
+    schema_file, grammar_file = options.pop("json_schema_file"), options.pop("grammar_file")
+    regex, choices = options.pop("regex"), options.pop("choices")
+    given = {"json_schema": schema_file, "grammar": grammar_file, "regex": regex, "choice": choices or None}
+    named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
+    if len(named) > 1:
+        raise EdgekitError(f"pass one of {', '.join(named)}, not several")
+    if schema_file is not None:
+        try:
+            schema = json.loads(_read(schema_file, "JSON schema"))
+        except ValueError as exc:
+            raise EdgekitError(f"{schema_file}: not valid JSON ({exc}); pass a JSON schema file") from None
+        if not isinstance(schema, dict):
+            raise EdgekitError(f"{schema_file}: a JSON schema is an object, this file holds a {type(schema).__name__}")
+        return {"json_schema": schema}
+    if grammar_file is not None:
+        return {"grammar": _read(grammar_file, "grammar")}
+    if regex is not None:
+        return {"regex": regex}
+    return {"choices": list(choices)} if choices else {}
+
+
 def _engine(model: str, options: dict[str, Any]):
     """Load MODEL with the load options, the rest of `options` being generation options."""
     where = [options.pop(k) for k in ("profile", "threads", "max_context")]
@@ -35,6 +81,7 @@ def _engine(model: str, options: dict[str, Any]):
 @click.option("-s", "--system", default=None, help="A system message (chat models).")
 @click.option("--raw", is_flag=True, help="Do not apply the chat template.")
 @sampling_options
+@constraint_options
 @load_options
 @click.option("--json", "as_json", is_flag=True, help="Print the completion (text, ids, usage, stats) as JSON.")
 def run(model: str, prompt: str, system: str | None, raw: bool, as_json: bool, **options: Any) -> None:
@@ -43,6 +90,7 @@ def run(model: str, prompt: str, system: str | None, raw: bool, as_json: bool, *
     MODEL is an exported artifact (ONNX Runtime) or a source checkpoint (the numpy reference in
     fp32: slow, for checking).
     """
+    constraint = _constraint(options)
     if prompt == "-":
         prompt = sys.stdin.read()
     engine = _engine(model, options)
@@ -51,7 +99,7 @@ def run(model: str, prompt: str, system: str | None, raw: bool, as_json: bool, *
     else:
         request = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     if as_json:
-        done = engine.generate(request)
+        done = engine.generate(request, **constraint)
         click.echo(
             json.dumps(
                 {
@@ -66,7 +114,7 @@ def run(model: str, prompt: str, system: str | None, raw: bool, as_json: bool, *
         )
         return
     last = None
-    for last in engine.stream(request):
+    for last in engine.stream(request, **constraint):
         click.echo(last.text, nl=False)
     click.echo()
     click.echo(_stats_line(last.stats, engine), err=True)
@@ -88,10 +136,13 @@ def _fit_history(engine, messages: list[dict[str, str]], room: int) -> list[dict
 @model_argument
 @click.option("-s", "--system", default=None, help="A system message that starts the conversation.")
 @sampling_options
+@constraint_options
 @load_options
 def chat(model: str, system: str | None, **options: Any) -> None:
     """An interactive conversation with MODEL. The history is kept (oldest exchanges dropped when the
-    context fills up); the next turn reuses the KV cache of the previous ones."""
+    context fills up); the next turn reuses the KV cache of the previous ones. A constraint
+    (--json-schema, --grammar, --regex, --choice) holds for every answer."""
+    constraint = _constraint(options)
     try:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:  # Windows
@@ -127,7 +178,7 @@ def chat(model: str, system: str | None, **options: Any) -> None:
             continue
         messages = _fit_history(engine, messages + [{"role": "user", "content": text}], options["max_new_tokens"])
         answer, last = [], None
-        chunks = engine.stream(messages)
+        chunks = engine.stream(messages, **constraint)
         try:
             for last in chunks:
                 answer.append(last.text)

@@ -60,18 +60,21 @@ def build_bundle(
     python: str | None = None,
     wheels: bool = False,
     overwrite: bool = False,
+    extras: tuple[str, ...] = (),
     stage: Stage | None = None,
     progress: OnProgress | None = None,
 ) -> BundleResult:
     """Bundle ARTIFACT for the device profile TARGET (a name or a .toml path with a [bundle] table)
     into the folder OUTPUT. python: the device's CPython "3.N" (default: the profile's). wheels:
-    also download every pinned wheel, so the device installs offline."""
+    also download every pinned wheel, so the device installs offline. extras: optional parts of
+    edgekit the device gets too, e.g. ("structured",) for JSON schemas, grammars and tool calls."""
     start = time.perf_counter()
     note = stage or (lambda message: None)
     report = progress or (lambda step: None)
     chosen = bundle_target(target, python)
     project = installed_project()
     _check_python(chosen, project)
+    _check_extras(extras, project)
     folder = Path(artifact)
     manifest = check_artifact(folder, chosen)
     output = Path(output)
@@ -87,7 +90,8 @@ def build_bundle(
     _check_free_space(output, model_bytes)
 
     note(f"resolving edgekit's runtime for {chosen.describe()} ({chosen.name})")
-    pins = resolve(list(project.runtime_requirements), chosen, _collecting(report))
+    requirements = [*project.runtime_requirements, *(r for extra in extras for r in project.extras[extra])]
+    pins = resolve(requirements, chosen, _collecting(report), extras=tuple(extras))
     _check_light(pins)
 
     model = " ".join(str(manifest.source.name or folder.name).split())
@@ -96,8 +100,8 @@ def build_bundle(
     with staging(output, overwrite) as tmp:
         _copy_artifact(folder, tmp / MODEL_FOLDER, manifest, report)
         header = [
-            f"edgekit {project.version}'s runtime for {chosen.name}: {chosen.describe()}, "
-            f"wheels up to {chosen.platform}",
+            f"edgekit {project.version}'s runtime{''.join(f' + {e}' for e in extras)} for {chosen.name}: "
+            f"{chosen.describe()}, wheels up to {chosen.platform}",
             "made by `edgekit bundle`; install: pip install --require-hashes --only-binary=:all: -r requirements.txt",
             "",
         ]
@@ -158,6 +162,13 @@ def _check_python(target: Target, project: Project) -> None:
         f"{target.python}.0"
     ):
         raise EdgekitError(f"--python {target.python}: edgekit needs Python {project.requires_python}")
+
+
+def _check_extras(extras: tuple[str, ...], project: Project) -> None:
+    for extra in extras:
+        if extra not in project.extras:
+            known = ", ".join(sorted(project.extras)) or "none"
+            raise EdgekitError(f"edgekit has no optional part {extra!r} to bundle; it has: {known}")
 
 
 def _check_output(output: Path, overwrite: bool, artifact: Path) -> None:

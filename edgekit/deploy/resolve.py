@@ -75,11 +75,14 @@ def target_options(target: Target) -> list[str]:
     return ["--only-binary=:all:", "--implementation=cp", f"--python-version={target.python}", *platforms]
 
 
-def resolve(requirements: list[str], target: Target, on_line: OnLine | None = None) -> list[Pin]:
-    """Pins for edgekit's `requirements` and everything they need on the target, sorted by name."""
+def resolve(
+    requirements: list[str], target: Target, on_line: OnLine | None = None, extras: tuple[str, ...] = ()
+) -> list[Pin]:
+    """Pins for edgekit's `requirements` (those of `extras` too) and everything they need on the
+    target, sorted by name."""
     require_pip()
     environment = target.marker_environment()
-    roots = [r for r in map(Requirement, requirements) if applies(r, environment)]
+    roots = [r for r in map(Requirement, requirements) if applies(r, environment, extras)]
     target_only: list = []
     for _ in range(8):  # each pass adds what only the target needs; real dependency trees settle in one or two
         resolved = _pip_resolve([without_marker(r) for r in roots + target_only], target, on_line)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import distribution
 from pathlib import Path
 
@@ -27,6 +27,9 @@ class Project:
     requires_python: str
     runtime_requirements: tuple[str, ...]  # Requires-Dist without the extras
     console_scripts: tuple[tuple[str, str], ...]  # (name, "module:function")
+    # optional parts a device can get (`edgekit bundle --with NAME`): Requires-Dist lines per extra,
+    # markers kept; extras that pull in edgekit's own other extras (dev, optimum) are left out
+    extras: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def wheel_name(self) -> str:
@@ -41,12 +44,18 @@ def installed_project() -> Project:
         if (marker := Requirement(text).marker) is None or "extra" not in str(marker)
     )
     scripts = tuple((e.name, e.value) for e in dist.entry_points if e.group == "console_scripts")
+    extras: dict[str, tuple[str, ...]] = {}
+    for name in dist.metadata.get_all("Provides-Extra") or ():
+        needs = tuple(t for t in dist.requires or () if f'extra == "{name}"' in str(Requirement(t).marker))
+        if needs and not any(Requirement(t).name == "edgekit" for t in needs):
+            extras[name] = needs
     return Project(
         dist.version,
         dist.metadata.get("Summary", ""),
         dist.metadata.get("Requires-Python", ""),
         runtime,
         scripts,
+        extras,
     )
 
 

@@ -14,9 +14,11 @@ from typing import Any
 from ..artifact import Manifest, read_manifest
 from ..device_profiles import DeviceProfile, load_profile
 from ..errors import EdgekitError
+from .constraints import Constraint, ConstraintCompiler, ConstraintError, TokenMask, constraint_from_options
 from .loader import DEFAULT_PROVIDERS, Loaded, load_runtime
 from .sampling import Sampler, SamplingParams
 from .text_stream import IncrementalDecoder, StopStrings
+from .tools import ToolCall, ToolCallGuide, ToolRequest, tool_request
 
 Message = dict[str, Any]
 Prompt = str | Sequence[int] | Sequence[Message]
@@ -37,16 +39,27 @@ class GenerationConfig:
     stop_token_ids: tuple[int, ...] = ()  # on top of the model's end-of-sequence ids
     ignore_eos: bool = False  # keep going past end-of-sequence ids (benchmarks)
     truncate: bool = False  # drop the oldest prompt tokens instead of refusing a prompt too long
+    # what the answer must match (at most one; needs the `structured` extra)
+    response_format: dict[str, Any] | None = None  # OpenAI's {"type": "json_object" | "json_schema", ...}
+    json_schema: dict[str, Any] | None = None
+    regex: str | None = None
+    choices: tuple[str, ...] | None = None
+    grammar: str | None = None  # Lark or llama.cpp's GBNF
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise EdgekitError(f"max_new_tokens={self.max_new_tokens} must be at least 1")
         _ = self.sampling  # validates the sampling fields
+        _ = self.constraint  # checks the constraint options' shape (compiling waits for a request)
 
     @property
     def sampling(self) -> SamplingParams:
         names = [f.name for f in fields(SamplingParams)]
         return SamplingParams(**{name: getattr(self, name) for name in names})
+
+    @property
+    def constraint(self) -> Constraint | None:
+        return constraint_from_options(self.response_format, self.json_schema, self.regex, self.choices, self.grammar)
 
     def updated(self, **changes: Any) -> GenerationConfig:
         known = {f.name for f in fields(self)}
@@ -54,7 +67,7 @@ class GenerationConfig:
         if unknown:
             raise EdgekitError(f"unknown generation option {unknown[0]!r}; options: {', '.join(sorted(known))}")
         changes = {k: v for k, v in changes.items() if v is not None}
-        for key in ("stop", "stop_token_ids"):
+        for key in ("stop", "stop_token_ids", "choices"):
             if isinstance(changes.get(key), str | int):
                 changes[key] = (changes[key],)
             if key in changes:
@@ -108,8 +121,9 @@ class Stats:
 class Completion:
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" (end-of-sequence id or stop string) or "length"
+    finish_reason: str  # "stop" (end-of-sequence id or stop string), "length" or "tool_calls"
     stats: Stats
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
     @property
     def usage(self) -> dict[str, int]:
@@ -122,6 +136,7 @@ class Chunk:
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None  # set on the last chunk, which also carries the stats
     stats: Stats | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)  # on the last chunk
 
 
 def peak_memory_mb() -> float | None:
@@ -161,20 +176,30 @@ class Engine:
         self.defaults = defaults or GenerationConfig()
         self._lock = threading.Lock()
         self._cached: list[int] = []  # the token ids whose keys and values the runtime holds
+        self._constraints: ConstraintCompiler | None = None
 
     @property
     def max_context(self) -> int:
         return self.runtime.max_context
 
-    def prompt_ids(self, prompt: Prompt, add_generation_prompt: bool = True) -> list[int]:
+    def prompt_ids(
+        self, prompt: Prompt, add_generation_prompt: bool = True, tools: ToolRequest | None = None
+    ) -> list[int]:
         """A string is encoded as is (with the tokenizer's special tokens); a list of token ids is
-        taken as given; a list of messages goes through the chat template."""
+        taken as given; a list of messages goes through the chat template (with `tools`' tools, and
+        earlier tool calls and results written the way the template takes them)."""
         if isinstance(prompt, str):
             return self.tokenizer.encode(prompt)
         items = list(prompt)
         if not items:
             raise EdgekitError("the prompt is empty; pass a string, token ids or chat messages")
         if all(isinstance(m, dict) for m in items):
+            if tools is None and any(m.get("tool_calls") or m.get("role") == "tool" for m in items):
+                tools = self.tool_request(None)
+            if tools is not None:
+                return self.tokenizer.apply_chat_template(
+                    tools.messages(items), add_generation_prompt=add_generation_prompt, tools=tools.template_tools
+                )
             return self.tokenizer.apply_chat_template(items, add_generation_prompt=add_generation_prompt)
         vocab = self.vocab_size
         if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in items):
@@ -191,22 +216,66 @@ class Engine:
             text.append(last.text)
             ids.extend(last.token_ids)
         assert last is not None and last.stats is not None and last.finish_reason is not None
-        return Completion("".join(text), ids, last.finish_reason, last.stats)
+        return Completion("".join(text), ids, last.finish_reason, last.stats, last.tool_calls)
 
     def chat(self, messages: str | Sequence[Message], **options: Any) -> Completion:
-        """Answer a conversation through the model's chat template (a string is one user message)."""
+        """Answer a conversation through the model's chat template (a string is one user message).
+        tools=[...] (OpenAI's function tools), tool_choice="auto" | "none" | "required" |
+        {"type": "function", "function": {"name": ...}} and parallel_tool_calls let it call tools:
+        the Completion then has `tool_calls` and finish reason "tool_calls"."""
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         if not messages or not all(isinstance(m, dict) for m in messages):
             raise EdgekitError("chat() takes a list of messages like {'role': 'user', 'content': '...'}")
         return self.generate(messages, **options)
 
-    def stream(self, prompt: Prompt, **options: Any) -> Iterator[Chunk]:
-        """Yield chunks as tokens arrive; the last chunk has the finish reason and the stats."""
+    def stream(
+        self,
+        prompt: Prompt,
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+        parallel_tool_calls: bool = False,
+        **options: Any,
+    ) -> Iterator[Chunk]:
+        """Yield chunks as tokens arrive; the last chunk has the finish reason and the stats (and the
+        tool calls; text that is part of a call is not shown)."""
         config = self.defaults.updated(**options)
-        ids = self.prompt_ids(prompt)
+        request = None
+        if tools is not None or tool_choice is not None:
+            if isinstance(prompt, str) or not all(isinstance(m, dict) for m in prompt):
+                raise EdgekitError("tools need a chat: pass messages like {'role': 'user', 'content': '...'}")
+            request = self.tool_request(tools, tool_choice, parallel_tool_calls)
+            if request.mode != "none" and config.constraint is not None:
+                raise ConstraintError("pass tools or a constraint (response_format, regex, ...), not both")
+        ids = self.prompt_ids(prompt, tools=request)
         with self._lock:
-            yield from self._generate(ids, config)
+            yield from self._generate(ids, config, request if request is not None and request.mode != "none" else None)
+
+    def tool_request(
+        self, tools: Sequence[dict[str, Any]] | None, tool_choice: Any = None, parallel: bool = False
+    ) -> ToolRequest:
+        template = self.tokenizer.chat_template.source if self.tokenizer.chat_template else None
+        return tool_request(template, None if tools is None else list(tools), tool_choice, parallel)
+
+    def _compiler(self) -> ConstraintCompiler:
+        if self._constraints is None:
+            vocab = max(self.vocab_size, self.tokenizer.vocab_size)
+            self._constraints = ConstraintCompiler(self.tokenizer.files.tokenizer_json, vocab)
+        return self._constraints
+
+    def _guide(
+        self, config: GenerationConfig, tools: ToolRequest | None, eos: set[int]
+    ) -> TokenMask | ToolCallGuide | None:
+        """What masks the logits of this answer: the constraint's grammar, the tool-call driver, or nothing."""
+        eos_ids = sorted(eos) or list(self.tokenizer.eos_token_ids)
+        if tools is not None:
+            markers = (tools.format.open, tools.format.close)
+            special = {m: i for m in markers if m and (i := self.tokenizer.special_id(m)) is not None}
+            raw = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731
+            return ToolCallGuide(tools, self._compiler(), eos_ids, raw, special)
+        constraint = config.constraint
+        return None if constraint is None else self._compiler().compile(constraint, eos_ids)
 
     def _fit(self, ids: list[int], config: GenerationConfig) -> list[int]:
         if not ids:
@@ -227,10 +296,12 @@ class Engine:
         self._cached = list(ids)
         return self.runtime.prefill(ids[reused:]), reused
 
-    def _generate(self, ids: list[int], config: GenerationConfig) -> Iterator[Chunk]:
+    def _generate(self, ids: list[int], config: GenerationConfig, tools: ToolRequest | None = None) -> Iterator[Chunk]:
         ids = self._fit(ids, config)
         budget = min(config.max_new_tokens, self.max_context - len(ids) + 1)
         eos = set(config.stop_token_ids) | (set() if config.ignore_eos else set(self.tokenizer.eos_token_ids))
+        guide = self._guide(config, tools, eos)
+        calls_guide = guide if isinstance(guide, ToolCallGuide) else None
         sampler = Sampler(config.sampling)
         text = IncrementalDecoder(self.tokenizer.decode, ids)
         stops = StopStrings(config.stop)
@@ -245,6 +316,8 @@ class Engine:
             stats.prompt_seconds = time.perf_counter() - start
             decode_start = time.perf_counter()
             while True:
+                if guide is not None:
+                    logits = guide.apply(logits)
                 token = sampler(logits, history)
                 if not out:
                     stats.time_to_first_token = time.perf_counter() - start
@@ -255,13 +328,19 @@ class Engine:
                 out.append(token)
                 history.append(token)
                 pending.append(token)
-                shown = stops.push(text.push(token))
+                if guide is not None and not guide.accept(token):
+                    raise ConstraintError(f"the constraint refused token {token}: {guide.error}")
+                delta = text.push(token)
+                shown = stops.push(calls_guide.visible(delta) if calls_guide is not None else delta)
                 if stops.hit is not None:
                     finish = "stop"
                     break
                 if shown:
                     yield Chunk(shown, pending)
                     pending = []
+                if guide is not None and guide.finished:  # nothing but end-of-sequence can follow
+                    finish = "stop"
+                    break
                 if len(out) >= budget:
                     break
                 logits = self.runtime.decode(token)
@@ -276,12 +355,18 @@ class Engine:
         stats.peak_memory_mb = peak_memory_mb()
         rest = ""
         if stops.hit is None:
-            rest = stops.push(text.flush())  # held-back text can still hold a stop string
+            held = text.flush()
+            if calls_guide is not None:
+                held = calls_guide.visible(held) + calls_guide.flush()
+            rest = stops.push(held)  # held-back text can still hold a stop string
             if stops.hit is not None:
                 finish = "stop"
             else:
                 rest += stops.flush()
-        yield Chunk(rest, pending, finish, stats)
+        calls: list[ToolCall] = []
+        if calls_guide is not None:
+            calls, finish = calls_guide.result(finish)
+        yield Chunk(rest, pending, finish, stats, calls)
 
     def reset(self) -> None:
         """Forget the cached conversation."""

@@ -45,9 +45,22 @@ class TextTokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
-    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
+    def special_id(self, text: str) -> int | None:
+        """The id of the special token spelled `text`, if there is one (decoding skips these)."""
+        token = self.backend.token_to_id(text)
+        added = self.backend.get_added_tokens_decoder().get(token) if token is not None else None
+        return token if added is not None and added.special else None
+
+    def apply_chat_template(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> list[int]:
+        """Messages to token ids; `tools` reach the template as transformers passes them (None: not at all)."""
         if self.chat_template is None:
             raise EdgekitError("this model has no chat template; pass a plain prompt instead of chat messages")
-        text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
+        extra = {"tools": tools} if tools is not None else {}
+        text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **extra)
         # The template writes bos itself where the model wants one, as transformers assumes.
         return self.encode(text, add_special_tokens=False)

@@ -10,7 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import EdgekitError
+from ..errors import EdgekitError, MissingDependencyError
+from ..generation.constraints import ConstraintError, constraint_from_options
+from ..generation.tools import ToolCall, ToolError, tool_request
 
 MAX_STOP_STRINGS = 4
 
@@ -42,6 +44,7 @@ class Request:
     stream: bool = False
     include_usage: bool = False
     echo: bool = False
+    tools: dict[str, Any] = field(default_factory=dict)  # Engine.stream's tools, tool_choice, parallel_tool_calls
 
 
 # (JSON types allowed, check of the value or None) per field
@@ -80,9 +83,9 @@ _CHAT = {
     "messages": ((list,), lambda v: len(v) > 0, "a non-empty list"),
     "max_completion_tokens": _COMMON["max_tokens"],
     "top_logprobs": (_INT, lambda v: v == 0, "0 (not supported)"),
-    "response_format": (_OBJ, lambda v: v.get("type", "text") == "text", '{"type": "text"} (not supported)'),
-    "tools": ((list,), lambda v: not v, "empty (tool calls are not supported)"),
-    "tool_choice": ((str, dict), lambda v: v == "none", '"none" (tool calls are not supported)'),
+    "response_format": (_OBJ, None, ""),
+    "tools": ((list,), None, ""),
+    "tool_choice": ((str, dict), None, ""),
     "parallel_tool_calls": (_BOOL, None, ""),
     "store": (_BOOL, lambda v: not v, "false"),
     "metadata": (_OBJ, None, ""),
@@ -192,7 +195,7 @@ def _content(message: dict[str, Any], index: int) -> str:
     )
 
 
-def _messages(value: list[Any]) -> list[dict[str, str]]:
+def _messages(value: list[Any]) -> list[dict[str, Any]]:
     messages = []
     for i, message in enumerate(value):
         if not isinstance(message, dict):
@@ -204,8 +207,40 @@ def _messages(value: list[Any]) -> list[dict[str, str]]:
                 param=f"messages[{i}].role",
                 code="invalid_value",
             )
-        messages.append({"role": "system" if role == "developer" else role, "content": _content(message, i)})
+        entry: dict[str, Any] = {"role": "system" if role == "developer" else role, "content": _content(message, i)}
+        calls = message.get("tool_calls")
+        if role == "assistant" and calls:
+            if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
+                raise ApiError(f"messages[{i}].tool_calls must be a list of calls", param=f"messages[{i}].tool_calls")
+            entry["tool_calls"] = calls
+        if role == "tool":
+            entry["tool_call_id"] = message.get("tool_call_id")
+        messages.append(entry)
     return messages
+
+
+def _tools(body: dict[str, Any]) -> dict[str, Any]:
+    """tools, tool_choice and parallel_tool_calls, checked; parallel calls only when asked for."""
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if not tools and choice in (None, "none", "auto"):
+        return {}
+    try:
+        tool_request(None, tools, choice)
+    except ToolError as exc:
+        raise ApiError(str(exc), param="tool_choice" if "tool_choice" in str(exc) else "tools") from None
+    return {"tools": tools, "tool_choice": choice, "parallel_tool_calls": bool(body.get("parallel_tool_calls"))}
+
+
+def _response_format(body: dict[str, Any]) -> dict[str, Any]:
+    value = body.get("response_format")
+    try:
+        if value is None or constraint_from_options(response_format=value) is None:
+            return {}
+    except ConstraintError as exc:
+        raise ApiError(str(exc), param="response_format", code="invalid_value") from None
+    if body.get("tools") and body.get("tool_choice") != "none":
+        raise ApiError("response_format and tools cannot be used together", param="response_format")
+    return {"response_format": value}
 
 
 def _text_prompt(value: Any) -> str | list[int]:
@@ -231,7 +266,8 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
 
 def chat_request(body: dict[str, Any]) -> Request:
     _check_fields(body, _CHAT, ("messages",))
-    return Request("chat", _messages(body["messages"]), _options(body), *_streaming(body))
+    options = _options(body) | _response_format(body)
+    return Request("chat", _messages(body["messages"]), options, *_streaming(body), tools=_tools(body))
 
 
 def text_request(body: dict[str, Any]) -> Request:
@@ -253,8 +289,13 @@ def _streaming(body: dict[str, Any]) -> tuple[bool, bool]:
 
 
 def engine_error(exc: EdgekitError) -> ApiError:
-    """An error the engine raised about this request (a prompt over the context, a bad option)."""
+    """An error the engine raised about this request (a prompt over the context, a bad option, a
+    schema that does not compile); a constraint this server cannot run is its own limit (501)."""
     message = str(exc)
+    if isinstance(exc, MissingDependencyError):
+        return ApiError(message, 501, param="response_format", code="not_supported")
+    if isinstance(exc, ConstraintError | ToolError):
+        return ApiError(message, param="tools" if isinstance(exc, ToolError) else "response_format")
     code = "context_length_exceeded" if "context" in message else "invalid_value"
     return ApiError(message, code=code)
 
@@ -274,29 +315,47 @@ class Answer:
         kind = self.object + (".chunk" if chunk and self.request.endpoint == "chat" else "")
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
-    def _choice(self, text: str, finish: str | None, delta: bool, role: bool = False) -> dict[str, Any]:
+    def _choice(
+        self, text: str, finish: str | None, delta: bool, role: bool = False, calls: list[ToolCall] | None = None
+    ) -> dict[str, Any]:
         if self.request.endpoint == "text":
             return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
         if delta:
             message = ({"role": "assistant"} if role else {}) | ({"content": text} if text or role else {})
             return {"index": 0, "delta": message, "logprobs": None, "finish_reason": finish}
-        return {
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": None,
-            "finish_reason": finish,
-        }
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if calls:
+            message = {"role": "assistant", "content": text or None, "tool_calls": [c.to_openai() for c in calls]}
+        return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
 
-    def full(self, text: str, finish: str, usage: dict[str, int], timings: dict[str, float]) -> dict[str, Any]:
+    def full(
+        self,
+        text: str,
+        finish: str,
+        usage: dict[str, int],
+        timings: dict[str, float],
+        calls: list[ToolCall] | None = None,
+    ) -> dict[str, Any]:
         return {
             **self._envelope(False),
-            "choices": [self._choice(text, finish, delta=False)],
+            "choices": [self._choice(text, finish, delta=False, calls=calls)],
             "usage": usage,
             "timings": timings,
         }
 
     def chunk(self, text: str, finish: str | None = None, first: bool = False) -> dict[str, Any]:
         return {**self._envelope(True), "choices": [self._choice(text, finish, delta=True, role=first)]}
+
+    def tool_call_chunks(self, calls: list[ToolCall]) -> list[dict[str, Any]]:
+        """As OpenAI streams a call: its id, type and name with empty arguments, then the arguments."""
+        chunks = []
+        for index, call in enumerate(calls):
+            head = {"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+            body = {"index": index, "function": {"arguments": call.arguments}}
+            for part in (head, body):
+                choice = {"index": 0, "delta": {"tool_calls": [part]}, "logprobs": None, "finish_reason": None}
+                chunks.append({**self._envelope(True), "choices": [choice]})
+        return chunks
 
     def usage_chunk(self, usage: dict[str, int], timings: dict[str, float]) -> dict[str, Any]:
         return {**self._envelope(True), "choices": [], "usage": usage, "timings": timings}

@@ -201,7 +201,12 @@ class Handler(BaseHTTPRequestHandler):
     def _complete(self, request: Request) -> None:
         engine = self.server.engine
         try:
-            ids = engine.prompt_ids(request.prompt)
+            tools = None
+            if request.tools:
+                tools = engine.tool_request(
+                    request.tools["tools"], request.tools["tool_choice"], request.tools["parallel_tool_calls"]
+                )
+            ids = engine.prompt_ids(request.prompt, tools=tools)
             options = {"max_new_tokens": engine.max_context, **request.options}
             if options["max_new_tokens"] > engine.max_context:
                 raise ApiError(
@@ -221,7 +226,8 @@ class Handler(BaseHTTPRequestHandler):
             raise engine_error(exc) from None
         answer = Answer(request, self.server.model_id)
         with self.server.turnstile.turn(gone=self._client_gone):
-            chunks = engine.stream(ids, **options)
+            prompt = request.prompt if request.tools else ids  # tools render the messages again, with them
+            chunks = engine.stream(prompt, **options, **request.tools)
             try:
                 first = next(chunks)  # the prompt pass: an error here is still a plain 400
             except EdgekitError as exc:
@@ -247,7 +253,7 @@ class Handler(BaseHTTPRequestHandler):
                 text.append(last.text)
                 made += len(last.token_ids)
         done = last.stats
-        self._json(200, answer.full("".join(text), last.finish_reason, done.usage, timings(done)))
+        self._json(200, answer.full("".join(text), last.finish_reason, done.usage, timings(done), last.tool_calls))
         self._log_answer(answer, done)
 
     def _stream(self, answer: Answer, prefix: str, first: Any, chunks: Iterator[Any]) -> None:
@@ -264,7 +270,13 @@ class Handler(BaseHTTPRequestHandler):
                 if prefix and answer.request.endpoint == "text":
                     self._event(answer.chunk(prefix))
                 while True:
-                    if last.text or last.finish_reason:
+                    if last.tool_calls:
+                        if last.text:
+                            self._event(answer.chunk(last.text))
+                        for event in answer.tool_call_chunks(last.tool_calls):
+                            self._event(event)
+                        self._event(answer.chunk("", last.finish_reason))
+                    elif last.text or last.finish_reason:
                         self._event(answer.chunk(last.text, last.finish_reason))
                     if last.finish_reason is not None:
                         break
