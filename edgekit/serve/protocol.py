@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import EdgekitError, MissingDependencyError
 from ..generation.constraints import ConstraintError, constraint_from_options
+from ..generation.engine import Stats
 from ..generation.tools import ToolCall, ToolError, tool_request
 
 MAX_STOP_STRINGS = 4
@@ -361,7 +362,7 @@ class Answer:
         return {**self._envelope(True), "choices": [], "usage": usage, "timings": timings}
 
 
-def timings(stats: Any) -> dict[str, float]:
+def timings(stats: Stats) -> dict[str, float]:
     """Speed of one answer (beyond OpenAI's fields, as llama.cpp's server reports it)."""
     return {
         "prompt_tokens_per_s": round(stats.prompt_tokens_per_s, 2),

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EdgekitError
+from ..generation.engine import Chunk, Engine, Stats
 from .protocol import Answer, ApiError, Request, chat_request, engine_error, parse_json, sse, text_request, timings
 
 MAX_BODY_BYTES = 8 << 20
@@ -99,7 +100,7 @@ class Server(ThreadingHTTPServer):
             raise EdgekitError(
                 f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another --port or --host"
             ) from None
-        self.engine: Any = None
+        self.engine: Engine | None = None
         self.model_id = ""
         self.started = time.time()
         self.load_error: str | None = None
@@ -117,7 +118,7 @@ class Server(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
 
-    def set_engine(self, engine: Any, model_id: str | None = None) -> None:
+    def set_engine(self, engine: Engine, model_id: str | None = None) -> None:
         """Attach the loaded model; clients see it as `model_id` (default: the model's name)."""
         self.model_id = model_id or engine.name
         self.engine = engine
@@ -243,7 +244,7 @@ class Handler(BaseHTTPRequestHandler):
             return ""
         return request.prompt if isinstance(request.prompt, str) else self.server.engine.tokenizer.decode(ids)
 
-    def _answer(self, answer: Answer, prefix: str, first: Any, chunks: Iterator[Any]) -> None:
+    def _answer(self, answer: Answer, prefix: str, first: Chunk, chunks: Iterator[Chunk]) -> None:
         text, last, made = [prefix, first.text], first, len(first.token_ids)
         with _closing(chunks):
             while last.finish_reason is None:
@@ -256,7 +257,7 @@ class Handler(BaseHTTPRequestHandler):
         self._json(200, answer.full("".join(text), last.finish_reason, done.usage, timings(done), last.tool_calls))
         self._log_answer(answer, done)
 
-    def _stream(self, answer: Answer, prefix: str, first: Any, chunks: Iterator[Any]) -> None:
+    def _stream(self, answer: Answer, prefix: str, first: Chunk, chunks: Iterator[Chunk]) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -310,7 +311,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
-    def _log_answer(self, answer: Answer, stats: Any) -> None:
+    def _log_answer(self, answer: Answer, stats: Stats) -> None:
         self.server.log(f"{answer.id}: {stats.summary()}")
 
     # --- plumbing ---
