@@ -120,20 +120,32 @@ fail() {
 }
 
 [ "$(id -u)" -eq 0 ] || fail "run it as root: sudo $0"
-if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
-    apt-get update -qq && apt-get install -y python3-venv
+missing=()
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+[ -e /usr/lib/@ARCH@-linux-gnu/libstdc++.so.6 ] || missing+=(libstdc++6) # numpy's and onnxruntime's wheels link it
+if [ ${#missing[@]} -gt 0 ]; then
+    { apt-get update -qq && apt-get install -y "${missing[@]}"; } ||
+        fail "the runtime needs ${missing[*]}, which apt-get could not install here: sudo apt install ${missing[*]}"
 fi
 id -u @USER@ >/dev/null 2>&1 ||
     useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin @USER@
 systemctl stop @SERVICE@ 2>/dev/null || true
 if [ "$here" != "$home" ]; then
     rm -rf "$home"
+    mkdir -p "$(dirname "$home")"
     cp -R "$here" "$home"
     rm -rf "$home/.venv" # a .venv holds the paths of where it was made
 fi
 chown -R @USER@:@USER@ "$home"
 runuser -u @USER@ -- env HOME=/nonexistent "$home/run.sh" --install-only # the service's HOME too
-install -m 644 "$home/@SERVICE@" /etc/systemd/system/@SERVICE@
+install -D -m 644 "$home/@SERVICE@" /etc/systemd/system/@SERVICE@
+if [ ! -d /run/systemd/system ]; then # an SD-card image being made in a chroot, a container
+    mkdir -p /etc/systemd/system/multi-user.target.wants
+    ln -sf /etc/systemd/system/@SERVICE@ /etc/systemd/system/multi-user.target.wants/@SERVICE@
+    echo "install.sh: systemd is not running here, so @SERVICE@ is enabled for the next boot, not started;" \
+        "to serve now: runuser -u @USER@ -- $home/run.sh" >&2
+    exit 0
+fi
 systemctl daemon-reload
 systemctl enable --now @SERVICE@
 echo "install.sh: @SERVICE@ started; waiting for the model to load" >&2
@@ -150,7 +162,9 @@ fail "the server does not answer on port @PORT@ yet; see: journalctl -u @SERVICE
 
 
 def install_sh(launch: Launch) -> str:
-    return _fill(_INSTALL_SH, SERVICE=SERVICE, HOME=launch.home, USER=SERVICE_USER, PORT=str(PORT))
+    return _fill(
+        _INSTALL_SH, SERVICE=SERVICE, HOME=launch.home, USER=SERVICE_USER, PORT=str(PORT), ARCH=launch.target.arch
+    )
 
 
 _UNIT = """# @MODEL@ served over HTTP (OpenAI's API) by edgekit; made by `edgekit bundle`. install.sh copies

@@ -12,8 +12,9 @@ suite="${1:?usage: sysroot.sh SUITE DEST}"
 dest="${2:?usage: sysroot.sh SUITE DEST}"
 mkdir -p "$dest" && dest="$(cd "$dest" && pwd)" # apt reads relative paths from /
 mirror="${ARM64_MIRROR:-http://deb.debian.org/debian}"
-# What install.sh and run.sh call, and the Python they make the virtualenv with; apt adds the rest.
-packages=(base-files base-passwd bash coreutils util-linux passwd python3 python3-venv)
+# What install.sh and run.sh call, the Python they make the virtualenv with, and the C++ runtime
+# every Raspberry Pi OS image has (numpy's and onnxruntime's wheels link it); apt adds the rest.
+packages=(base-files base-passwd bash coreutils util-linux passwd python3 python3-venv libstdc++6)
 
 cant() {
     echo "cannot make the arm64 root: $*" >&2
@@ -65,7 +66,7 @@ for deb in "$apt_dir"/archives/*.deb; do
     dpkg-deb -x "$deb" "$dest/root.new"
 done
 # What the maintainer scripts would have done: the system accounts, shadow files, an empty dpkg
-# status, the name resolver's files.
+# status, PAM's common configuration, the name resolver's files, the CA bundle.
 root="$dest/root.new"
 cp "$root/usr/share/base-passwd/passwd.master" "$root/etc/passwd"
 cp "$root/usr/share/base-passwd/group.master" "$root/etc/group"
@@ -73,7 +74,12 @@ sed 's/:.*/:*:20000:0:99999:7:::/' "$root/etc/passwd" >"$root/etc/shadow"
 sed 's/:.*/:*::/' "$root/etc/group" >"$root/etc/gshadow"
 chmod 640 "$root/etc/shadow" "$root/etc/gshadow"
 mkdir -p "$root/var/lib/dpkg" && : >"$root/var/lib/dpkg/status"
+for name in account auth password session session-noninteractive; do
+    cp "$root/usr/share/pam/common-$name" "$root/etc/pam.d/" # runuser's PAM stack
+done
 printf '127.0.0.1 localhost\n::1 localhost\n' >"$root/etc/hosts"
+mkdir -p "$root/etc/ssl/certs" # update-ca-certificates' bundle, which Debian's pip reads at start
+cat "$root"/usr/share/ca-certificates/mozilla/*.crt >"$root/etc/ssl/certs/ca-certificates.crt"
 python="$(chroot "$root" /usr/bin/python3 -c 'import platform; print(platform.machine(), platform.python_version())')" ||
     cant "$suite's python3 does not start under qemu-aarch64-static"
 echo "sysroot.sh: $suite root ready: $python" >&2
