@@ -8,8 +8,10 @@ under CI=1. `pytest -m arm64` selects these tests, `-m "not arm64"` leaves them 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import shutil
 import socket
 import subprocess
@@ -70,10 +72,28 @@ def device(sysroot, tmp_path_factory):
     shutil.rmtree(root, ignore_errors=True)
 
 
-def on_device(root: Path, core: str, *command: str, offline: bool = False, env: str = "", timeout: float = 900):
+def start_on_device(root: Path, core: str, *command: str, offline: bool = False, env: str = "", **popen):
+    """COMMAND inside the device's root under the emulated `core`, in a process group of its own."""
     chroot = [SCRIPTS / "chroot.sh", *(["--offline"] if offline else []), root, *command]
     variables = {**os.environ, "QEMU_CPU": core, "CHROOT_ENV": env}
-    return subprocess.run(chroot, env=variables, capture_output=True, text=True, timeout=timeout)
+    return subprocess.Popen(chroot, env=variables, text=True, start_new_session=True, **popen)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Every process the command started, whatever namespace it made."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def on_device(root: Path, core: str, *command: str, offline: bool = False, timeout: float = 900):
+    """Run COMMAND on the device to its end (or the timeout); CompletedProcess with its output."""
+    process = start_on_device(root, core, *command, offline=offline, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        stop(process)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def export_with_reference(source: Path, out: Path, profile: str | None, **options) -> dict:
@@ -146,12 +166,11 @@ def ask(port: int, question: str) -> str:
 def serve_on_device(root: Path, core: str, command: list[str], port: int, wait: float = 600):
     """Start a server on the device and wait until /health says it is loaded; the caller stops it."""
     env = f"EDGEKIT_HOST=127.0.0.1 EDGEKIT_PORT={port}"
-    chroot = [SCRIPTS / "chroot.sh", root, *command]
-    process = subprocess.Popen(chroot, env={**os.environ, "QEMU_CPU": core, "CHROOT_ENV": env},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    process = start_on_device(root, core, *command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        assert process.poll() is None, process.stdout.read()
+        if process.poll() is not None:
+            pytest.fail(f"the server on the device stopped: {process.stdout.read()[-2000:]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as health:
                 if json.load(health).get("status") == "ok":
@@ -159,8 +178,8 @@ def serve_on_device(root: Path, core: str, command: list[str], port: int, wait: 
         except OSError:
             pass
         time.sleep(2)
-    process.terminate()
-    pytest.fail(f"the server on the device did not load within {wait:.0f} s: {process.communicate()[0][-2000:]}")
+    stop(process)
+    pytest.fail(f"the server on the device did not load within {wait:.0f} s: {process.stdout.read()[-2000:]}")
 
 
 def host_logits(check: dict) -> np.ndarray:
@@ -250,8 +269,7 @@ def test_pi5_service_answers(pi5, device):
     try:
         assert "Paris" in ask(port, "What is the capital of France?")
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)
 
 
 @pytest.fixture(scope="module")
@@ -277,5 +295,4 @@ def test_pi4_run_sh_answers(pi4, device):
     try:
         assert "Paris" in ask(port, "What is the capital of France?")
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)
