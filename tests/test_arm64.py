@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -40,9 +41,11 @@ RECIPES = ("raspberry-pi-5", "raspberry-pi-4", None)  # None: the default recipe
 TEXT = "The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is Madrid."
 PROMPT_TOKENS = 8  # the rest of TEXT's tokens are fed as cached decode steps
 # int8 compute (accuracy_level 4) against the reference's float32 on the same weights: activations
-# rounded to int8 per block move logits by about 1% of the largest logit, on x86-64's VNNI kernels
-# and on arm64's alike (the numbers are in the README's deployment section).
-INT8_TOLERANCE = 3e-2
+# rounded to int8 per block move the logits by 1-4% of the largest logit (tiny models about 1%,
+# SmolLM2 3.6%), on x86-64's VNNI kernels and arm64's dot-product ones alike; the README's
+# deployment section has the numbers. A wrong block, scale or zero point moves them by over 50%.
+INT8_TOLERANCE = 5e-2
+WORSE_THAN_X86 = 1.25  # arm64's error may exceed x86-64's on the same run by a quarter (+ 1e-3)
 MIN_TOP1 = 0.9
 
 
@@ -192,6 +195,14 @@ def host_logits(check: dict) -> np.ndarray:
     return module.run({**check, "profile": check["profile"] or "generic-arm64-cpu"})[0]
 
 
+def record(measured: dict) -> None:
+    """Keep what a run measured in .cache/arm64/measured.json (the README quotes it)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / "measured.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps({**previous, **measured}, indent=1))
+
+
 def check_logits(got: dict[str, np.ndarray], checks: dict[str, dict], core: str) -> dict:
     measured = {}
     for name, check in checks.items():
@@ -199,12 +210,10 @@ def check_logits(got: dict[str, np.ndarray], checks: dict[str, dict], core: str)
         host_error, host_top1 = agreement(host_logits(check), check["expected"])
         measured[name] = {"core": core, "max_rel_error": error, "top1": top1,
                           "x86_64_max_rel_error": host_error, "x86_64_top1": host_top1}  # fmt: skip
-    CACHE.mkdir(parents=True, exist_ok=True)
-    record = CACHE / "measured.json"
-    previous = json.loads(record.read_text()) if record.is_file() else {}
-    record.write_text(json.dumps({**previous, **{f"{core} {k}": v for k, v in measured.items()}}, indent=1))
+    record({f"{core} {name}": values for name, values in measured.items()})
     for name, m in measured.items():
         assert m["max_rel_error"] < INT8_TOLERANCE and m["top1"] >= MIN_TOP1, (name, m)
+        assert m["max_rel_error"] <= WORSE_THAN_X86 * m["x86_64_max_rel_error"] + 1e-3, (name, m)
     return measured
 
 
@@ -214,8 +223,9 @@ def tiny_checks(tiny_models, tmp_path_factory) -> dict[str, dict]:
     lm_head) and the default one (blocks of 128)."""
     root = tmp_path_factory.mktemp("tiny-recipes")
     return {
-        f"tiny-{profile or 'default'}": export_with_reference(tiny_models["llama"], root / (profile or "default"),
-                                                              profile, max_context=128)  # fmt: skip
+        f"tiny-{profile or 'default'}": export_with_reference(
+            tiny_models["llama"], root / (profile or "default"), profile, max_context=128
+        )  # fmt: skip
         for profile in RECIPES
     }
 
@@ -253,6 +263,11 @@ def test_pi5_bundle_installs_offline_from_its_own_wheels(pi5, device):
     wants = device / "etc/systemd/system/multi-user.target.wants/edgekit.service"
     assert wants.is_symlink() and os.readlink(wants) == "/etc/systemd/system/edgekit.service"
     assert "edgekit:" in (device / "etc" / "passwd").read_text()
+    stated = re.search(r"Install size: about (\d+) MB in `/opt/smollm2-pi5`", (home / "README.md").read_text())
+    measured = sum(p.lstat().st_size for p in home.rglob("*") if p.is_file() and not p.is_symlink()) / 1e6
+    record({"install": {"stated_mb": int(stated.group(1)), "measured_mb": round(measured),
+                        "seconds": round(pi5["seconds"])}})  # fmt: skip
+    assert 0.9 < measured / int(stated.group(1)) < 1.3, (measured, stated.group(0))
 
 
 def test_pi5_logits_against_the_reference(pi5, device, smollm2, tiny_checks):

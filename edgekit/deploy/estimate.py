@@ -22,30 +22,28 @@ class Estimate:
     bandwidth: float  # GB/s, from the profile
 
 
-def _stored_bytes(rows: int, columns: int, record: dict) -> int:
-    """A quantized tensor's bytes as MatMulNBits stores it: packed codes of padded blocks, a float16
-    scale and a packed integer zero point per block (quant.tensor.QuantizedTensor.nbytes)."""
+def _table_bytes(rows: int, columns: int, record: dict | None) -> int:
+    """An embedding table's bytes as stored: packed codes of padded blocks, a float16 scale and at
+    most a float16 zero point per block; float16 when it is not quantized."""
+    if record is None:
+        return rows * columns * 2
     bits, group = record["bits"], record["group_size"]
     blocks = -(-columns // group)
-    zeros = 0 if record.get("symmetric") else rows * -(-blocks * bits // 8)
+    zeros = 0 if record.get("symmetric") else rows * blocks * 2
     return rows * blocks * group * bits // 8 + rows * blocks * 2 + zeros
 
 
-def bytes_per_token(manifest: Manifest) -> int:
-    """The weight bytes one decode step reads: all of them, but of an embedding table that the
-    lm_head does not also read only the token's row."""
+def bytes_per_token(manifest: Manifest, weight_file_bytes: int) -> int:
+    """The bytes one decode step reads from the weight file: all of it, but of an embedding table that
+    the lm_head does not also read only the token's row."""
     spec = manifest.spec
-    total = manifest.quantization.weight_bytes
     if spec is None:
-        return total
+        return weight_file_bytes
     layers = manifest.quantization.layers
-    head_reads_table = spec.tie_word_embeddings and LM_HEAD not in layers
-    if head_reads_table:
-        return total
-    record = layers.get(EMBEDDING)
-    rows, columns = spec.vocab_size, spec.hidden_size
-    table = _stored_bytes(rows, columns, record) if record else rows * columns * 2
-    return total - table + table // rows
+    if spec.tie_word_embeddings and LM_HEAD not in layers:
+        return weight_file_bytes
+    table = _table_bytes(spec.vocab_size, spec.hidden_size, layers.get(EMBEDDING))
+    return weight_file_bytes - table + table // spec.vocab_size
 
 
 def kv_bytes_per_1k(manifest: Manifest) -> int:
@@ -55,8 +53,8 @@ def kv_bytes_per_1k(manifest: Manifest) -> int:
     return 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * 4 * 1000  # float32 keys and values
 
 
-def estimate(manifest: Manifest, bandwidth: float) -> Estimate:
-    per_token = bytes_per_token(manifest)
+def estimate(manifest: Manifest, weight_file_bytes: int, bandwidth: float) -> Estimate:
+    per_token = bytes_per_token(manifest, weight_file_bytes)
     speed = bandwidth * 1e9 / per_token if bandwidth > 0 else None
     return Estimate(per_token, kv_bytes_per_1k(manifest), speed, bandwidth)
 
@@ -68,3 +66,7 @@ def installed_bytes(wheels: Path) -> int:
         with zipfile.ZipFile(wheel) as archive:
             total += sum(entry.file_size for entry in archive.infolist())
     return total
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())

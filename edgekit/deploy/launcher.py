@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .estimate import Estimate
 from .target import Target
 
 MODEL_FOLDER = "model"
@@ -221,6 +222,10 @@ curl http://raspberrypi.local:@PORT@/v1/models
 The chat page is at http://raspberrypi.local:@PORT@/ and the API at
 http://raspberrypi.local:@PORT@/v1 (any OpenAI client: `base_url="http://raspberrypi.local:@PORT@/v1"`).
 
+## What to expect
+
+@EXPECT@
+
 ## Contents
 
 | file | what it is |
@@ -243,7 +248,48 @@ EDGEKIT_PORT=9000 ./run.sh             # without systemd, in the foreground
 """
 
 
-def readme(launch: Launch, flavor: str, has_wheels: bool) -> str:
+_FOR_SCALE = "for scale, Ollama decodes Llama-3.2-3B (Q4_K_M, 2.0 GB) at 4.6-4.9 tokens/s on a Raspberry Pi 5"
+
+
+def _mb(size: float) -> str:
+    return f"{size / 1e6:.1f} MB" if size < 10e6 else f"{size / 1e6:.0f} MB"
+
+
+def expectations(
+    launch: Launch, estimate: Estimate, model_bytes: int, bundle_bytes: int, runtime_bytes: int | None
+) -> str:
+    """The README's speed estimate and install size, as Markdown list items."""
+    board = launch.target.profile.description.split(":")[0]
+    per_token = _mb(estimate.bytes_per_token)
+    if estimate.tokens_per_second is None:
+        speed = (
+            f"- Decode speed: not estimated (the profile `{launch.target.name}` gives no memory bandwidth); "
+            f"each token reads {per_token} of weights."
+        )
+    else:
+        speed = (
+            f"- Decode speed: at most about **{estimate.tokens_per_second:.0f} tokens/s** on a {board}, an "
+            f"estimate, not a measurement: each token reads the model's {per_token} of weights, and "
+            f"the board reads memory at about {estimate.bandwidth:g} GB/s in a decode loop (the profile's "
+            f"`memory_bandwidth`). The KV cache adds {_mb(estimate.kv_bytes_per_1k)} per 1000 tokens "
+            f"of context, and a small model is held back by the CPU before memory; {_FOR_SCALE}."
+        )
+    if runtime_bytes is None:
+        size = (
+            f"- Install size: `{launch.home}` holds this folder ({_mb(model_bytes)} of it the model) and the "
+            f"runtime's packages, downloaded into `{launch.home}/.venv` on the first run "
+            "(`edgekit bundle --wheels` states their size)."
+        )
+    else:
+        size = (
+            f"- Install size: about {_mb(bundle_bytes + runtime_bytes)} in `{launch.home}`: this folder "
+            f"({_mb(bundle_bytes)}, the model {_mb(model_bytes)} and the wheels) and the runtime's packages "
+            f"unpacked into `.venv` ({_mb(runtime_bytes)} before their bytecode)."
+        )
+    return f"{speed}\n{size}"
+
+
+def readme(launch: Launch, flavor: str, has_wheels: bool, expect: str) -> str:
     source = "from `wheels/`, offline" if has_wheels else "downloaded from PyPI"
     wheels_row = "| `wheels/` | every pinned wheel, so the device installs offline |\n" if has_wheels else ""
     return _fill(
@@ -263,6 +309,7 @@ def readme(launch: Launch, flavor: str, has_wheels: bool) -> str:
         FLAVOR=flavor,
         WHEEL=launch.wheel,
         WHEELS_ROW=wheels_row,
+        EXPECT=expect,
         RUN_SH_ROW=(
             f"prepares `.venv` on its first run, then runs `edgekit serve {MODEL_FOLDER} --profile "
             f"{launch.target.name}` on 0.0.0.0:{PORT} (`EDGEKIT_HOST`, `EDGEKIT_PORT` change it)"
