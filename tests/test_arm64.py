@@ -123,6 +123,7 @@ def export_with_reference(source: Path, out: Path, profile: str | None, **option
 def bundle(artifact: Path, target: str, out: Path) -> Path:
     result = CliRunner().invoke(cli, ["bundle", str(artifact), "--target", target, "-o", str(out), "--wheels"])
     assert result.exit_code == 0, result.output
+    record({f"bundle {target}": result.stdout.splitlines()[0]})
     return out
 
 
@@ -260,6 +261,7 @@ def test_pi5_bundle_installs_offline_from_its_own_wheels(pi5, device):
     assert (home / ".venv" / "bin" / "edgekit").is_file()
     assert "Processing /opt/smollm2-pi5/wheels/onnxruntime-" in installed.stdout
     assert "systemd is not running here, so edgekit.service is enabled for the next boot" in installed.stderr
+    record({"install.sh": installed.stderr.strip().splitlines()[-3:]})
     wants = device / "etc/systemd/system/multi-user.target.wants/edgekit.service"
     assert wants.is_symlink() and os.readlink(wants) == "/etc/systemd/system/edgekit.service"
     assert "edgekit:" in (device / "etc" / "passwd").read_text()
@@ -280,9 +282,12 @@ def test_pi5_service_answers(pi5, device):
     """run.sh as the systemd unit starts it (user edgekit, HOME=/nonexistent)."""
     port = free_port()
     command = ["runuser", "-u", "edgekit", "--", "env", "HOME=/nonexistent", f"/opt/{pi5['name']}/run.sh"]
-    server = serve_on_device(device, CORES["raspberry-pi-5"], command, port)
+    core = CORES["raspberry-pi-5"]
+    server = serve_on_device(device, core, command, port)
     try:
-        assert "Paris" in ask(port, "What is the capital of France?")
+        answer = ask(port, "What is the capital of France?")
+        record({f"answer {core}": answer})
+        assert "Paris" in answer
     finally:
         stop(server)
 
@@ -306,8 +311,30 @@ def test_pi4_logits_against_the_reference(pi4, device, smollm2, tiny_checks):
 
 def test_pi4_run_sh_answers(pi4, device):
     port = free_port()
-    server = serve_on_device(device, CORES["raspberry-pi-4"], [f"/root/{pi4['name']}/run.sh"], port)
+    core = CORES["raspberry-pi-4"]
+    server = serve_on_device(device, core, [f"/root/{pi4['name']}/run.sh"], port)
     try:
-        assert "Paris" in ask(port, "What is the capital of France?")
+        answer = ask(port, "What is the capital of France?")
+        record({f"answer {core}": answer})
+        assert "Paris" in answer
     finally:
         stop(server)
+
+
+@pytest.mark.parametrize("case", ["no archive", "not root"])
+def test_a_root_that_cannot_be_made_is_one_line(case, tmp_path):
+    if os.geteuid() != 0:
+        _unavailable("needs root to run sysroot.sh as root and as another user")
+    command = [SCRIPTS / "sysroot.sh", "trixie", tmp_path / "arm64"]
+    env = dict(os.environ)
+    if case == "no archive":
+        env["ARM64_MIRROR"] = "http://127.0.0.1:9/debian"  # the discard port: nothing answers
+        expected = "cannot make the arm64 root: Debian trixie's arm64 packages are not reachable at http://127.0.0.1:9"
+    else:
+        tmp_path.chmod(0o777)
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        expected = "cannot make the arm64 root: needs root (binfmt_misc registration and chroot)"
+    made = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert made.returncode == 3, made.stderr
+    assert made.stderr.strip().splitlines()[-1].startswith(expected), made.stderr
+    assert not (tmp_path / "arm64" / "root").exists()

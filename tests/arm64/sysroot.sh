@@ -55,7 +55,9 @@ apt=(apt-get -q
     -o APT::Architecture=arm64 -o APT::Architectures::=arm64 -o APT::Install-Recommends=false
     -o Acquire::Languages=none -o Debug::NoLocking=1)
 echo "sysroot.sh: downloading Debian $suite's arm64 packages" >&2
-"${apt[@]}" update >"$apt_dir/update.log" 2>&1 ||
+# apt-get update exits 0 when the archive cannot be reached (a warning): what counts is a package list
+"${apt[@]}" update >"$apt_dir/update.log" 2>&1
+compgen -G "$apt_dir/lists/*_Packages*" >/dev/null ||
     cant "Debian $suite's arm64 packages are not reachable at $mirror: $(grep -m1 -E '^(E|W):' "$apt_dir/update.log" || tail -1 "$apt_dir/update.log")"
 "${apt[@]}" -y -d install "${packages[@]}" >"$apt_dir/install.log" 2>&1 ||
     cant "apt cannot download ${packages[*]} for arm64 from $suite: $(grep -m1 '^E:' "$apt_dir/install.log" || tail -1 "$apt_dir/install.log")"
