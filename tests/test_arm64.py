@@ -309,8 +309,10 @@ def pi4(device, smollm2, tmp_path_factory) -> dict:
     return {"name": made.name}
 
 
-def test_pi4_logits_against_the_reference(pi4, device, smollm2, tiny_checks):
-    checks = {"smollm2-pi4": smollm2["raspberry-pi-4"], **tiny_checks}
+def test_pi4_logits_against_the_reference(pi4, device, tiny_checks):
+    """The tiny model's recipes only: float32 kernels under emulation take SmolLM2 two minutes here,
+    and its Pi 4 weights are its Pi 5 ones (tied embeddings: no 4-bit lm_head of its own)."""
+    checks = tiny_checks
     python = f"/root/{pi4['name']}/.venv/bin/python"
     check_logits(device_logits(device, CORES["raspberry-pi-4"], python, checks), checks, CORES["raspberry-pi-4"])
 
