@@ -79,6 +79,16 @@ $(VENV)/.system: | $(BIN)/python
 			&& touch $@; \
 	else echo "not installing$$missing (needs root and apt-get): the tests that use them skip"; fi
 
+# The arm64 Debian root (trixie, CPython 3.13) where tests/test_arm64.py installs and runs Raspberry
+# Pi bundles under QEMU user emulation: Debian's packages, cached in .cache/arm64/. Made only as root
+# with apt-get; elsewhere those tests skip (fail under CI=1). The tests run the same script, which
+# returns at once when the root is there.
+ARM64_ROOT := .cache/arm64/trixie/root/.sysroot-stamp
+
+$(ARM64_ROOT): tests/arm64/sysroot.sh
+	@if [ "$$(id -u)" = 0 ]; then tests/arm64/sysroot.sh trixie .cache/arm64/trixie || true; \
+	else echo "not making the arm64 root (needs root): the arm64 tests skip"; fi
+
 # optimum-onnx needs transformers < 5, which mlx-lm (dev extra) refuses: the optimum path's tests
 # (and the optimum engine of bench/) run in a virtualenv of their own, with the optimum extra.
 
@@ -89,7 +99,7 @@ $(OPT_VENV)/.ready: pyproject.toml
 	$(OPT_VENV)/bin/pip install --quiet -e ".[optimum]" pytest
 	touch $@
 
-test: $(VENV)/.dev $(VENV)/.system $(OPT_VENV)/.ready
+test: $(VENV)/.dev $(VENV)/.system $(OPT_VENV)/.ready $(ARM64_ROOT)
 	$(BIN)/python -m pytest -q tests
 	$(OPT_VENV)/bin/python -m pytest -q tests/test_optimum.py
 

@@ -103,6 +103,49 @@ def test_readme_has_three_commands_to_run_it(bundle):
     assert "/opt/tiny-pi" in readme and "requirements.txt" in readme and "model/" in readme
 
 
+def _initializer_bytes(model: Path) -> dict[str, int]:
+    import onnx
+
+    graph = onnx.load(model, load_external_data=False).graph
+    sizes = {}
+    for tensor in graph.initializer:
+        external = {entry.key: entry.value for entry in tensor.external_data}
+        sizes[tensor.name] = int(external["length"]) if external else len(tensor.raw_data)
+    return sizes
+
+
+def test_readme_estimates_decode_speed_from_the_bytes_each_token_reads(bundle, tiny_artifact):
+    """Bytes per token against model.onnx's own initializers: all of them but the embedding
+    table's, of which one row; the README's tokens/s is the Pi 5's bandwidth over that."""
+    from edgekit.artifact import read_manifest
+    from edgekit.deploy.estimate import bytes_per_token
+
+    sizes = _initializer_bytes(tiny_artifact / "model.onnx")
+    table = sum(n for name, n in sizes.items() if name.startswith("model.embed_tokens."))
+    vocab = read_manifest(tiny_artifact).spec.vocab_size
+    expected = sum(sizes.values()) - table + table // vocab
+    manifest = read_manifest(tiny_artifact)
+    got = bytes_per_token(manifest, (tiny_artifact / "model.onnx.data").stat().st_size)
+    assert abs(got - expected) / expected < 0.05, (got, expected)
+    readme = (bundle / "README.md").read_text()
+    speed = re.search(r"at most about \*\*(\d+) tokens/s\*\* on a Raspberry Pi 5, an estimate", readme)
+    assert speed and int(speed.group(1)) == round(9.5e9 / got)
+    assert "4.6-4.9 tokens/s" in readme  # the published figure, for scale
+    assert "`edgekit bundle --wheels` states their size" in readme  # no wheels, no install size
+
+
+def test_a_profile_without_bandwidth_gets_no_speed_estimate(tiny_artifact, tmp_path):
+    import edgekit
+
+    text = (Path(edgekit.__file__).parent / "device_profiles" / "raspberry-pi-5.toml").read_text()
+    custom = tmp_path / "board.toml"
+    custom.write_text(re.sub(r"(?m)^memory_bandwidth = .*$", "", text).replace('"raspberry-pi-5"', '"board"'))
+    result = _bundle(str(tiny_artifact), "--target", str(custom), "-o", str(tmp_path / "b"))
+    assert result.exit_code == 0, result.output
+    readme = (tmp_path / "b" / "README.md").read_text()
+    assert "Decode speed: not estimated (the profile `board` gives no memory bandwidth)" in readme
+
+
 def test_requirements_pin_the_runtime_with_hashes_and_nothing_heavy(bundle):
     pins = _pins(bundle / "requirements.txt")
     assert RUNTIME <= set(pins)

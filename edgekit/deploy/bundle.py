@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..artifact import MANIFEST, Manifest, read_manifest, staging
 from ..errors import EdgekitError
-from .launcher import MODEL_FOLDER, SERVICE, Launch, install_sh, readme, run_sh, systemd_unit
+from .estimate import estimate, folder_bytes, installed_bytes
+from .launcher import MODEL_FOLDER, SERVICE, Launch, expectations, install_sh, readme, run_sh, systemd_unit
 from .markers import Requirement
 from .resolve import Pin, download_wheels, requirements_text, resolve
 from .target import Target, bundle_target
@@ -23,6 +24,7 @@ from .wheel import Project, build_wheel, check_wheel, installed_project
 HEAVY = frozenset({"torch", "onnx", "transformers", "optimum"})  # export-time packages a device never needs
 FREE_SPACE_MARGIN = 256 << 20  # launcher files, edgekit's wheel and, with --wheels, the runtime's wheels
 WHEELS_FOLDER = "wheels"
+WEIGHT_FILE = "model.onnx.data"  # every initializer of model.onnx and model.all_logits.onnx
 CUSTOM_PROFILE = "profile.toml"
 
 
@@ -112,7 +114,13 @@ def build_bundle(
             download_wheels(tmp / "requirements.txt", pins, chosen, tmp / WHEELS_FOLDER, _saving(len(pins), report))
         if not chosen.shipped:
             shutil.copyfile(chosen.profile.path, tmp / CUSTOM_PROFILE)  # type: ignore[arg-type]
-        _write_launcher(tmp, launch, manifest.flavor or "cpu", wheels)
+        bandwidth = chosen.profile.bundle.memory_bandwidth if chosen.profile.bundle else 0.0
+        runtime_bytes = installed_bytes(tmp / WHEELS_FOLDER) + installed_bytes(tmp) if wheels else None
+        weights = (folder / WEIGHT_FILE).stat().st_size if (folder / WEIGHT_FILE).is_file() else model_bytes
+        expect = expectations(
+            launch, estimate(manifest, weights, bandwidth), model_bytes, folder_bytes(tmp), runtime_bytes
+        )
+        _write_launcher(tmp, launch, manifest.flavor or "cpu", wheels, expect)
         note("verifying the bundle")
         read_manifest(tmp / MODEL_FOLDER)
         check_wheel(tmp / project.wheel_name)
@@ -220,12 +228,12 @@ def _copy_artifact(source: Path, folder: Path, manifest: Manifest, report: OnPro
     report(Step("copying the model", total, total, "", "B"))
 
 
-def _write_launcher(folder: Path, launch: Launch, flavor: str, has_wheels: bool) -> None:
+def _write_launcher(folder: Path, launch: Launch, flavor: str, has_wheels: bool, expect: str) -> None:
     for name, text, mode in (
         ("run.sh", run_sh(launch), 0o755),
         ("install.sh", install_sh(launch), 0o755),
         (SERVICE, systemd_unit(launch), 0o644),
-        ("README.md", readme(launch, flavor, has_wheels), 0o644),
+        ("README.md", readme(launch, flavor, has_wheels, expect), 0o644),
     ):
         (folder / name).write_text(text)
         (folder / name).chmod(mode)

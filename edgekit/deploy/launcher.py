@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .estimate import Estimate
 from .target import Target
 
 MODEL_FOLDER = "model"
@@ -120,20 +121,32 @@ fail() {
 }
 
 [ "$(id -u)" -eq 0 ] || fail "run it as root: sudo $0"
-if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
-    apt-get update -qq && apt-get install -y python3-venv
+missing=()
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+[ -e /usr/lib/@ARCH@-linux-gnu/libstdc++.so.6 ] || missing+=(libstdc++6) # numpy's and onnxruntime's wheels link it
+if [ ${#missing[@]} -gt 0 ]; then
+    { apt-get update -qq && apt-get install -y "${missing[@]}"; } ||
+        fail "the runtime needs ${missing[*]}, which apt-get could not install here: sudo apt install ${missing[*]}"
 fi
 id -u @USER@ >/dev/null 2>&1 ||
     useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin @USER@
 systemctl stop @SERVICE@ 2>/dev/null || true
 if [ "$here" != "$home" ]; then
     rm -rf "$home"
+    mkdir -p "$(dirname "$home")"
     cp -R "$here" "$home"
     rm -rf "$home/.venv" # a .venv holds the paths of where it was made
 fi
 chown -R @USER@:@USER@ "$home"
 runuser -u @USER@ -- env HOME=/nonexistent "$home/run.sh" --install-only # the service's HOME too
-install -m 644 "$home/@SERVICE@" /etc/systemd/system/@SERVICE@
+install -D -m 644 "$home/@SERVICE@" /etc/systemd/system/@SERVICE@
+if [ ! -d /run/systemd/system ]; then # an SD-card image being made in a chroot, a container
+    mkdir -p /etc/systemd/system/multi-user.target.wants
+    ln -sf /etc/systemd/system/@SERVICE@ /etc/systemd/system/multi-user.target.wants/@SERVICE@
+    echo "install.sh: systemd is not running here, so @SERVICE@ is enabled for the next boot, not started;" \
+        "to serve now: runuser -u @USER@ -- $home/run.sh" >&2
+    exit 0
+fi
 systemctl daemon-reload
 systemctl enable --now @SERVICE@
 echo "install.sh: @SERVICE@ started; waiting for the model to load" >&2
@@ -150,7 +163,9 @@ fail "the server does not answer on port @PORT@ yet; see: journalctl -u @SERVICE
 
 
 def install_sh(launch: Launch) -> str:
-    return _fill(_INSTALL_SH, SERVICE=SERVICE, HOME=launch.home, USER=SERVICE_USER, PORT=str(PORT))
+    return _fill(
+        _INSTALL_SH, SERVICE=SERVICE, HOME=launch.home, USER=SERVICE_USER, PORT=str(PORT), ARCH=launch.target.arch
+    )
 
 
 _UNIT = """# @MODEL@ served over HTTP (OpenAI's API) by edgekit; made by `edgekit bundle`. install.sh copies
@@ -207,6 +222,10 @@ curl http://raspberrypi.local:@PORT@/v1/models
 The chat page is at http://raspberrypi.local:@PORT@/ and the API at
 http://raspberrypi.local:@PORT@/v1 (any OpenAI client: `base_url="http://raspberrypi.local:@PORT@/v1"`).
 
+## What to expect
+
+@EXPECT@
+
 ## Contents
 
 | file | what it is |
@@ -229,7 +248,48 @@ EDGEKIT_PORT=9000 ./run.sh             # without systemd, in the foreground
 """
 
 
-def readme(launch: Launch, flavor: str, has_wheels: bool) -> str:
+_FOR_SCALE = "for scale, Ollama decodes Llama-3.2-3B (Q4_K_M, 2.0 GB) at 4.6-4.9 tokens/s on a Raspberry Pi 5"
+
+
+def _mb(size: float) -> str:
+    return f"{size / 1e6:.1f} MB" if size < 10e6 else f"{size / 1e6:.0f} MB"
+
+
+def expectations(
+    launch: Launch, estimate: Estimate, model_bytes: int, bundle_bytes: int, runtime_bytes: int | None
+) -> str:
+    """The README's speed estimate and install size, as Markdown list items."""
+    board = launch.target.profile.description.split(":")[0]
+    per_token = _mb(estimate.bytes_per_token)
+    if estimate.tokens_per_second is None:
+        speed = (
+            f"- Decode speed: not estimated (the profile `{launch.target.name}` gives no memory bandwidth); "
+            f"each token reads {per_token} of weights."
+        )
+    else:
+        speed = (
+            f"- Decode speed: at most about **{estimate.tokens_per_second:.0f} tokens/s** on a {board}, an "
+            f"estimate, not a measurement: each token reads the model's {per_token} of weights, and "
+            f"the board reads memory at about {estimate.bandwidth:g} GB/s in a decode loop (the profile's "
+            f"`memory_bandwidth`). The KV cache adds {_mb(estimate.kv_bytes_per_1k)} per 1000 tokens "
+            f"of context, and a small model is held back by the CPU before memory; {_FOR_SCALE}."
+        )
+    if runtime_bytes is None:
+        size = (
+            f"- Install size: `{launch.home}` holds this folder ({_mb(model_bytes)} of it the model) and the "
+            f"runtime's packages, downloaded into `{launch.home}/.venv` on the first run "
+            "(`edgekit bundle --wheels` states their size)."
+        )
+    else:
+        size = (
+            f"- Install size: about {_mb(bundle_bytes + runtime_bytes)} in `{launch.home}`: this folder "
+            f"({_mb(bundle_bytes)}, the model {_mb(model_bytes)} and the wheels) and the runtime's packages "
+            f"unpacked into `.venv` ({_mb(runtime_bytes)} before their bytecode)."
+        )
+    return f"{speed}\n{size}"
+
+
+def readme(launch: Launch, flavor: str, has_wheels: bool, expect: str) -> str:
     source = "from `wheels/`, offline" if has_wheels else "downloaded from PyPI"
     wheels_row = "| `wheels/` | every pinned wheel, so the device installs offline |\n" if has_wheels else ""
     return _fill(
@@ -249,6 +309,7 @@ def readme(launch: Launch, flavor: str, has_wheels: bool) -> str:
         FLAVOR=flavor,
         WHEEL=launch.wheel,
         WHEELS_ROW=wheels_row,
+        EXPECT=expect,
         RUN_SH_ROW=(
             f"prepares `.venv` on its first run, then runs `edgekit serve {MODEL_FOLDER} --profile "
             f"{launch.target.name}` on 0.0.0.0:{PORT} (`EDGEKIT_HOST`, `EDGEKIT_PORT` change it)"

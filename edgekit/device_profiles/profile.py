@@ -82,6 +82,7 @@ class BundleSettings:
 
     python: str
     platform: str
+    memory_bandwidth: float = 0.0  # GB/s a decode loop reads at; 0: not known (no speed estimate)
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "lm_head_bits": (4, 8),
     "accuracy_level": (0, 1, 2, 3, 4),
 }
-_MINIMUM = {"threads": 0, "max_context": 16, "prefill_chunk": 1}
+_MINIMUM = {"threads": 0, "max_context": 16, "prefill_chunk": 1, "memory_bandwidth": 0}
 _PATTERNS = {"python": (r"3\.\d+", '"3.N"'), "platform": (r"manylinux_2_\d+_(aarch64|x86_64)", '"manylinux_2_N_ARCH"')}
 
 
@@ -120,6 +121,8 @@ def _check_value(path: Path | str, key: str, name: str, value: Any, kind: type) 
     if kind is bool or isinstance(value, bool):
         if not isinstance(value, bool) or kind is not bool:
             raise _fail(path, key, f"expected {kind.__name__}, got {value!r}")
+    elif kind is float and isinstance(value, int):
+        value = float(value)
     elif not isinstance(value, kind):
         raise _fail(path, key, f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
     if name in _CHOICES and value not in _CHOICES[name]:
@@ -153,7 +156,7 @@ def _table(path: Path | str, where: str, data: Any, cls: type) -> Any:
         elif annotation in ("Detect", "ExportSettings", "RuntimeSettings", "BundleSettings"):
             values[name] = _table(path, key, value, globals()[annotation])
         else:
-            kind = {"str": str, "int": int, "bool": bool}[annotation]
+            kind = {"str": str, "int": int, "float": float, "bool": bool}[annotation]
             values[name] = _check_value(path, key, name, value, kind)
     missing = [f.name for f in fields(cls) if f.name not in values and f.default is MISSING and f.name != "path"]
     if missing and where:
