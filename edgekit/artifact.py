@@ -27,6 +27,8 @@ FORMAT_VERSION = 1
 
 # ONNX artifacts (cpu / cuda flavors and the optimum graph)
 MODEL_FILE = "model.onnx"  # logits of the last position only: what generation needs
+# model.onnx's input [1]: logits for that many last positions (1, or a speculative verify's block)
+LOGITS_TO_KEEP = "logits_to_keep"
 ALL_LOGITS_FILE = "model.all_logits.onnx"  # every position (evaluation, onnxruntime-genai), same weights
 DATA_FILE = "model.onnx.data"
 GENAI_CONFIG_FILE = "genai_config.json"  # onnxruntime-genai's, so its runtime loads the same folder
