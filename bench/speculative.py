@@ -177,7 +177,7 @@ def main() -> None:
             for task in tasks:
                 order = ("off", "lookup") if r % 2 == 0 else ("lookup", "off")
                 for mode in order:
-                    runs.append(child([args.artifact, task, mode, str(args.threads), str(args.new_tokens)]))
+                    runs.append(child(["run", args.artifact, task, mode, str(args.threads), str(args.new_tokens)]))
                     print(f"round {r} {task} {mode}: {runs[-1]['tokens_per_s']:.1f} tokens/s", file=sys.stderr)
         result = {"rounds": args.rounds, "threads": args.threads, "summary": summarize(runs, tasks), "runs": runs}
         print(json.dumps(result["summary"], indent=1))

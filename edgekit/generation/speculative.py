@@ -126,7 +126,7 @@ class BlockSize:
     pauses for `pause` tokens (doubling, up to PAUSE_MOST, each time it fails again)."""
 
     START, MOST = 4, 8
-    COST = 0.1  # a verify pass's extra cost per proposed token, in decode steps (bench/speculative.py)
+    COST = 0.4  # a verify pass's extra cost per proposed token, in decode steps (ONNX cpu, SmolLM2: 0.3-0.6)
     WINDOW, JUDGE_AFTER = 8, 4
     PAUSE_FIRST, PAUSE_MOST = 16, 256
 
