@@ -163,8 +163,11 @@ class OnnxRuntime:
         self.reset()
         if self._last_logits is None:
             return self._run(ids)
-        if self._keeps_positions:
-            return self.verify(ids)
+        if self._keeps_positions:  # the generation graph asked for every position; the cache is left empty
+            try:
+                return self.verify(ids)
+            finally:
+                self.reset()
         # an older generation graph returns the last position only; evaluation loads its twin over the
         # same weight file, which returns every position, the first time it is asked for
         if self._every_position is None:
