@@ -113,6 +113,10 @@ def time_step(folder: Path, threads: int) -> float:
             binding.bind_ortvalue_input(i.name, value)
             binding.bind_ortvalue_output(i.name.replace("past_key_values", "present"), value)
             keep.append(value)
+        elif i.name == "logits_to_keep":  # graphs exported since speculative decoding
+            array = np.ones(1, np.int64)
+            binding.bind_cpu_input(i.name, array)
+            keep.append(array)
         else:  # input_ids, attention_mask
             array = np.full((1, 1), 300, np.int64) if i.name == "input_ids" else np.ones((1, PAST + 1), np.int64)
             binding.bind_cpu_input(i.name, array)

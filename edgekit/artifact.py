@@ -23,10 +23,15 @@ from .errors import EdgekitError
 from .spec import ModelSpec
 
 MANIFEST = "edgekit.json"
-FORMAT_VERSION = 1
+# 2: model.onnx takes `logits_to_keep` (speculative verify). Version 1 folders still load; an older
+# edgekit refuses a version 2 folder with one line instead of ONNX Runtime's missing-input error.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 # ONNX artifacts (cpu / cuda flavors and the optimum graph)
 MODEL_FILE = "model.onnx"  # logits of the last position only: what generation needs
+# model.onnx's input [1]: logits for that many last positions (1, or a speculative verify's block)
+LOGITS_TO_KEEP = "logits_to_keep"
 ALL_LOGITS_FILE = "model.all_logits.onnx"  # every position (evaluation, onnxruntime-genai), same weights
 DATA_FILE = "model.onnx.data"
 GENAI_CONFIG_FILE = "genai_config.json"  # onnxruntime-genai's, so its runtime loads the same folder
@@ -119,10 +124,10 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = MANIFEST) -> Manifest:
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise EdgekitError(
                 f"{where}: artifact format version {version} is not supported by this edgekit "
-                f"(reads version {FORMAT_VERSION}); re-export it or upgrade edgekit"
+                f"(reads versions {', '.join(map(str, READABLE_VERSIONS))}); re-export it or upgrade edgekit"
             )
         try:
             manifest = cls(
@@ -141,6 +146,7 @@ class Manifest:
                 vocab_size=int(data.get("vocab_size") or 0),
                 npu=data.get("npu"),
                 files=dict(data.get("files") or {}),
+                format_version=version,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise EdgekitError(

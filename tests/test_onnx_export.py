@@ -187,6 +187,7 @@ def test_manifest_of_the_previous_layout_still_loads(artifact, tmp_path):
     def previous(manifest):
         for key in ("graph", "model_type", "vocab_size", "npu"):
             del manifest[key]
+        manifest["format_version"] = 1
 
     _edited_manifest(artifact, tmp_path / "old", previous)
     loaded = load_runtime(tmp_path / "old")

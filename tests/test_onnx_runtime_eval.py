@@ -25,13 +25,14 @@ def test_logits_all_returns_every_position(tiny_artifact):
     assert np.isfinite(runtime.prefill(PROMPT[:3])).all()
 
 
-def test_logits_all_without_the_twin_says_so(tiny_artifact, tmp_path):
+def test_logits_all_needs_no_twin_since_the_graph_takes_logits_to_keep(tiny_artifact, tmp_path):
     for name in (MODEL_FILE, DATA_FILE):
         shutil.copy(tiny_artifact / name, tmp_path / name)
     spec = load_runtime(tiny_artifact, max_context=32).spec
     runtime = OnnxRuntime(tmp_path / MODEL_FILE, spec, 32)
-    with pytest.raises(EdgekitError, match=ALL_LOGITS_FILE):
-        runtime.logits_all(PROMPT)
+    twin = OnnxRuntime(tiny_artifact / ALL_LOGITS_FILE, spec, 32)
+    np.testing.assert_allclose(runtime.logits_all(PROMPT), twin.logits_all(PROMPT), rtol=1e-5, atol=1e-5)
+    assert runtime.length == 0
 
 
 def test_empty_prompt_is_one_clear_error(tiny_artifact):

@@ -169,6 +169,7 @@ def test_text_completions_with_echo_stop_and_seed(server, engine):
         ({"model": "m", "messages": QUESTION, "stream_options": {"include_usage": True}}, 400, "stream_options"),
         ({"model": "m", "messages": QUESTION, "tools": [{"type": "function"}]}, 400, "tool"),
         ({"model": "m", "messages": QUESTION, "frobnicate": 1}, 400, "unrecognized request argument"),
+        ({"model": "m", "messages": QUESTION, "speculation": "draft"}, 400, "'speculation'"),
         ({"model": "m", "messages": [{"role": "wizard", "content": "hi"}]}, 400, "role"),
         ({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400, "text parts"),
         ({"model": "m", "messages": [{"role": "user", "content": "word " * 9000}]}, 400, "context"),
@@ -180,6 +181,15 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, bod
     error = data["error"]
     assert needle in error["message"] and error["type"] == "invalid_request_error"
     _healthy(server)
+
+
+def test_a_request_asks_for_speculative_decoding_and_gets_the_same_answer(server):
+    body = {"model": "m", "prompt": list(range(3, 30)) * 3, "max_tokens": 24, "ignore_eos": True}
+    status, plain = _post(server, "/v1/completions", body)
+    assert status == 200 and plain["timings"]["proposed_tokens"] == 0
+    status, fast = _post(server, "/v1/completions", {**body, "speculation": "lookup"})
+    assert status == 200 and fast["choices"][0]["text"] == plain["choices"][0]["text"]
+    assert fast["timings"]["proposed_tokens"] > 0
 
 
 def test_prompt_over_the_context_is_a_context_length_error(server):

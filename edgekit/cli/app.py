@@ -92,6 +92,11 @@ def sampling_options(command: Callable) -> Callable:
             click.option("--seed", default=None, type=int, help="Same seed, same tokens."),
             click.option("--stop", multiple=True, help="A string that ends the answer (repeatable)."),
             click.option("--ignore-eos", is_flag=True, help="Generate max-new-tokens even past end-of-sequence."),
+            click.option(
+                "--lookup",
+                is_flag=True,
+                help="Speculative decoding by prompt lookup: faster when the answer copies the prompt; same output.",
+            ),
         ],
     )
 
@@ -109,6 +114,7 @@ def generation_config(**values: Any):
         seed=values["seed"],
         stop=tuple(values["stop"]),
         ignore_eos=values["ignore_eos"],
+        speculation="lookup" if values["lookup"] else "off",
     )
 
 

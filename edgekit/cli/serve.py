@@ -18,9 +18,21 @@ from .app import cli, load_options, model_argument
     type=click.IntRange(1),
     help="Requests that may wait for the model; more are answered 503 at once.",
 )
+@click.option(
+    "--lookup",
+    is_flag=True,
+    help="Speculative decoding by prompt lookup for every request (a request's \"speculation\" overrides it).",
+)
 @load_options
 def serve(
-    model: str, host: str, port: int, max_waiting: int, profile: str, threads: int | None, max_context: int | None
+    model: str,
+    host: str,
+    port: int,
+    max_waiting: int,
+    lookup: bool,
+    profile: str,
+    threads: int | None,
+    max_context: int | None,
 ) -> None:
     """Serve MODEL over HTTP: OpenAI's /v1/chat/completions, /v1/completions and /v1/models, a
     chat page at /, and /health (503 while the model loads).
@@ -36,6 +48,7 @@ def serve(
         port=port,
         profile=None if profile == "none" else profile,
         max_waiting=max_waiting,
+        speculation="lookup" if lookup else "off",
         log=lambda line: click.echo(line, err=True),
         **overrides,
     )

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifact import LOGITS_TO_KEEP
 from ..errors import EdgekitError
 from ..families import EMBED, FINAL_NORM, bias_of, embedding_scale, head_weight, layer_weights
 from ..quant.packing import MatMulNBitsWeights, to_matmulnbits
@@ -387,20 +388,24 @@ class DecoderBuilder:
             (delta,) = self.projection(prod, [lw.down], scope + "/mlp/down_proj")
         normed, _ = self.norm(delta, FINAL_NORM, "/model/norm", residual)
         if not opt.all_logits:
+            # the last `logits_to_keep` positions: 1 to decode and prefill, every position it runs
+            # for a speculative verify step
+            keep = g.input(LOGITS_TO_KEEP, TensorProto.INT64, [1])
+            (start,) = g.op("Neg", [keep], "/model/kept_positions/start")
             (normed,) = g.op(
                 "Slice",
                 [
                     normed,
-                    g.const("const/last_start", np.array([-1], np.int64)),
+                    start,
                     g.const("const/last_end", np.array([np.iinfo(np.int64).max], np.int64)),
                     g.const("const/axes_1", np.array([1], np.int64)),
                 ],
-                "/model/last_position",
+                "/model/kept_positions",
             )
         head = head_weight(s)
         logits = self.matmul(normed, head, self.qm.quantized[head], "/lm_head/MatMul")
         if self.float is np.float16:
             (logits,) = g.op("Cast", [logits], "/lm_head/Cast", to=TensorProto.FLOAT)
         (out,) = g.op("Identity", [logits], "/lm_head/output", outputs=["logits"])
-        g.output(out, TensorProto.FLOAT, ["batch", "sequence" if opt.all_logits else 1, s.vocab_size])
+        g.output(out, TensorProto.FLOAT, ["batch", "sequence" if opt.all_logits else "kept_positions", s.vocab_size])
         return g

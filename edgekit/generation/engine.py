@@ -17,6 +17,7 @@ from ..errors import EdgekitError
 from .constraints import Constraint, ConstraintCompiler, ConstraintError, TokenMask, constraint_from_options
 from .loader import DEFAULT_PROVIDERS, Loaded, load_runtime
 from .sampling import Sampler, SamplingParams
+from .speculative import Speculator, check_speculation
 from .text_stream import IncrementalDecoder, StopStrings
 from .tools import ToolCall, ToolCallGuide, ToolRequest, tool_request
 
@@ -45,10 +46,14 @@ class GenerationConfig:
     regex: str | None = None
     choices: tuple[str, ...] | None = None
     grammar: str | None = None  # Lark or llama.cpp's GBNF
+    # "lookup": propose tokens from the prompt and the text so far, verify them in one pass
+    # (speculative decoding: the same tokens greedy, the same distribution sampling); "off"
+    speculation: str = "off"
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise EdgekitError(f"max_new_tokens={self.max_new_tokens} must be at least 1")
+        check_speculation(self.speculation)
         _ = self.sampling  # validates the sampling fields
         _ = self.constraint  # checks the constraint options' shape (compiling waits for a request)
 
@@ -82,9 +87,13 @@ class Stats:
     prompt_seconds: float = 0.0
     generated_tokens: int = 0
     generation_seconds: float = 0.0
-    decode_steps: int = 0
+    decode_steps: int = 0  # runs of the model after the prompt (a decode step or a verify pass)
+    decoded_tokens: int = 0  # tokens those runs produced (the first token comes from the prompt's)
     time_to_first_token: float = 0.0
     peak_memory_mb: float | None = None
+    speculation: str = "off"  # the mode used, or "off: why" when one was asked for and could not run
+    proposed_tokens: int = 0  # speculative decoding: tokens proposed, and accepted by the model
+    accepted_tokens: int = 0
 
     @property
     def prompt_tokens_per_s(self) -> float:
@@ -93,9 +102,9 @@ class Stats:
 
     @property
     def generation_tokens_per_s(self) -> float:
-        # the first token comes from the prompt pass; each one after it costs a decode step
-        steps = self.decode_steps
-        return steps / self.generation_seconds if steps > 0 and self.generation_seconds > 0 else 0.0
+        # the first token comes from the prompt pass; the ones after it from decode steps or verify passes
+        tokens = self.decoded_tokens
+        return tokens / self.generation_seconds if tokens > 0 and self.generation_seconds > 0 else 0.0
 
     @property
     def usage(self) -> dict[str, int]:
@@ -111,10 +120,13 @@ class Stats:
         }
 
     def summary(self) -> str:
-        return (
+        line = (
             f"prompt: {self.prompt_tokens} tokens, {self.prompt_tokens_per_s:.1f} tokens/s | "
             f"generation: {self.generated_tokens} tokens, {self.generation_tokens_per_s:.1f} tokens/s"
         )
+        if self.speculation != "off":
+            line += f" | {self.speculation}: {self.accepted_tokens} of {self.proposed_tokens} proposed tokens accepted"
+        return line
 
 
 @dataclass
@@ -296,6 +308,18 @@ class Engine:
         self._cached = list(ids)
         return self.runtime.prefill(ids[reused:]), reused
 
+    def _speculator(
+        self, config: GenerationConfig, guide: TokenMask | ToolCallGuide | None, sampler: Sampler
+    ) -> tuple[Speculator | None, str]:
+        """The speculator of this answer (None: token by token) and the mode the stats report."""
+        if config.speculation == "off":
+            return None, "off"
+        if guide is not None:
+            return None, "off: constrained decoding runs token by token"
+        if self.runtime.why_no_verify:
+            return None, f"off: {self.runtime.why_no_verify}"
+        return Speculator(self.runtime, sampler), config.speculation
+
     def _generate(self, ids: list[int], config: GenerationConfig, tools: ToolRequest | None = None) -> Iterator[Chunk]:
         ids = self._fit(ids, config)
         budget = min(config.max_new_tokens, self.max_context - len(ids) + 1)
@@ -306,47 +330,62 @@ class Engine:
         text = IncrementalDecoder(self.tokenizer.decode, ids)
         stops = StopStrings(config.stop)
         stats = Stats(prompt_tokens=len(ids))
+        speculator, stats.speculation = self._speculator(config, guide, sampler)
         history = list(ids)
         out: list[int] = []
         pending: list[int] = []  # ids whose text is still held back
         finish = "length"
         start = time.perf_counter()
+
+        def choose(logits):
+            return sampler(guide.apply(logits) if guide is not None else logits, history)
+
         try:
             logits, stats.cached_prompt_tokens = self._prefill(ids)
             stats.prompt_seconds = time.perf_counter() - start
+            block = [choose(logits)]  # tokens chosen by one run of the model, taken in order
+            stats.time_to_first_token = time.perf_counter() - start
             decode_start = time.perf_counter()
-            while True:
-                if guide is not None:
-                    logits = guide.apply(logits)
-                token = sampler(logits, history)
-                if not out:
-                    stats.time_to_first_token = time.perf_counter() - start
-                    decode_start = time.perf_counter()
-                if token in eos:
-                    finish = "stop"
+            done = False
+            while not done:
+                for token in block:
+                    if stats.decode_steps:  # not the first token, which the prompt's run gave
+                        stats.decoded_tokens += 1
+                    done = True
+                    if token in eos:
+                        finish = "stop"
+                        break
+                    out.append(token)
+                    history.append(token)
+                    pending.append(token)
+                    if guide is not None and not guide.accept(token):
+                        raise ConstraintError(f"the constraint refused token {token}: {guide.error}")
+                    delta = text.push(token)
+                    shown = stops.push(calls_guide.visible(delta) if calls_guide is not None else delta)
+                    if stops.hit is not None:
+                        finish = "stop"
+                        break
+                    if shown:
+                        yield Chunk(shown, pending)
+                        pending = []
+                    if guide is not None and guide.finished:  # nothing but end-of-sequence can follow
+                        finish = "stop"
+                        break
+                    if len(out) >= budget:
+                        break
+                    done = False
+                if done:
                     break
-                out.append(token)
-                history.append(token)
-                pending.append(token)
-                if guide is not None and not guide.accept(token):
-                    raise ConstraintError(f"the constraint refused token {token}: {guide.error}")
-                delta = text.push(token)
-                shown = stops.push(calls_guide.visible(delta) if calls_guide is not None else delta)
-                if stops.hit is not None:
-                    finish = "stop"
-                    break
-                if shown:
-                    yield Chunk(shown, pending)
-                    pending = []
-                if guide is not None and guide.finished:  # nothing but end-of-sequence can follow
-                    finish = "stop"
-                    break
-                if len(out) >= budget:
-                    break
-                logits = self.runtime.decode(token)
-                self._cached.append(token)
+                # the next run: a verify pass over proposed tokens, or one decode step
+                room = min(budget - len(out), self.max_context - self.runtime.length)
+                block = speculator.step(history, room) if speculator is not None else None
+                if block is None:
+                    block = [choose(self.runtime.decode(history[-1]))]
+                self._cached += [history[-1], *block[:-1]]  # the last token and the accepted proposals
                 stats.decode_steps += 1
             stats.generation_seconds = time.perf_counter() - decode_start
+            if speculator is not None:
+                stats.proposed_tokens, stats.accepted_tokens = speculator.proposed, speculator.accepted
         except BaseException:
             self._cached = []  # a generation stopped half way leaves the cache in an unknown state
             self.runtime.reset()

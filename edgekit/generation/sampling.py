@@ -115,13 +115,31 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
         p = self.params
-        logits = penalize_generated(logits, self.generated, p.presence_penalty, p.frequency_penalty)
-        logits = penalize_repeats(logits, history, p.repetition_penalty)
-        token = int(np.argmax(logits)) if p.greedy else self._draw(logits)
-        self.generated[token] = self.generated.get(token, 0) + 1
+        if p.greedy:
+            token = int(np.argmax(self._penalized(logits, history)))
+        else:
+            ids, probs = self.distribution(logits, history)
+            token = self.draw(ids, probs)
+        self.count(token)
         return token
 
-    def _draw(self, logits: np.ndarray) -> int:
-        ids, probs = candidates(logits, self.params)
+    def distribution(self, logits: np.ndarray, history: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """The distribution the next token is drawn from, after every penalty and filter: token ids
+        and their probabilities (greedy: the most likely token with probability 1)."""
+        logits = self._penalized(logits, history)
+        if self.params.greedy:
+            return np.array([int(np.argmax(logits))]), np.ones(1)
+        return candidates(logits, self.params)
+
+    def draw(self, ids: np.ndarray, probs: np.ndarray) -> int:
         index = int(np.searchsorted(np.cumsum(probs), self.rng.random(), side="right"))
         return int(ids[min(index, len(ids) - 1)])
+
+    def count(self, token: int) -> None:
+        """Record a chosen token (the presence and frequency penalties count them)."""
+        self.generated[token] = self.generated.get(token, 0) + 1
+
+    def _penalized(self, logits: np.ndarray, history: Sequence[int]) -> np.ndarray:
+        p = self.params
+        logits = penalize_generated(logits, self.generated, p.presence_penalty, p.frequency_penalty)
+        return penalize_repeats(logits, history, p.repetition_penalty)

@@ -13,12 +13,19 @@ from ..errors import EdgekitError
 class Runtime(Protocol):
     max_context: int
     length: int  # positions held in the KV cache
+    # None when verify() works; else why not (the generation layer then decodes token by token)
+    why_no_verify: str | None
 
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
         """Run the prompt (after what the cache holds); logits of its last position [vocab]."""
 
     def decode(self, token: int) -> np.ndarray:
         """One cached step; logits [vocab]."""
+
+    def verify(self, ids: Sequence[int]) -> np.ndarray:
+        """Run ids after the cache in one pass, storing their keys/values; logits of every one of
+        them [len(ids), vocab]. Speculative decoding runs the last token and the proposed ones, then
+        trims the cache to what it accepts."""
 
     def logits_all(self, ids: Sequence[int]) -> np.ndarray:
         """Logits for every position of ids [T, vocab], from an empty cache (for evaluation)."""

@@ -107,6 +107,7 @@ class MlxRuntime:
         s = self.spec
         self.caches = [KVCache(self.max_context, s.num_kv_heads, s.head_dim, self.dtype) for _ in range(s.num_layers)]
         self._step = mx.compile(self.model.step)
+        self.why_no_verify = None
 
     def _settings(self, module: str) -> tuple[int, int]:
         return module_settings(self.quantization, module, self.folder / "config.json")
@@ -141,6 +142,10 @@ class MlxRuntime:
         for cache, k, v in zip(self.caches, keys, values, strict=True):
             cache.keys, cache.values, cache.offset = k, v, offset + 1
         return np.array(logits.astype(mx.float32))[-1]
+
+    def verify(self, ids: Sequence[int]) -> np.ndarray:
+        check_room(self.length, len(ids), self.max_context)
+        return self._run(ids, last_only=False)
 
     def logits_all(self, ids: Sequence[int]) -> np.ndarray:
         self.reset()

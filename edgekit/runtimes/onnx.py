@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact import ALL_LOGITS_FILE
+from ..artifact import ALL_LOGITS_FILE, LOGITS_TO_KEEP
 from ..errors import EdgekitError
 from ..spec import ModelSpec
 from .base import check_room, prefill_in_chunks
@@ -91,9 +91,22 @@ class OnnxRuntime:
         # The generation graph returns the last position only: its logits land in one preallocated
         # buffer (a numpy array ONNX Runtime writes into), which saves binding a new output per token.
         self._last_logits = None
-        if outputs[self._logits_index].shape[1] == 1:
+        self._last_logits_value = None
+        if outputs[self._logits_index].shape[1] != "sequence":
             self._last_logits = np.zeros((1, 1, spec.vocab_size), dtype=np.float32)
-            self.binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self._last_logits))
+            self._last_logits_value = ort.OrtValue.ortvalue_from_numpy(self._last_logits)
+            self.binding.bind_ortvalue_output("logits", self._last_logits_value)
+        # graphs exported since the verify step take how many last positions get logits
+        self._keeps_positions = LOGITS_TO_KEEP in {i.name for i in self.session.get_inputs()}
+        self.why_no_verify = (
+            None
+            if self._keeps_positions or self._last_logits is None
+            else f"{model_path.parent}: its graph returns the last position only (exported before "
+            "speculative decoding); re-export it to verify proposed tokens"
+        )
+        if self._keeps_positions:
+            self._keep_one = np.ones(1, dtype=np.int64)
+            self.binding.bind_cpu_input(LOGITS_TO_KEEP, self._keep_one)
         for n, (k, v) in enumerate(self.cache):
             self.binding.bind_ortvalue_input(f"past_key_values.{n}.key", k)
             self.binding.bind_ortvalue_input(f"past_key_values.{n}.value", v)
@@ -123,6 +136,26 @@ class OnnxRuntime:
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
         return prefill_in_chunks(self, ids, self.prefill_chunk, self._run)
 
+    def verify(self, ids: Sequence[int]) -> np.ndarray:
+        """Every position's logits [len(ids), vocab] of ids run after the cache in one pass: the
+        graph is asked for len(ids) positions, written into a buffer of that size, then set back to
+        one position and the decode buffer."""
+        if self._last_logits is None:  # a graph that returns every position anyway
+            return self._run(ids)
+        if self.why_no_verify:
+            raise EdgekitError(self.why_no_verify)
+        import onnxruntime as ort
+
+        logits = np.empty((1, len(ids), self.spec.vocab_size), dtype=np.float32)
+        self.binding.bind_cpu_input(LOGITS_TO_KEEP, np.array([len(ids)], dtype=np.int64))
+        self.binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
+        try:
+            self._run(ids)
+        finally:
+            self.binding.bind_cpu_input(LOGITS_TO_KEEP, self._keep_one)
+            self.binding.bind_ortvalue_output("logits", self._last_logits_value)
+        return logits[0]
+
     def decode(self, token: int) -> np.ndarray:
         return self._run([token])[-1]
 
@@ -130,7 +163,12 @@ class OnnxRuntime:
         self.reset()
         if self._last_logits is None:
             return self._run(ids)
-        # the generation graph returns the last position only; evaluation loads its twin over the
+        if self._keeps_positions:  # the generation graph asked for every position; the cache is left empty
+            try:
+                return self.verify(ids)
+            finally:
+                self.reset()
+        # an older generation graph returns the last position only; evaluation loads its twin over the
         # same weight file, which returns every position, the first time it is asked for
         if self._every_position is None:
             path, spec, providers, threads, kv_dtype, huge_pages = self._options

@@ -93,6 +93,10 @@ class NpuRuntime:
         self.max_context = min(max_context or self.ctx, self.ctx)
         self.mask_value = np.float32(npu["mask_value"])
         self.length = 0
+        self.why_no_verify = (
+            "the npu flavor's graphs have static shapes: verifying a few proposed tokens would run a "
+            f"whole {self.chunk}-token prefill chunk, so it decodes token by token"
+        )
         if sessions is None:
             graphs = npu.get("context_graphs") or npu["graphs"]
             sessions = (

@@ -54,6 +54,7 @@ class OptimumRuntime:
             self.empty[name] = np.zeros(dims, dtype=_DTYPES.get(inputs[name].type, np.float32))
             self.seq_axis = axis[0]
         self.extra_outputs = list(extra_outputs)
+        self.why_no_verify = None
         self.last_extra: dict[str, np.ndarray] = {}
         self.reset()
 
@@ -87,6 +88,9 @@ class OptimumRuntime:
 
     def decode(self, token: int) -> np.ndarray:
         return self._run([token])[-1]
+
+    def verify(self, ids: Sequence[int]) -> np.ndarray:
+        return self._run(ids)
 
     def logits_all(self, ids: Sequence[int]) -> np.ndarray:
         self.reset()

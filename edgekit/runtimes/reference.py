@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..reference import ReferenceModel
-from .base import prefill_in_chunks
+from .base import check_room, prefill_in_chunks
 
 
 class ReferenceRuntime:
@@ -16,6 +16,7 @@ class ReferenceRuntime:
         self.max_context = max_context
         self.prefill_chunk = max_context  # the whole prompt in one run
         self.cache = model.new_cache()
+        self.why_no_verify = None
 
     @property
     def length(self) -> int:
@@ -29,6 +30,10 @@ class ReferenceRuntime:
 
     def decode(self, token: int) -> np.ndarray:
         return self._run([token])[-1]
+
+    def verify(self, ids: Sequence[int]) -> np.ndarray:
+        check_room(self.length, len(ids), self.max_context)
+        return self.model.forward(ids, self.cache)
 
     def logits_all(self, ids: Sequence[int]) -> np.ndarray:
         self.reset()

@@ -13,6 +13,7 @@ from typing import Any
 from ..errors import EdgekitError, MissingDependencyError
 from ..generation.constraints import ConstraintError, constraint_from_options
 from ..generation.engine import Stats
+from ..generation.speculative import SPECULATION_MODES
 from ..generation.tools import ToolCall, ToolError, tool_request
 
 MAX_STOP_STRINGS = 4
@@ -78,6 +79,7 @@ _COMMON: dict[str, tuple[tuple[type, ...], Callable[[Any], bool] | None, str]] =
     "min_p": (_NUM, lambda v: 0 <= v < 1, "in [0, 1)"),
     "repetition_penalty": (_NUM, lambda v: v > 0, "> 0"),
     "ignore_eos": (_BOOL, None, ""),
+    "speculation": (_STR, lambda v: v in SPECULATION_MODES, f"one of {', '.join(SPECULATION_MODES)}"),
 }
 _CHAT = {
     **_COMMON,
@@ -112,6 +114,7 @@ _OPTION_NAMES = {
     "frequency_penalty": "frequency_penalty",
     "seed": "seed",
     "ignore_eos": "ignore_eos",
+    "speculation": "speculation",
 }
 
 
@@ -369,6 +372,8 @@ def timings(stats: Stats) -> dict[str, float]:
         "generation_tokens_per_s": round(stats.generation_tokens_per_s, 2),
         "time_to_first_token_ms": round(stats.time_to_first_token * 1000, 1),
         "cached_prompt_tokens": stats.cached_prompt_tokens,
+        "proposed_tokens": stats.proposed_tokens,
+        "accepted_tokens": stats.accepted_tokens,
     }
 
 

@@ -412,18 +412,19 @@ def serve(
     profile: str | None = "auto",
     max_waiting: int = 32,
     log: Callable[[str], None] | None = None,
+    speculation: str = "off",
     **load_options: Any,
 ) -> None:
     """Listen at once (GET /health answers 503 while loading), load the model, serve until
     Ctrl-C or SIGTERM. A model that fails to load stops the server and raises its error."""
     import signal
 
-    from ..generation.engine import load
+    from ..generation.engine import GenerationConfig, load
 
     server, thread = start(host, port, max_waiting, log)
     server.log(f"listening on {server.url}; loading {artifact}")
     try:
-        engine = load(artifact, profile=profile, **load_options)
+        engine = load(artifact, profile=profile, generation=GenerationConfig(speculation=speculation), **load_options)
     except BaseException as exc:
         server.load_error = str(exc)
         server.shutdown()
