@@ -38,7 +38,7 @@ TYPOS = (
     .replace("replaced", "replased")
     .replace("weather", "wether")
 )
-CODE = '''def summarize(orders):
+CODE = """def summarize(orders):
     total = 0
     count = 0
     for order in orders:
@@ -55,7 +55,7 @@ def overdue(orders, today):
         if order["status"] != "paid" and order["due"] < today:
             late.append(order["id"])
     return late
-'''
+"""
 
 TASKS = {
     "copy: correct the spelling": (

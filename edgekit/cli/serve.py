@@ -21,7 +21,7 @@ from .app import cli, load_options, model_argument
 @click.option(
     "--lookup",
     is_flag=True,
-    help="Speculative decoding by prompt lookup for every request (a request's \"speculation\" overrides it).",
+    help='Speculative decoding by prompt lookup for every request (a request\'s "speculation" overrides it).',
 )
 @load_options
 def serve(
