@@ -99,8 +99,11 @@ def quantize_gptq(
     block: int = 128,
     act_order: bool = True,
     factor: GptqFactor | None = None,
+    weighted_grid: bool = False,
 ) -> QuantizedTensor:
-    """factor: gptq_factor(hessian, group_size, damp, act_order), when several blocks of rows share it."""
+    """factor: gptq_factor(hessian, group_size, damp, act_order), when several blocks of rows share it.
+    weighted_grid: each static group's range is searched weighting every input's error by its
+    activation energy (the Hessian's diagonal), not uniformly."""
     factor = factor or gptq_factor(hessian, group_size, damp, act_order)
     n, k = w.shape
     g = group_size
@@ -112,7 +115,14 @@ def quantize_gptq(
         padded[:, dead] = 0.0
 
     # static groups, [n, groups]; norm 2.4 as in GPTQ's own grid search
-    scales, zeros = searched_params(grouped(padded if padded is not None else w, g), bits, symmetric, norm=2.4)
+    importance = None
+    if weighted_grid:
+        energy = np.zeros(kp, np.float32)
+        energy[:k] = np.diag(hessian)
+        importance = energy.reshape(1, -1, g)
+    scales, zeros = searched_params(
+        grouped(padded if padded is not None else w, g), bits, symmetric, importance, norm=2.4
+    )
     if zeros is None:
         zeros = np.full(scales.shape, 2 ** (bits - 1), np.float32)
     weights = (padded if padded is not None else np.asarray(w, dtype=np.float32))[:, order]  # visiting order
