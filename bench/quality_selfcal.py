@@ -13,6 +13,7 @@ recipe, model and text, so runs add up into one table.
     python bench/quality_selfcal.py default --calibration FILE   # calibrated on a file instead
     python bench/quality_selfcal.py --sensitivity                # which tensors lose the most
 
+The edgekit measured is this checkout's (the script puts its root first on sys.path).
 Self-generated calibration is cached per model under out/cache/ (it is deterministic: seed 0).
 """
 
@@ -26,6 +27,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's edgekit, not an installed one
 
 from edgekit.evaluate import evaluate
 from edgekit.quant.calibration import calibration_sequences, read_text, token_windows
@@ -63,9 +66,16 @@ SENSITIVITY: dict[str, dict[str, Any]] = {
         f"only {cls} 4-bit": {**_8BIT_REST, "overrides": {f"*.{cls}": _4BIT_AWQ_GPTQ}}
         for cls in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     },
-    "only embedding 4-bit": {**_8BIT_REST, "embedding_bits": 4, "overrides": {"model.embed_tokens": {"algorithm": "gptq"}}},
+    "only embedding 4-bit": {
+        **_8BIT_REST,
+        "embedding_bits": 4,
+        "overrides": {"model.embed_tokens": {"algorithm": "gptq"}},
+    },
     "only layers 0-2 4-bit": {**_8BIT_REST, "overrides": {f"model.layers.{n}.*": _4BIT_AWQ_GPTQ for n in range(3)}},
-    "only layers 27-29 4-bit": {**_8BIT_REST, "overrides": {f"model.layers.{n}.*": _4BIT_AWQ_GPTQ for n in range(27, 30)}},
+    "only layers 27-29 4-bit": {
+        **_8BIT_REST,
+        "overrides": {f"model.layers.{n}.*": _4BIT_AWQ_GPTQ for n in range(27, 30)},
+    },
 }
 
 
@@ -98,15 +108,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipes", nargs="*", help=f"names from RECIPES: {', '.join(RECIPES)}")
     parser.add_argument("--sensitivity", action="store_true", help="the SENSITIVITY recipes")
-    parser.add_argument("--json", action="append", default=[], metavar="LABEL=CHANGES",
-                        help="a recipe given as JSON changes to the default")
+    parser.add_argument(
+        "--json",
+        action="append",
+        default=[],
+        metavar="LABEL=CHANGES",
+        help="a recipe given as JSON changes to the default",
+    )
     parser.add_argument("--models", default="smollm2,off-grid")
     parser.add_argument("--texts", default="license,textwrap")
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--windows", type=int, default=4)
     parser.add_argument("--calibration", help="a calibration text file instead of self-generated text")
     parser.add_argument("--gptq-damp", type=float, help="GPTQ's damping (fraction of the mean Hessian diagonal)")
-    parser.add_argument("--gptq-weighted-grid", action="store_true", help="GPTQ's static-group ranges weighted by diag(H)")
+    parser.add_argument(
+        "--gptq-plain-grid", action="store_true", help="GPTQ's static-group ranges searched unweighted (before)"
+    )
     parser.add_argument("-o", "--output", default="bench/results/quality_selfcal.json")
     args = parser.parse_args()
 
@@ -125,22 +142,31 @@ def main() -> None:
         gptq.gptq_factor.__defaults__ = (args.gptq_damp, True)
         gptq.quantize_gptq.__kwdefaults__["damp"] = args.gptq_damp
         table = {f"{label} damp {args.gptq_damp}": changes for label, changes in table.items()}
-    if args.gptq_weighted_grid:
+    if args.gptq_plain_grid:
         from edgekit.quant import gptq
 
-        gptq.quantize_gptq.__kwdefaults__["weighted_grid"] = True
-        table = {f"{label} weighted grid": changes for label, changes in table.items()}
+        gptq.quantize_gptq.__kwdefaults__["weighted_grid"] = False
+        table = {f"{label} plain grid": changes for label, changes in table.items()}
     output = Path(args.output)
     results = json.loads(output.read_text()) if output.is_file() else {"rows": []}
     source = open_checkpoint(smollm2_gguf())
     tokenizer = source.tokenizer.load()
-    texts = {t: token_windows(tokenizer.encode(read_text(TEXTS[t])).ids, args.window, args.windows)
-             for t in args.texts.split(",")}
+    texts = {
+        t: token_windows(tokenizer.encode(read_text(TEXTS[t])).ids, args.window, args.windows)
+        for t in args.texts.split(",")
+    }
     calibration_name = Path(args.calibration).name if args.calibration else "self-generated"
-    print(f"texts: {', '.join(f'{t} ({sum(len(w) - 1 for w in ws)} tokens)' for t, ws in texts.items())}; "
-          f"calibration: {calibration_name}", flush=True)
-    print("| recipe | model | bits/weight | MB | " + " | ".join(f"x source {t} | KL {t}" for t in texts)
-          + " | quantize s |", flush=True)
+    print(
+        f"texts: {', '.join(f'{t} ({sum(len(w) - 1 for w in ws)} tokens)' for t, ws in texts.items())}; "
+        f"calibration: {calibration_name}",
+        flush=True,
+    )
+    print(
+        "| recipe | model | bits/weight | MB | "
+        + " | ".join(f"x source {t} | KL {t}" for t in texts)
+        + " | quantize s |",
+        flush=True,
+    )
     for model_name in args.models.split(","):
         checkpoint = source if model_name == "smollm2" else off_grid_copy(source)
         reference = ReferenceModel.from_checkpoint(checkpoint)
@@ -180,8 +206,12 @@ def main() -> None:
                 }
                 results["rows"].append(row)
                 cells.append(f"{row['ratio']:.3f} | {q.kl:.4f}")
-            print(f"| {label} | {model_name} | {qm.bits_per_weight:.2f} | {qm.nbytes / 1e6:.1f} | "
-                  + " | ".join(cells) + f" | {qm.seconds:.0f} |", flush=True)
+            print(
+                f"| {label} | {model_name} | {qm.bits_per_weight:.2f} | {qm.nbytes / 1e6:.1f} | "
+                + " | ".join(cells)
+                + f" | {qm.seconds:.0f} |",
+                flush=True,
+            )
             output.parent.mkdir(parents=True, exist_ok=True)
             output.write_text(json.dumps(results, indent=1))
             del qm, model
