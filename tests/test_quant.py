@@ -67,6 +67,18 @@ def test_calibrated_algorithms_beat_rtn_on_output_error(layer_problem, group, sy
 
 
 @pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_gptq_weighted_grid_lowers_the_output_error(layer_problem, group, symmetric):
+    """Static-group ranges searched with each input weighted by its activation energy (the default)
+    against every input alike."""
+    w, h = layer_problem
+    plain = quantize_gptq(w, h, 4, group, symmetric, weighted_grid=False)
+    weighted = quantize_gptq(w, h, 4, group, symmetric)
+    assert weighted.shape == plain.shape and weighted.codes.shape == plain.codes.shape
+    assert output_error(w, weighted.dequantize(), h) < 0.95 * output_error(w, plain.dequantize(), h)
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
 def test_hqq_beats_rtn_on_its_objective(group):
     w = np.random.default_rng(2).standard_t(3, (64, 256)).astype(np.float32)  # heavy tails
     for symmetric in (False, True):

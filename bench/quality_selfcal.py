@@ -1,0 +1,221 @@
+"""Quantization quality as a new user gets it: no calibration file (the export calibrates on text
+the model samples itself), measured on two held-out texts of different kinds, on SmolLM2 and on its
+off-grid copy, through the numpy reference on the dequantized weights.
+
+Texts (offline, on every machine with this Python): Python's LICENSE.txt (legal prose) and the
+standard library's textwrap.py (code), 4 windows of 512 tokens each by default; the same texts as
+README's `edgekit eval` example. Per recipe and model: perplexity ratio against the unquantized
+model, KL divergence and top-1 agreement, bits/weight of the quantized model (every weight byte
+over the parameter count), seconds to quantize. Rows are appended to the JSON file (-o), one per
+recipe, model and text, so runs add up into one table.
+
+    python bench/quality_selfcal.py default awq-gptq-g32          # recipes named in RECIPES
+    python bench/quality_selfcal.py default --calibration FILE   # calibrated on a file instead
+    python bench/quality_selfcal.py --sensitivity                # which tensors lose the most
+
+The edgekit measured is this checkout's (the script puts its root first on sys.path).
+Self-generated calibration is cached per model under out/cache/ (it is deterministic: seed 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's edgekit, not an installed one
+
+from edgekit.evaluate import evaluate
+from edgekit.quant.calibration import calibration_sequences, read_text, token_windows
+from edgekit.quant.pipeline import quantize_checkpoint
+from edgekit.quant.recipe import DEFAULT_RECIPE
+from edgekit.reference import ReferenceModel
+from edgekit.sources import open_checkpoint
+from edgekit.testing.demo import smollm2_gguf
+from edgekit.testing.offgrid import off_grid_copy
+
+PYTHON_LIB = Path(sys.base_prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+TEXTS = {"license": PYTHON_LIB / "LICENSE.txt", "textwrap": PYTHON_LIB / "textwrap.py"}
+CACHE = Path("out/cache")
+
+_8BIT_REST = {"algorithm": "rtn", "bits": 8, "embedding_bits": 8, "overrides": {}}
+_4BIT_AWQ_GPTQ = {"bits": 4, "group_size": 128, "algorithm": "awq-gptq", "symmetric": False}
+
+# label -> changes to DEFAULT_RECIPE
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "awq-gptq-g64": {"group_size": 64},
+    "awq-gptq-g32": {"group_size": 32},
+    "rtn-8bit": {"algorithm": "rtn", "bits": 8, "embedding_bits": 8},
+    "v-8bit": {"overrides": {"*.v_proj": {"bits": 8}}},
+    "v-down-8bit": {"overrides": {"*.v_proj": {"bits": 8}, "*.down_proj": {"bits": 8}}},
+    "embedding-8bit": {"embedding_bits": 8},
+    "embedding-g32": {"embedding_group_size": 32},
+    "calibration-64x512": {"calibration_samples": 64, "calibration_window": 512},
+}
+
+# sensitivity: everything 8-bit round-to-nearest (x1.004 of the source) except one tensor class,
+# which gets the default's 4-bit AWQ+GPTQ in blocks of 128 (the embedding its blocks of 64)
+SENSITIVITY: dict[str, dict[str, Any]] = {
+    **{
+        f"only {cls} 4-bit": {**_8BIT_REST, "overrides": {f"*.{cls}": _4BIT_AWQ_GPTQ}}
+        for cls in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    },
+    "only embedding 4-bit": {
+        **_8BIT_REST,
+        "embedding_bits": 4,
+        "overrides": {"model.embed_tokens": {"algorithm": "gptq"}},
+    },
+    "only layers 0-2 4-bit": {**_8BIT_REST, "overrides": {f"model.layers.{n}.*": _4BIT_AWQ_GPTQ for n in range(3)}},
+    "only layers 27-29 4-bit": {
+        **_8BIT_REST,
+        "overrides": {f"model.layers.{n}.*": _4BIT_AWQ_GPTQ for n in range(27, 30)},
+    },
+}
+
+
+def self_calibration(checkpoint, name: str, recipe, reference) -> list[list[int]]:
+    path = CACHE / f"selfcal-{name}-{recipe.calibration_samples}x{recipe.calibration_window}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    sequences = calibration_sequences(
+        checkpoint, recipe.calibration_window, recipe.calibration_samples, None, reference
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(sequences))
+    return sequences
+
+
+class Memo:
+    """The source's logits per window, computed once for every recipe."""
+
+    def __init__(self, forward):
+        self.forward, self.saved = forward, {}
+
+    def __call__(self, ids):
+        key = tuple(ids)
+        if key not in self.saved:
+            self.saved[key] = self.forward(ids)
+        return self.saved[key]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipes", nargs="*", help=f"names from RECIPES: {', '.join(RECIPES)}")
+    parser.add_argument("--sensitivity", action="store_true", help="the SENSITIVITY recipes")
+    parser.add_argument(
+        "--json",
+        action="append",
+        default=[],
+        metavar="LABEL=CHANGES",
+        help="a recipe given as JSON changes to the default",
+    )
+    parser.add_argument("--models", default="smollm2,off-grid")
+    parser.add_argument("--texts", default="license,textwrap")
+    parser.add_argument("--window", type=int, default=512)
+    parser.add_argument("--windows", type=int, default=4)
+    parser.add_argument("--calibration", help="a calibration text file instead of self-generated text")
+    parser.add_argument("--gptq-damp", type=float, help="GPTQ's damping (fraction of the mean Hessian diagonal)")
+    parser.add_argument(
+        "--gptq-plain-grid", action="store_true", help="GPTQ's static-group ranges searched unweighted (before)"
+    )
+    parser.add_argument("-o", "--output", default="bench/results/quality_selfcal.json")
+    args = parser.parse_args()
+
+    table = {name: RECIPES[name] for name in args.recipes}
+    if args.sensitivity:
+        table.update(SENSITIVITY)
+    for item in args.json:
+        label, _, changes = item.partition("=")
+        table[label] = json.loads(changes)
+    if not table:
+        parser.error("name at least one recipe, --json or --sensitivity")
+
+    if args.gptq_damp is not None:  # an experiment's knob: every GPTQ call below takes this damping
+        from edgekit.quant import gptq
+
+        gptq.gptq_factor.__defaults__ = (args.gptq_damp, True)
+        gptq.quantize_gptq.__kwdefaults__["damp"] = args.gptq_damp
+        table = {f"{label} damp {args.gptq_damp}": changes for label, changes in table.items()}
+    if args.gptq_plain_grid:
+        from edgekit.quant import gptq
+
+        gptq.quantize_gptq.__kwdefaults__["weighted_grid"] = False
+        table = {f"{label} plain grid": changes for label, changes in table.items()}
+    output = Path(args.output)
+    results = json.loads(output.read_text()) if output.is_file() else {"rows": []}
+    source = open_checkpoint(smollm2_gguf())
+    tokenizer = source.tokenizer.load()
+    texts = {
+        t: token_windows(tokenizer.encode(read_text(TEXTS[t])).ids, args.window, args.windows)
+        for t in args.texts.split(",")
+    }
+    calibration_name = Path(args.calibration).name if args.calibration else "self-generated"
+    print(
+        f"texts: {', '.join(f'{t} ({sum(len(w) - 1 for w in ws)} tokens)' for t, ws in texts.items())}; "
+        f"calibration: {calibration_name}",
+        flush=True,
+    )
+    print(
+        "| recipe | model | bits/weight | MB | "
+        + " | ".join(f"x source {t} | KL {t}" for t in texts)
+        + " | quantize s |",
+        flush=True,
+    )
+    for model_name in args.models.split(","):
+        checkpoint = source if model_name == "smollm2" else off_grid_copy(source)
+        reference = ReferenceModel.from_checkpoint(checkpoint)
+        memo = Memo(reference.forward)
+        base = {t: evaluate(ws, memo) for t, ws in texts.items()}
+        for label, changes in table.items():
+            recipe = replace(DEFAULT_RECIPE, **changes)
+            calibration = None
+            if recipe.needs_calibration:
+                if args.calibration:
+                    ids = tokenizer.encode(read_text(args.calibration)).ids
+                    calibration = token_windows(ids, recipe.calibration_window, recipe.calibration_samples)
+                else:
+                    calibration = self_calibration(checkpoint, model_name, recipe, reference)
+            qm = quantize_checkpoint(checkpoint, recipe, calibration)
+            model = ReferenceModel(checkpoint.spec, qm.weights())
+            cells = []
+            for t, ws in texts.items():
+                q = evaluate(ws, model.forward, memo)
+                row = {
+                    "date": time.strftime("%Y-%m-%d %H:%M"),
+                    "recipe": label,
+                    "model": model_name,
+                    "text": t,
+                    "calibration": calibration_name,
+                    "tokens": q.tokens,
+                    "source_perplexity": base[t].perplexity,
+                    "perplexity": q.perplexity,
+                    "ratio": q.perplexity / base[t].perplexity,
+                    "kl": q.kl,
+                    "top1": q.top1,
+                    "bits_per_weight": qm.bits_per_weight,
+                    "megabytes": qm.nbytes / 1e6,
+                    "quantize_seconds": qm.seconds,
+                    "cores": os.cpu_count(),
+                    "changes": changes,
+                }
+                results["rows"].append(row)
+                cells.append(f"{row['ratio']:.3f} | {q.kl:.4f}")
+            print(
+                f"| {label} | {model_name} | {qm.bits_per_weight:.2f} | {qm.nbytes / 1e6:.1f} | "
+                + " | ".join(cells)
+                + f" | {qm.seconds:.0f} |",
+                flush=True,
+            )
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(json.dumps(results, indent=1))
+            del qm, model
+
+
+if __name__ == "__main__":
+    main()
