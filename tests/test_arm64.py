@@ -286,16 +286,8 @@ def test_pi5_logits_against_the_reference(pi5, device, smollm2, tiny_checks):
 
 def test_pi5_service_answers(pi5, device):
     """run.sh as the systemd unit starts it (user edgekit, HOME=/nonexistent)."""
-    port = free_port()
     command = ["runuser", "-u", "edgekit", "--", "env", "HOME=/nonexistent", f"/opt/{pi5['name']}/run.sh"]
-    core = CORES["raspberry-pi-5"]
-    server = serve_on_device(device, core, command, port)
-    try:
-        answer = ask(port, "What is the capital of France?")
-        record({f"answer {core}": answer})
-        assert "Paris" in answer
-    finally:
-        stop(server)
+    assert_answers_paris(device, CORES["raspberry-pi-5"], command)
 
 
 @pytest.fixture(scope="module")
@@ -318,9 +310,13 @@ def test_pi4_logits_against_the_reference(pi4, device, tiny_checks):
 
 
 def test_pi4_run_sh_answers(pi4, device):
+    assert_answers_paris(device, CORES["raspberry-pi-4"], [f"/root/{pi4['name']}/run.sh"])
+
+
+def assert_answers_paris(device, core: str, command: list[str]) -> None:
+    """The server `command` starts on `core` answers the README's question with Paris."""
     port = free_port()
-    core = CORES["raspberry-pi-4"]
-    server = serve_on_device(device, core, [f"/root/{pi4['name']}/run.sh"], port)
+    server = serve_on_device(device, core, command, port)
     try:
         answer = ask(port, "What is the capital of France?")
         record({f"answer {core}": answer})

@@ -400,7 +400,7 @@ def _evaluate_artifact(
     folder: Path, source_path: str | None, text: str, window: int, max_windows: int, text_path: str
 ) -> list[dict[str, Any]]:
     """Rows for the source (numpy reference) and the artifact (its own runtime) on the same windows."""
-    from ..artifact import read_manifest
+    from ..artifact import folder_megabytes, read_manifest
     from ..evaluate import evaluate
     from ..generation.loader import load_runtime
     from ..quant.calibration import token_windows
@@ -436,7 +436,6 @@ def _evaluate_artifact(
     click.echo(f"evaluating {folder} ({loaded.backend}) on {sum(map(len, windows))} tokens of {text_path}", err=True)
     reference = ReferenceModel.from_checkpoint(checkpoint)
     quantization = manifest.quantization
-    files = sum((folder / name).stat().st_size for name in manifest.files)
     return [
         {
             "model": "source",
@@ -448,7 +447,7 @@ def _evaluate_artifact(
             "model": f"{folder.name} ({loaded.backend})",
             **evaluate(windows, loaded.runtime.logits_all, reference.forward).to_dict(),
             "bits_per_weight": quantization.bits_per_weight,
-            "megabytes": files / 1e6,
+            "megabytes": folder_megabytes(folder),
             "recipe": quantization.recipe,
         },
     ]
