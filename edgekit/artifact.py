@@ -32,6 +32,9 @@ READABLE_VERSIONS = (1, 2)
 MODEL_FILE = "model.onnx"  # logits of the last position only: what generation needs
 # model.onnx's input [1]: logits for that many last positions (1, or a speculative verify's block)
 LOGITS_TO_KEEP = "logits_to_keep"
+# model.onnx's metadata key, set when its graph decodes a batch of sequences of different lengths in
+# one run (earlier graphs folded the batch into the sequence in the embedding's reshapes)
+BATCH_METADATA = "edgekit.batched_decode"
 ALL_LOGITS_FILE = "model.all_logits.onnx"  # every position (evaluation, onnxruntime-genai), same weights
 DATA_FILE = "model.onnx.data"
 GENAI_CONFIG_FILE = "genai_config.json"  # onnxruntime-genai's, so its runtime loads the same folder

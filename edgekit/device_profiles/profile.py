@@ -73,6 +73,9 @@ class RuntimeSettings:
     max_context: int = 4096
     prefill_chunk: int = 256  # = runtimes.onnx.DEFAULT_PREFILL_CHUNK (why there)
     huge_pages: bool = True  # Linux: ONNX Runtime's repacked weights moved onto huge pages after loading
+    parallel: int = 4  # `edgekit serve`: sequences decoded together (continuous batching)
+    kv_cache_mb: int = 1024  # their KV cache's budget: each one's context is cut to fit, or loading refused
+    prefix_cache_mb: int = 256  # keys and values of recent prompts kept across requests (0: off)
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,15 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "lm_head_bits": (4, 8),
     "accuracy_level": (0, 1, 2, 3, 4),
 }
-_MINIMUM = {"threads": 0, "max_context": 16, "prefill_chunk": 1, "memory_bandwidth": 0}
+_MINIMUM = {
+    "threads": 0,
+    "max_context": 16,
+    "prefill_chunk": 1,
+    "memory_bandwidth": 0,
+    "parallel": 1,
+    "kv_cache_mb": 1,
+    "prefix_cache_mb": 0,
+}
 _PATTERNS = {"python": (r"3\.\d+", '"3.N"'), "platform": (r"manylinux_2_\d+_(aarch64|x86_64)", '"manylinux_2_N_ARCH"')}
 
 

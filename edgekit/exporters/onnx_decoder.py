@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact import LOGITS_TO_KEEP
+from ..artifact import BATCH_METADATA, LOGITS_TO_KEEP
 from ..errors import EdgekitError
 from ..families import EMBED, FINAL_NORM, bias_of, embedding_scale, head_weight, layer_weights
 from ..quant.packing import MatMulNBitsWeights, to_matmulnbits
@@ -120,7 +120,7 @@ class DecoderBuilder:
             qweight = self.g.const(EMBED + ".qweight", packed.B)
             flat_scales = self.stored_half(EMBED + ".scales", packed.scales)
             del packed
-        (blocks,) = self.g.op("Gather", [qweight, ids], scope, axis=0)  # [1, S, G, blob]
+        (blocks,) = self.g.op("Gather", [qweight, ids], scope, axis=0)  # [batch, S, G, blob]
         if qt.bits == 4:
             (low,) = self.g.op(
                 "BitwiseAnd", [blocks, self.g.const("const/u8_15", np.array(15, np.uint8))], scope + "/low"
@@ -135,7 +135,7 @@ class DecoderBuilder:
             (low,) = self.g.op("Unsqueeze", [low, axis], scope + "/low_unsqueeze")
             (high,) = self.g.op("Unsqueeze", [high, axis], scope + "/high_unsqueeze")
             (blocks,) = self.g.op("Concat", [low, high], scope + "/interleave", axis=-1)  # [1,S,G,blob,2]
-        shape = self.g.const("const/embed_block_shape", np.array([1, -1, qt.n_groups, qt.group_size], np.int64))
+        shape = self.g.const("const/embed_block_shape", np.array([0, -1, qt.n_groups, qt.group_size], np.int64))
         (codes,) = self.g.op("Reshape", [blocks, shape], scope + "/codes")
         (codes,) = self.g.op("Cast", [codes], scope + "/cast", to=self.elem)
         # the Reshape is folded once at load; the file keeps one copy of the scales
@@ -158,7 +158,7 @@ class DecoderBuilder:
             (z,) = self.g.op("Gather", [zeros, ids], scope + "/zeros", axis=0)
         (centered,) = self.g.op("Sub", [codes, z], scope + "/center")
         (values,) = self.g.op("Mul", [centered, s], scope + "/scale")
-        flat = self.g.const("const/embed_flat_shape", np.array([1, -1, qt.n_groups * qt.group_size], np.int64))
+        flat = self.g.const("const/embed_flat_shape", np.array([0, -1, qt.n_groups * qt.group_size], np.int64))
         (values,) = self.g.op("Reshape", [values, flat], scope + "/flatten")
         if qt.codes.shape[1] != qt.shape[1]:  # padded last block
             starts, ends = np.array([0], np.int64), np.array([qt.shape[1]], np.int64)
@@ -289,7 +289,7 @@ class DecoderBuilder:
 
     def head_norm(self, x: str, weight: str, heads: int, scope: str) -> str:
         """qwen3's RMS norm over each head of q or k."""
-        shape = self.g.const(scope + "/heads_shape", np.array([1, -1, heads, self.spec.head_dim], np.int64))
+        shape = self.g.const(scope + "/heads_shape", np.array([0, -1, heads, self.spec.head_dim], np.int64))
         (y,) = self.g.op("Reshape", [x, shape], scope + "/split_heads")
         (y,) = self.g.op(
             "SimplifiedLayerNormalization",
@@ -298,7 +298,7 @@ class DecoderBuilder:
             axis=-1,
             epsilon=float(self.spec.rms_norm_eps),
         )
-        flat = self.g.const(scope + "/flat_shape", np.array([1, -1, heads * self.spec.head_dim], np.int64))
+        flat = self.g.const(scope + "/flat_shape", np.array([0, -1, heads * self.spec.head_dim], np.int64))
         (y,) = self.g.op("Reshape", [y, flat], scope + "/merge_heads")
         return y
 
@@ -408,4 +408,5 @@ class DecoderBuilder:
             (logits,) = g.op("Cast", [logits], "/lm_head/Cast", to=TensorProto.FLOAT)
         (out,) = g.op("Identity", [logits], "/lm_head/output", outputs=["logits"])
         g.output(out, TensorProto.FLOAT, ["batch", "sequence" if opt.all_logits else "kept_positions", s.vocab_size])
+        g.metadata[BATCH_METADATA] = "1"
         return g

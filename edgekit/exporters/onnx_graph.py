@@ -41,6 +41,7 @@ class Graph:
         self.outputs: list[Any] = []
         self.initializers: dict[str, np.ndarray] = {}  # the small ones, kept in the graph itself
         self.external: list[str] = []  # this graph's initializers in the data file
+        self.metadata: dict[str, str] = {}  # the model's metadata_props (ONNX Runtime: custom_metadata_map)
 
     def __contains__(self, name: str) -> bool:
         return name in self.initializers or name in self.external
@@ -112,4 +113,6 @@ class Graph:
             producer_name="edgekit",
         )
         model.ir_version = 10
+        if self.metadata:
+            self.helper.set_model_props(model, self.metadata)
         return model

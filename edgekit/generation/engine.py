@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifact import Manifest, read_manifest
-from ..device_profiles import DeviceProfile, load_profile
+from ..device_profiles import DeviceProfile, RuntimeSettings, load_profile
 from ..errors import EdgekitError
 from .constraints import Constraint, ConstraintCompiler, ConstraintError, TokenMask, constraint_from_options
 from .loader import DEFAULT_PROVIDERS, Loaded, load_runtime
@@ -107,10 +107,15 @@ class Stats:
         return tokens / self.generation_seconds if tokens > 0 and self.generation_seconds > 0 else 0.0
 
     @property
-    def usage(self) -> dict[str, int]:
-        """OpenAI's token counts."""
+    def usage(self) -> dict[str, Any]:
+        """OpenAI's token counts (cached_tokens: prompt tokens whose keys and values were reused)."""
         prompt, completion = self.prompt_tokens, self.generated_tokens
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": self.cached_prompt_tokens},
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -138,7 +143,7 @@ class Completion:
     tool_calls: list[ToolCall] = field(default_factory=list)
 
     @property
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, Any]:
         return self.stats.usage
 
 
@@ -414,7 +419,8 @@ class Engine:
             self.runtime.reset()
 
 
-RUNTIME_OPTIONS = ("threads", "max_context", "providers", "prefill_chunk", "huge_pages")
+RUNTIME_OPTIONS = ("threads", "max_context", "providers", "prefill_chunk", "huge_pages", "parallel", "kv_cache_mb")
+ENGINE_OPTIONS = ("prefix_cache_mb",)
 
 
 def load(
@@ -428,12 +434,15 @@ def load(
 
     profile: "auto" (detect this machine), a shipped profile name, a path to a .toml file, or None
     (the artifact flavor's defaults). overrides: threads, max_context, providers, prefill_chunk,
-    huge_pages.
+    huge_pages; parallel=N returns an engine that answers N prompts at once (continuous batching),
+    their KV cache within kv_cache_mb, with a prefix cache of prefix_cache_mb shared by them.
     """
-    unknown = sorted(set(overrides) - set(RUNTIME_OPTIONS))
+    unknown = sorted(set(overrides) - set(RUNTIME_OPTIONS) - set(ENGINE_OPTIONS))
     if unknown:
-        raise EdgekitError(f"unknown load option {unknown[0]!r}; options: {', '.join(RUNTIME_OPTIONS)}")
+        options = ", ".join(RUNTIME_OPTIONS + ENGINE_OPTIONS)
+        raise EdgekitError(f"unknown load option {unknown[0]!r}; options: {options}")
     chosen = None if profile is None else load_profile(profile)
+    runtime_settings = chosen.runtime if chosen is not None else RuntimeSettings()
     settings: dict[str, Any] = {}
     if chosen is not None:
         rt = chosen.runtime
@@ -457,7 +466,13 @@ def load(
         if manifest is not None:  # the profile's context is a wish the artifact caps
             settings["max_context"] = min(settings["max_context"], manifest.max_context)
     settings.update(overrides)
-    return Engine(load_runtime(artifact, **settings), chosen, generation)
+    prefix_cache_mb = settings.pop("prefix_cache_mb", runtime_settings.prefix_cache_mb)
+    if settings.get("parallel") is None:
+        return Engine(load_runtime(artifact, **settings), chosen, generation)
+    from .parallel import ParallelEngine  # it builds on Engine
+
+    settings.setdefault("kv_cache_mb", runtime_settings.kv_cache_mb)
+    return ParallelEngine(load_runtime(artifact, **settings), chosen, generation, prefix_cache_mb << 20)
 
 
 def _peek_manifest(folder: Path) -> Manifest | None:

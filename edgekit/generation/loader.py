@@ -12,7 +12,7 @@ import numpy as np
 
 from ..artifact import MODEL_FILE, Manifest, is_artifact, read_manifest
 from ..errors import EdgekitError
-from ..runtimes.base import Runtime
+from ..runtimes.base import Runtime, kv_bytes_per_token
 from ..sources.hf import read_tokenizer_files
 from ..spec import ModelSpec, id_tuple
 from .tokenizer import TextTokenizer
@@ -42,7 +42,12 @@ class LoadOptions:
     providers: Providers | None = None
     prefill_chunk: int | None = None
     huge_pages: bool = True
+    parallel: int | None = None  # sequences decoded together (a batch runtime); None: one, the plain runtime
+    kv_cache_mb: int | None = None  # the budget of those sequences' KV cache; None: no limit
 
+
+# a slot's context below this is too short to be useful: a KV budget that leaves less is refused
+MIN_SLOT_CONTEXT = 256
 
 DEFAULT_PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
@@ -68,6 +73,42 @@ def _open_onnx(folder: Path, manifest: Manifest, context: int, options: LoadOpti
         huge_pages=options.huge_pages,
     )
     return runtime, "onnx"
+
+
+def _open_onnx_batch(folder: Path, manifest: Manifest, context: int, options: LoadOptions) -> tuple[Runtime, str]:
+    from ..runtimes.onnx_batch import OnnxBatchRuntime
+
+    flavor = manifest.flavor or "cpu"
+    kv_dtype = np.float16 if flavor == "cuda" else np.float32
+    slots = options.parallel or 1
+    context = slot_context(manifest.spec, np.dtype(kv_dtype).itemsize, slots, context, options.kv_cache_mb)
+    runtime = OnnxBatchRuntime(
+        folder / MODEL_FILE,
+        manifest.spec,
+        context,
+        slots,
+        providers=options.providers or DEFAULT_PROVIDERS[flavor],
+        threads=options.threads or None,
+        kv_dtype=kv_dtype,
+        prefill_chunk=options.prefill_chunk,
+        huge_pages=options.huge_pages,
+    )
+    return runtime, f"onnx, {slots} sequences batched"
+
+
+def slot_context(spec: ModelSpec, itemsize: int, slots: int, context: int, budget_mb: int | None) -> int:
+    """The context each of `slots` sequences gets: `context`, cut to what the KV budget holds."""
+    if not budget_mb:
+        return context
+    per_token = kv_bytes_per_token(spec, itemsize)
+    fits = (budget_mb << 20) // (slots * per_token)
+    if fits < min(context, MIN_SLOT_CONTEXT):
+        need = -(-slots * per_token * min(context, MIN_SLOT_CONTEXT) // (1 << 20))
+        raise EdgekitError(
+            f"{slots} sequences of {min(context, MIN_SLOT_CONTEXT)} positions need {need} MB of KV cache "
+            f"but the budget is {budget_mb} MB; serve fewer at once (--parallel) or raise the budget (kv_cache_mb)"
+        )
+    return min(context, fits)
 
 
 def _open_npu(folder: Path, manifest: Manifest, context: int, options: LoadOptions) -> tuple[Runtime, str]:
@@ -99,6 +140,20 @@ OPENERS: dict[str, Callable[[Path, Manifest, int, LoadOptions], tuple[Runtime, s
     "onnx-npu": _open_npu,
     "onnx-optimum": _open_optimum,
 }
+# the kinds whose runtime decodes several sequences in one run (the npu flavor's static shapes hold one)
+BATCH_OPENERS: dict[str, Callable[[Path, Manifest, int, LoadOptions], tuple[Runtime, str]]] = {
+    "onnx-cpu": _open_onnx_batch,
+    "onnx-cuda": _open_onnx_batch,
+}
+
+
+def why_not_batched(path: str | Path) -> str | None:
+    """None when `path` is an artifact whose runtime batches sequences, else why not."""
+    folder = Path(path)
+    if not is_artifact(folder):
+        return f"{folder.name} is not an exported artifact"
+    kind = read_manifest(folder, check_files=False).kind
+    return None if kind in BATCH_OPENERS else f"a {kind} artifact runs one sequence at a time"
 
 
 def load_runtime(
@@ -108,16 +163,24 @@ def load_runtime(
     providers: Providers | None = None,
     prefill_chunk: int | None = None,
     huge_pages: bool = True,
+    parallel: int | None = None,
+    kv_cache_mb: int | None = None,
 ) -> Loaded:
     """providers: ONNX Runtime execution providers in order of preference, a name or (name, options);
     default: the artifact flavor's. threads: 0 or None = ONNX Runtime's choice. huge_pages: move
-    ONNX Runtime's repacked weights onto huge pages after loading (Linux; faster decoding)."""
-    options = LoadOptions(max_context, threads, providers, prefill_chunk, huge_pages)
+    ONNX Runtime's repacked weights onto huge pages after loading (Linux; faster decoding).
+    parallel: a batch runtime for that many sequences (artifacts of BATCH_OPENERS' kinds), their KV
+    cache within kv_cache_mb (each sequence's context is cut to fit)."""
+    options = LoadOptions(max_context, threads, providers, prefill_chunk, huge_pages, parallel, kv_cache_mb)
+    if parallel is not None and parallel < 1:
+        raise EdgekitError(f"parallel={parallel}: the number of sequences decoded together must be at least 1")
     folder = Path(path)
     if is_artifact(folder):
         return _load_artifact(folder, options)
     from ..runtimes.mlx import is_mlx_folder
 
+    if parallel is not None:
+        raise EdgekitError(f"{folder}: parallel decoding needs an exported artifact; export it first")
     if is_mlx_folder(folder):
         return _load_mlx_lm(folder, options)
     return _load_checkpoint(path, options)
@@ -126,6 +189,12 @@ def load_runtime(
 def _load_artifact(folder: Path, options: LoadOptions) -> Loaded:
     manifest = read_manifest(folder)
     opener = OPENERS.get(manifest.kind)
+    if options.parallel is not None:
+        opener = BATCH_OPENERS.get(manifest.kind)
+        if opener is None:
+            raise EdgekitError(
+                f"{folder}: a {manifest.kind} artifact runs one sequence at a time; load it without parallel"
+            )
     if opener is None:
         raise EdgekitError(
             f"{folder}: a {manifest.kind} artifact cannot be run by this edgekit; "

@@ -8,6 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import EdgekitError
+from ..spec import ModelSpec
 
 
 class Runtime(Protocol):
@@ -45,6 +46,11 @@ def check_room(length: int, new: int, max_context: int) -> int:
             f"{max_context}; start a new conversation or load with a larger max_context"
         )
     return total
+
+
+def kv_bytes_per_token(spec: ModelSpec, itemsize: int) -> int:
+    """Bytes one position of one sequence takes in a KV cache (keys and values, every layer)."""
+    return spec.num_layers * 2 * spec.num_kv_heads * spec.head_dim * itemsize
 
 
 EMPTY_PROMPT = "the prompt is empty: prefill needs at least one token id; pass a prompt of one token or more"

@@ -336,7 +336,7 @@ class Answer:
         self,
         text: str,
         finish: str,
-        usage: dict[str, int],
+        usage: dict[str, Any],
         timings: dict[str, float],
         calls: list[ToolCall] | None = None,
     ) -> dict[str, Any]:
@@ -361,7 +361,7 @@ class Answer:
                 chunks.append({**self._envelope(True), "choices": [choice]})
         return chunks
 
-    def usage_chunk(self, usage: dict[str, int], timings: dict[str, float]) -> dict[str, Any]:
+    def usage_chunk(self, usage: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
         return {**self._envelope(True), "choices": [], "usage": usage, "timings": timings}
 
 
