@@ -23,6 +23,24 @@ from .app import cli, load_options, model_argument
     is_flag=True,
     help='Speculative decoding by prompt lookup for every request (a request\'s "speculation" overrides it).',
 )
+@click.option(
+    "--parallel",
+    default=None,
+    type=click.IntRange(1),
+    help="Requests generated at once, decoded together [default: the profile's].",
+)
+@click.option(
+    "--kv-cache-mb",
+    default=None,
+    type=click.IntRange(1),
+    help="Budget of their KV cache; each one's context is cut to fit [default: the profile's].",
+)
+@click.option(
+    "--prefix-cache-mb",
+    default=None,
+    type=click.IntRange(0),
+    help="Keys and values of recent prompts kept across requests; 0 = off [default: the profile's].",
+)
 @load_options
 def serve(
     model: str,
@@ -30,6 +48,9 @@ def serve(
     port: int,
     max_waiting: int,
     lookup: bool,
+    parallel: int | None,
+    kv_cache_mb: int | None,
+    prefix_cache_mb: int | None,
     profile: str,
     threads: int | None,
     max_context: int | None,
@@ -37,11 +58,15 @@ def serve(
     """Serve MODEL over HTTP: OpenAI's /v1/chat/completions, /v1/completions and /v1/models, a
     chat page at /, and /health (503 while the model loads).
 
-    Requests are answered one at a time in arrival order; each prints its tokens/s to stderr.
+    Up to --parallel requests generate at once (continuous batching), more wait in arrival order;
+    each prints its tokens/s to stderr.
     """
     from ..serve import serve as run
 
-    overrides = {k: v for k, v in {"threads": threads, "max_context": max_context}.items() if v is not None}
+    given = {"threads": threads, "max_context": max_context, "kv_cache_mb": kv_cache_mb}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    if prefix_cache_mb is not None:
+        overrides["prefix_cache_mb"] = prefix_cache_mb
     run(
         model,
         host=host,
@@ -49,6 +74,7 @@ def serve(
         profile=None if profile == "none" else profile,
         max_waiting=max_waiting,
         speculation="lookup" if lookup else "off",
+        parallel=parallel,
         log=lambda line: click.echo(line, err=True),
         **overrides,
     )

@@ -62,15 +62,16 @@ class PrefixCache:
             return found
 
     def store(self, ids: Sequence[int], read: Callable[[int, int], np.ndarray]) -> int:
-        """Keep the blocks of `ids` not kept yet; read(start, end) gives the keys and values of
-        positions [start, end). Returns the number of blocks added."""
+        """Keep the blocks of `ids` not kept yet, as far as the budget holds them beside the chain's
+        earlier blocks; read(start, end) gives the keys and values of positions [start, end).
+        Returns the number of blocks added."""
         keys = self._keys(ids)
         with self._lock:
             missing = [n for n, key in enumerate(keys) if key not in self._blocks]
         added = 0
         for n in missing:
             with self._lock:
-                if n and keys[n - 1] not in self._blocks:  # its chain was cut (a budget under the chain)
+                if n and keys[n - 1] not in self._blocks:  # its chain was cut
                     break
             kv = read(n * self.block, (n + 1) * self.block)
             with self._lock:
@@ -78,18 +79,25 @@ class PrefixCache:
                     continue
                 self._blocks[keys[n]] = Block(keys[n], kv)
                 self.bytes += kv.nbytes
+                if not self._evict(protect=set(keys[: n + 1])):
+                    del self._blocks[keys[n]]
+                    self.bytes -= kv.nbytes
+                    break
                 added += 1
-                self._evict()
         with self._lock:  # the chain just stored is the most recent, deepest block first out
             for key in reversed(keys):
                 if key in self._blocks:
                     self._blocks.move_to_end(key)
         return added
 
-    def _evict(self) -> None:
-        while self.bytes > self.budget_bytes and self._blocks:
-            _, block = self._blocks.popitem(last=False)
-            self.bytes -= block.kv.nbytes
+    def _evict(self, protect: set[Key]) -> bool:
+        """Drop the least recently used blocks outside `protect` until the budget holds; False
+        when it cannot."""
+        for key in [k for k in self._blocks if k not in protect]:
+            if self.bytes <= self.budget_bytes:
+                break
+            self.bytes -= self._blocks.pop(key).kv.nbytes
+        return self.bytes <= self.budget_bytes
 
     def clear(self) -> None:
         with self._lock:

@@ -1,8 +1,9 @@
-"""An OpenAI-compatible HTTP server on the standard library: one loaded model, requests answered
-one at a time in arrival order, each streaming or not; a chat page at `/`.
+"""An OpenAI-compatible HTTP server on the standard library: one loaded model, up to `parallel`
+requests generating at once (continuous batching, when the engine is a ParallelEngine), more
+waiting in arrival order, each streaming or not; a chat page at `/`.
 
 Threads: one per connection (ThreadingHTTPServer). A request is parsed and its prompt tokenized
-and checked in its own thread, then it waits its turn for the engine (first come, first served;
+and checked in its own thread, then it waits for a seat at the engine (first come, first served;
 past `max_waiting` waiting requests the server answers 503 at once). While it waits or generates,
 a client that goes away is noticed (its socket reads end-of-file) and its request leaves the queue
 or stops generating."""
@@ -28,6 +29,10 @@ from ..generation.engine import Chunk, Engine, Stats
 from .protocol import Answer, ApiError, Request, chat_request, engine_error, parse_json, sse, text_request, timings
 
 MAX_BODY_BYTES = 8 << 20
+# a body over the limit is read and dropped after the 413 (this much, this long at most), so that a
+# client that sends its whole body before reading the answer reads the 413 instead of a reset
+DISCARD_BYTES = 64 << 20
+DISCARD_S = 10.0
 IDLE_TIMEOUT_S = 120  # a keep-alive connection with no request, or a client that stops reading
 
 
@@ -36,21 +41,27 @@ class ClientGone(Exception):
 
 
 class Turnstile:
-    """First come, first served access to the one engine, with a bounded waiting line."""
+    """First come, first served access to the engine's `seats` (the sequences it generates at
+    once), with a bounded waiting line."""
 
-    def __init__(self, max_waiting: int):
+    def __init__(self, max_waiting: int, seats: int = 1):
         self.max_waiting = max_waiting
+        self.seats = seats
         self._cond = threading.Condition()
         self._line: deque[object] = deque()
-        self._busy = False
+        self._taken = 0
 
     @property
     def waiting(self) -> int:
         return len(self._line)
 
     @property
+    def running(self) -> int:
+        return self._taken
+
+    @property
     def busy(self) -> bool:
-        return self._busy
+        return self._taken > 0
 
     @contextmanager
     def turn(self, gone: Callable[[], bool]) -> Iterator[None]:
@@ -64,7 +75,7 @@ class Turnstile:
                 )
             self._line.append(ticket)
             try:
-                while self._busy or self._line[0] is not ticket:
+                while self._taken >= self.seats or self._line[0] is not ticket:
                     self._cond.wait(0.25)
                     if gone():
                         raise ClientGone("while waiting for its turn")
@@ -73,12 +84,13 @@ class Turnstile:
                 self._cond.notify_all()
                 raise
             self._line.popleft()
-            self._busy = True
+            self._taken += 1
+            self._cond.notify_all()  # the next in line may have a seat too
         try:
             yield
         finally:
             with self._cond:
-                self._busy = False
+                self._taken -= 1
                 self._cond.notify_all()
 
 
@@ -121,6 +133,7 @@ class Server(ThreadingHTTPServer):
     def set_engine(self, engine: Engine, model_id: str | None = None) -> None:
         """Attach the loaded model; clients see it as `model_id` (default: the model's name)."""
         self.model_id = model_id or engine.name
+        self.turnstile.seats = getattr(engine, "slots", 1)  # a ParallelEngine's; a plain Engine has one
         self.engine = engine
 
 
@@ -159,6 +172,8 @@ class Handler(BaseHTTPRequestHandler):
             self._complete(routes[path](parse_json(body)))
         except ApiError as exc:
             self._error(exc)
+            if exc.status == 413:
+                self._discard_body()
         except ClientGone as exc:
             self.close_connection = True
             self.server.log(f"{self.command} {self.path}: the client left {exc}")
@@ -179,7 +194,14 @@ class Handler(BaseHTTPRequestHandler):
         if srv.engine is not None:
             self._json(
                 200,
-                {"status": "ok", "model": srv.model_id, "busy": srv.turnstile.busy, "waiting": srv.turnstile.waiting},
+                {
+                    "status": "ok",
+                    "model": srv.model_id,
+                    "busy": srv.turnstile.busy,
+                    "running": srv.turnstile.running,
+                    "parallel": srv.turnstile.seats,
+                    "waiting": srv.turnstile.waiting,
+                },
             )
         elif srv.load_error is not None:
             self._json(503, {"status": "error", "error": srv.load_error})
@@ -342,6 +364,20 @@ class Handler(BaseHTTPRequestHandler):
             raise ClientGone("before sending its whole request")
         return body
 
+    def _discard_body(self) -> None:
+        """Read and drop the unread body (bounded in bytes and time) before the connection closes."""
+        left = min(int(self.headers.get("Content-Length", "0")), DISCARD_BYTES)
+        end = time.monotonic() + DISCARD_S
+        try:
+            self.connection.settimeout(1.0)
+            while left > 0 and time.monotonic() < end:
+                data = self.rfile.read1(min(left, 1 << 16))
+                if not data:
+                    break
+                left -= len(data)
+        except OSError:
+            pass
+
     def _common_headers(self, length: int | None) -> None:
         self.send_header("Access-Control-Allow-Origin", "*")
         if length is not None:
@@ -413,10 +449,14 @@ def serve(
     max_waiting: int = 32,
     log: Callable[[str], None] | None = None,
     speculation: str = "off",
+    parallel: int | None = None,
     **load_options: Any,
 ) -> None:
     """Listen at once (GET /health answers 503 while loading), load the model, serve until
-    Ctrl-C or SIGTERM. A model that fails to load stops the server and raises its error."""
+    Ctrl-C or SIGTERM. A model that fails to load stops the server and raises its error.
+
+    parallel: requests generated at once (default: the profile's); an artifact whose runtime runs
+    one sequence (the npu flavor) is served one request at a time unless parallel was asked for."""
     import signal
 
     from ..generation.engine import GenerationConfig, load
@@ -424,6 +464,9 @@ def serve(
     server, thread = start(host, port, max_waiting, log)
     server.log(f"listening on {server.url}; loading {artifact}")
     try:
+        parallel = _parallel(artifact, profile, parallel, server.log)
+        if parallel is not None:
+            load_options["parallel"] = parallel
         engine = load(artifact, profile=profile, generation=GenerationConfig(speculation=speculation), **load_options)
     except BaseException as exc:
         server.load_error = str(exc)
@@ -432,7 +475,8 @@ def serve(
         raise
     server.set_engine(engine, Path(artifact).resolve().name)
     server.log(
-        f"ready: {server.model_id} = {engine.name} ({engine.backend}, context {engine.max_context}); "
+        f"ready: {server.model_id} = {engine.name} ({engine.backend}, context {engine.max_context}"
+        f"{_prefix_cache_line(engine)}); "
         f"chat page {server.url}/ , API {server.url}/v1"
     )
 
@@ -449,3 +493,23 @@ def serve(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _parallel(artifact: str, profile: str | None, asked: int | None, log: Callable[[str], None]) -> int | None:
+    """The sequences to batch: the asked number, else the profile's; None for an artifact whose
+    runtime runs one sequence when none was asked for."""
+    from ..device_profiles import RuntimeSettings, load_profile
+    from ..generation.loader import why_not_batched
+
+    if asked is not None:
+        return asked  # loading says so when the artifact cannot
+    why_not = why_not_batched(artifact)
+    if why_not is not None:
+        log(f"one request at a time: {why_not}")
+        return None
+    return (load_profile(profile).runtime if profile is not None else RuntimeSettings()).parallel
+
+
+def _prefix_cache_line(engine: Engine) -> str:
+    cache = getattr(engine, "prefix_cache", None)
+    return "" if cache is None else f", prefix cache {cache.budget_bytes >> 20} MB"
