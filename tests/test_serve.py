@@ -395,7 +395,7 @@ def test_serving_imports_no_heavy_packages(tiny_artifact):
         "import json, sys, urllib.request, edgekit\n"
         "from edgekit.serve import start\n"
         "server, thread = start('127.0.0.1', 0, log=lambda line: None)\n"
-        f"server.set_engine(edgekit.load({str(tiny_artifact)!r}))\n"
+        f"server.set_engine(edgekit.load({str(tiny_artifact)!r}, parallel=2))\n"
         "body = json.dumps({'model': 'm', 'messages': [{'role': 'user', 'content': 'hi'}], 'max_tokens': 4})\n"
         "request = urllib.request.Request(server.url + '/v1/chat/completions', body.encode())\n"
         "assert json.load(urllib.request.urlopen(request))['usage']['completion_tokens'] >= 1\n"

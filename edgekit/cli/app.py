@@ -121,7 +121,7 @@ def generation_config(**values: Any):
 def load_engine(
     model: str, profile: str, threads: int | None, max_context: int | None, config: GenerationConfig | None = None
 ) -> Engine:
-    from ..generation.engine import load
+    from ..generation.open_engine import load
 
     overrides = {k: v for k, v in {"threads": threads, "max_context": max_context}.items() if v is not None}
     return load(model, profile=None if profile == "none" else profile, generation=config, **overrides)

@@ -2,7 +2,9 @@
 
 from .chat_template import ChatTemplate, ChatTemplateError
 from .constraints import Constraint, ConstraintError
-from .engine import Chunk, Completion, Engine, GenerationConfig, Stats, load
+from .engine import Chunk, Completion, Engine, GenerationConfig, Stats
+from .open_engine import load
+from .parallel import ParallelEngine
 from .sampling import Sampler, SamplingParams
 from .tokenizer import TextTokenizer
 from .tools import ToolCall, ToolError
@@ -16,6 +18,7 @@ __all__ = [
     "ConstraintError",
     "Engine",
     "GenerationConfig",
+    "ParallelEngine",
     "Sampler",
     "SamplingParams",
     "Stats",

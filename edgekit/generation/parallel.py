@@ -79,7 +79,9 @@ class ParallelEngine(Engine):
         self.batcher = Batcher(batch)
         keeps = prefix_cache_bytes > 0 and batch.why_no_prefix_cache is None
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if keeps else None
-        self._engines = [SlotEngine(replace(loaded, runtime=SlotRuntime(self.batcher, n)), self) for n in range(self.slots)]
+        self._engines = [
+            SlotEngine(replace(loaded, runtime=SlotRuntime(self.batcher, n)), self) for n in range(self.slots)
+        ]
         self._free = list(range(self.slots))
         self._line: deque[object] = deque()
         self._cond = threading.Condition()

@@ -459,7 +459,8 @@ def serve(
     one sequence (the npu flavor) is served one request at a time unless parallel was asked for."""
     import signal
 
-    from ..generation.engine import GenerationConfig, load
+    from ..generation.engine import GenerationConfig
+    from ..generation.open_engine import load
 
     server, thread = start(host, port, max_waiting, log)
     server.log(f"listening on {server.url}; loading {artifact}")
