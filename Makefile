@@ -41,7 +41,7 @@ demo: $(VENV)/.demo
 # half on 2 cores) and writes the README's results section and its plots (bench/report.py).
 $(VENV)/.bench: $(VENV)/.dev
 	$(BIN)/pip install --quiet onnxruntime-genai onnx-ir matplotlib
-	CMAKE_ARGS="-DGGML_NATIVE=ON" $(BIN)/pip install --quiet llama-cpp-python
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(BIN)/pip install --quiet 'llama-cpp-python[server]'  # its OpenAI server: the serving peer
 	[ -f /usr/share/games/fortunes/literature ] || apt-get install -y -qq fortunes
 	touch $@
 

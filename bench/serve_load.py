@@ -1,9 +1,19 @@
-"""Load test of `edgekit serve` on loopback: N concurrent clients send a bounded number of chat
-requests (half streaming), then the run stops. Every request must come back answered (200) or
-refused with a clear status (503 when the waiting line is full); none may be lost or hang. The
-server runs as its own process, as it does on a device.
+"""Load test of an OpenAI-compatible server on loopback: N concurrent clients send a bounded number
+of chat requests, then the run stops. Every request must come back answered (200) or refused
+with a clear status (503 when the waiting line is full); none may be lost or hang. The server runs
+as its own process, as it does on a device.
+
+Servers: `edgekit serve` (--parallel N sequences batched, --prefix-cache-mb), llama-cpp-python's
+`llama_cpp.server` (one request at a time), and llama.cpp's own `llama-server` (--llama-server
+PATH; -np N slots, continuous batching) on a GGUF of the same model.
+
+Workloads: "questions" (short independent chats; throughput, time to first token, latency) and
+"chat" (several conversations interleaved, each turn resending its growing history; time to first
+token per turn: what a prefix cache saves).
 
     python bench/serve_load.py --artifact out/smollm2-135m-cpu --clients 16 --requests 200
+    python bench/serve_load.py --server llama-server --llama-server PATH --gguf MODEL.gguf --parallel 8
+    python bench/serve_load.py --artifact out/smollm2-135m-cpu --workload chat --conversations 8 --turns 10
 """
 
 from __future__ import annotations
@@ -16,10 +26,12 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 QUESTIONS = [
@@ -32,6 +44,21 @@ QUESTIONS = [
     "Give me a synonym for happy.",
     "How many legs does a spider have?",
 ]
+SYSTEM = "You are a helpful, concise assistant for a small shop that sells bicycles and spare parts."
+FOLLOW_UPS = [
+    "Tell me about your cheapest bicycle.",
+    "What colors does it come in?",
+    "Does it have gears?",
+    "How heavy is it?",
+    "Can I add a basket?",
+    "What about lights for riding at night?",
+    "How long does delivery take?",
+    "Can I return it if it does not fit?",
+    "Do you sell helmets too?",
+    "Please sum up what we talked about.",
+    "Thanks. One more question: do you repair bikes?",
+    "What are your opening hours?",
+]
 
 
 def free_port() -> int:
@@ -40,54 +67,159 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_healthy(url: str, server: subprocess.Popen, timeout: float = 120) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if server.poll() is not None:
-            raise SystemExit("the server exited before it was ready")
+@dataclass
+class ServerSpec:
+    """Which server to start and how."""
+
+    kind: str = "edgekit"  # edgekit | llama-cpp-python | llama-server
+    artifact: str | None = None  # edgekit
+    gguf: str | None = None  # the llama.cpp servers
+    llama_server: str | None = None  # the llama-server binary
+    parallel: int | None = None  # edgekit --parallel; llama-server -np
+    prefix_cache_mb: int | None = None  # edgekit's (0: off)
+    threads: int = 2
+    context: int = 2048  # per sequence
+    max_waiting: int = 32
+    extra: list[str] = field(default_factory=list)
+
+    def command(self, port: int) -> list[str]:
+        if self.kind == "edgekit":
+            cmd = [sys.executable, "-m", "edgekit", "serve", str(self.artifact), "--port", str(port)]
+            cmd += ["--max-waiting", str(self.max_waiting)]
+            if self.parallel is not None:
+                cmd += ["--parallel", str(self.parallel)]
+            if self.prefix_cache_mb is not None:
+                cmd += ["--prefix-cache-mb", str(self.prefix_cache_mb)]
+            return cmd + self.extra
+        if self.kind == "llama-cpp-python":  # flash attention on: llama-cpp-python turns it off unless asked
+            cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf), "--port", str(port)]
+            cmd += ["--n_ctx", str(self.context), "--n_threads", str(self.threads), "--flash_attn", "true"]
+            return cmd + ["--n_batch", "512"] + self.extra
+        if self.kind == "llama-server":
+            slots = self.parallel or 1
+            cmd = [str(self.llama_server), "-m", str(self.gguf), "--port", str(port), "-t", str(self.threads)]
+            cmd += ["-np", str(slots), "-c", str(self.context * slots), "-fa", "on"]
+            return cmd + self.extra
+        raise SystemExit(f"unknown server {self.kind}; servers: edgekit, llama-cpp-python, llama-server")
+
+    def label(self) -> str:
+        if self.kind == "edgekit":
+            cache = "" if self.prefix_cache_mb is None else f", prefix cache {self.prefix_cache_mb} MB"
+            return f"edgekit --parallel {self.parallel}{cache}"
+        if self.kind == "llama-server":
+            return f"llama-server -np {self.parallel or 1}"
+        return "llama_cpp.server"
+
+
+class Running:
+    """A server process on a free port, healthy once started."""
+
+    def __init__(self, spec: ServerSpec, timeout: float = 180):
+        self.spec = spec
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(f"/tmp/serve_load_{self.port}.log")
+        self.log_file = self.log_path.open("w")
+        self.process = subprocess.Popen(spec.command(self.port), stdout=self.log_file, stderr=subprocess.STDOUT)
+        self.ready_s = self._wait_healthy(timeout)
+
+    def _wait_healthy(self, timeout: float) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.process.poll() is not None:
+                raise SystemExit(f"the server exited before it was ready:\n{self.log_path.read_text()[-3000:]}")
+            for path in ("/health", "/v1/models"):
+                try:
+                    with urllib.request.urlopen(self.url + path, timeout=5) as response:
+                        if response.status == 200:
+                            return time.monotonic() - start
+                except (urllib.error.URLError, OSError):
+                    pass
+            time.sleep(0.2)
+        raise SystemExit(f"the server was not healthy after {timeout} s")
+
+    def healthy(self) -> bool:
+        for path in ("/health", "/v1/models"):
+            try:
+                with urllib.request.urlopen(self.url + path, timeout=10) as response:
+                    if response.status == 200:
+                        return True
+            except (urllib.error.URLError, OSError):
+                pass
+        return False
+
+    def stop(self) -> str:
+        self.process.terminate()
         try:
-            with urllib.request.urlopen(url + "/health", timeout=5) as response:
-                if response.status == 200:
-                    return time.monotonic() - start
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"the server was not healthy after {timeout} s")
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log_file.close()
+        return self.log_path.read_text()
 
 
-def one_request(port: int, i: int, max_tokens: int, timeout: float) -> dict:
-    stream = i % 2 == 1
+def chat_request(port: int, messages: list[dict], max_tokens: int, stream: bool, timeout: float) -> dict:
+    """One chat completion; time to first content, latency, generated tokens, the answer's text."""
     body = {
-        "model": "edgekit",
-        "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+        "model": "m",
+        "messages": messages,
         "max_tokens": max_tokens,
         "stream": stream,
+        "temperature": 0,
+        "ignore_eos": True,  # the same answer lengths for every server (llama.cpp's servers take it too)
     }
+    if stream:
+        body["stream_options"] = {"include_usage": True}
     start = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
         response = conn.getresponse()
-        first = None
+        first, tokens, text, cached, ok = None, 0, [], None, False
         if stream and response.status == 200:
-            data = b""
-            while chunk := response.read1(65536):
-                if first is None and b'"content":"' in chunk and b'"content":""' not in chunk:
-                    first = time.perf_counter() - start
-                data += chunk
-            ok = data.rstrip().endswith(b"data: [DONE]")
+            buffer = b""
+            chunks = 0
+            while data := response.read1(65536):
+                buffer += data
+                while b"\n\n" in buffer:
+                    event, buffer = buffer.split(b"\n\n", 1)
+                    payload = event.removeprefix(b"data: ").strip()
+                    if payload == b"[DONE]":
+                        ok = True
+                        continue
+                    if not payload.startswith(b"{"):
+                        continue
+                    message = json.loads(payload)
+                    for choice in message.get("choices") or []:
+                        content = (choice.get("delta") or {}).get("content")
+                        if content:
+                            chunks += 1
+                            text.append(content)
+                            if first is None:
+                                first = time.perf_counter() - start
+                    if message.get("usage"):
+                        tokens = message["usage"]["completion_tokens"]
+                        cached = (message["usage"].get("prompt_tokens_details") or {}).get("cached_tokens")
+            tokens = tokens or chunks  # a server without the usage chunk: one token per content chunk
         else:
-            data = response.read()
-            ok = response.status != 200 or "choices" in json.loads(data)
+            data = json.loads(response.read())
+            ok = response.status != 200 or "choices" in data
+            if response.status == 200:
+                tokens = data["usage"]["completion_tokens"]
+                text.append(data["choices"][0]["message"]["content"] or "")
         return {
             "status": response.status,
             "complete": ok,
             "stream": stream,
             "latency": time.perf_counter() - start,
             "first_token": first,
+            "tokens": tokens,
+            "text": "".join(text),
+            "cached_tokens": cached,
         }
-    except (OSError, http.client.HTTPException) as exc:
-        return {"status": f"{type(exc).__name__}", "complete": False, "stream": stream, "latency": None}
+    except (OSError, http.client.HTTPException, json.JSONDecodeError) as exc:
+        return {"status": f"{type(exc).__name__}", "complete": False, "stream": stream, "latency": None, "tokens": 0}
     finally:
         conn.close()
 
@@ -97,74 +229,147 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def _rounded(values: list[float], q: float | None = None) -> float | None:
+    if not values:
+        return None
+    return round(statistics.median(values) if q is None else percentile(values, q), 3)
+
+
+def questions(port: int, clients: int, requests: int, max_tokens: int, timeout: float, streamed: str) -> dict:
+    """`requests` independent chats from `clients` threads; streamed: "half" or "all"."""
+
+    def one(i: int) -> dict:
+        stream = streamed == "all" or i % 2 == 1
+        messages = [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
+        return chat_request(port, messages, max_tokens, stream, timeout)
+
+    one(0)  # warm-up, not counted
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(one, range(requests)))
+    wall = time.perf_counter() - start
+    answered = [r for r in results if r["status"] == 200 and r["complete"]]
+    refused = [r for r in results if r["status"] == 503]
+    latencies = [r["latency"] for r in answered]
+    firsts = [r["first_token"] for r in answered if r["first_token"] is not None]
+    generated = sum(r["tokens"] for r in answered)
+    return {
+        "clients": clients,
+        "requests": requests,
+        "max_tokens": max_tokens,
+        "answered": len(answered),
+        "refused_503": len(refused),
+        "lost_or_hung": len(results) - len(answered) - len(refused),
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(len(answered) / wall, 2),
+        "generated_tokens": generated,
+        "generated_tokens_per_s": round(generated / wall, 1),
+        "latency_p50_s": _rounded(latencies),
+        "latency_p99_s": _rounded(latencies, 0.99),
+        "first_token_p50_s": _rounded(firsts),
+        "first_token_p99_s": _rounded(firsts, 0.99),
+    }
+
+
+def conversations(port: int, count: int, turns: int, max_tokens: int, timeout: float) -> dict:
+    """`count` conversations at once, each `turns` turns long: every turn resends the system prompt,
+    the history and a new question (streamed), so the prompts grow and interleave. Time to first
+    token by turn."""
+    firsts: list[list[float]] = [[] for _ in range(turns)]
+    cached: list[list[int]] = [[] for _ in range(turns)]
+    prompt_growth: list[int] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def talk(c: int) -> None:
+        history = [{"role": "system", "content": f"{SYSTEM} Customer number {c}."}]
+        for turn in range(turns):
+            history.append({"role": "user", "content": FOLLOW_UPS[turn % len(FOLLOW_UPS)]})
+            result = chat_request(port, history, max_tokens, True, timeout)
+            if result["status"] != 200 or not result["complete"] or result["first_token"] is None:
+                with lock:
+                    failures.append(f"conversation {c} turn {turn + 1}: {result['status']}")
+                return
+            history.append({"role": "assistant", "content": result["text"]})
+            with lock:
+                firsts[turn].append(result["first_token"])
+                if result.get("cached_tokens") is not None:
+                    cached[turn].append(result["cached_tokens"])
+        with lock:
+            prompt_growth.append(len(json.dumps(history)))
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=talk, args=(c,)) for c in range(count)]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)  # staggered: turns of different conversations interleave
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    return {
+        "conversations": count,
+        "turns": turns,
+        "max_tokens": max_tokens,
+        "failed": failures,
+        "wall_s": round(wall, 2),
+        "first_token_p50_s_by_turn": [_rounded(f) for f in firsts],
+        "cached_tokens_median_by_turn": [int(statistics.median(c)) if c else None for c in cached],
+        "last_history_chars_median": int(statistics.median(prompt_growth)) if prompt_growth else None,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--artifact", required=True)
+    parser.add_argument("--server", default="edgekit", choices=["edgekit", "llama-cpp-python", "llama-server"])
+    parser.add_argument("--artifact", help="edgekit: the exported artifact")
+    parser.add_argument("--gguf", help="llama.cpp's servers: the model")
+    parser.add_argument("--llama-server", help="llama.cpp's llama-server binary")
+    parser.add_argument("--parallel", type=int, help="sequences decoded at once (edgekit --parallel, llama-server -np)")
+    parser.add_argument("--prefix-cache-mb", type=int, help="edgekit's prefix cache (0: off)")
+    parser.add_argument("--workload", default="questions", choices=["questions", "chat"])
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--streamed", default="half", choices=["half", "all"])
+    parser.add_argument("--conversations", type=int, default=8)
+    parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-waiting", type=int, default=32, help="the server's waiting line")
     parser.add_argument("--timeout", type=float, default=300, help="per request: longer counts as hung")
     parser.add_argument("--json", default="bench/results/serve_load.json")
     args = parser.parse_args()
 
-    port = free_port()
-    command = [sys.executable, "-m", "edgekit", "serve", args.artifact, "--port", str(port)]
-    server = subprocess.Popen(command + ["--max-waiting", str(args.max_waiting)], stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
+    spec = ServerSpec(
+        args.server, args.artifact, args.gguf, args.llama_server, args.parallel, args.prefix_cache_mb,
+        max_waiting=args.max_waiting,
+    )  # fmt: skip
+    server = Running(spec)
     try:
-        ready_s = wait_healthy(url, server)
-        one_request(port, 0, args.max_tokens, args.timeout)  # warm-up, not counted
-        start = time.perf_counter()
-        with ThreadPoolExecutor(args.clients) as pool:
-            results = list(
-                pool.map(lambda i: one_request(port, i, args.max_tokens, args.timeout), range(args.requests))
-            )
-        wall = time.perf_counter() - start
-        with urllib.request.urlopen(url + "/health", timeout=10) as response:
-            healthy_after = response.status == 200
+        if args.workload == "chat":
+            result = conversations(server.port, args.conversations, args.turns, args.max_tokens, args.timeout)
+        else:
+            result = questions(server.port, args.clients, args.requests, args.max_tokens, args.timeout, args.streamed)
+        healthy_after = server.healthy()
     finally:
-        server.terminate()
-        _, log = server.communicate(timeout=30)
-
-    answered = [r for r in results if r["status"] == 200 and r["complete"]]
-    refused = [r for r in results if r["status"] == 503]
-    lost = [r for r in results if r not in answered and r not in refused]
-    latencies = [r["latency"] for r in answered]
-    firsts = [r["first_token"] for r in answered if r["first_token"] is not None]
-    answers = [line.split("generation: ")[1].split() for line in log.splitlines() if "generation: " in line][1:]
-    speeds = [float(words[2]) for words in answers]  # [1:]: the warm-up request
+        server.stop()
     summary = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {_cpu()}",
+        "machine": f"{platform.machine()}, {cpu_name()}",
         "command": " ".join(["python", "bench/serve_load.py", *sys.argv[1:]]),
-        "artifact": Path(args.artifact).name,
-        "clients": args.clients,
-        "requests": args.requests,
-        "max_tokens": args.max_tokens,
-        "ready_s": round(ready_s, 2),
-        "answered": len(answered),
-        "refused_503": len(refused),
-        "lost_or_hung": len(lost),
+        "server": spec.label(),
+        "ready_s": round(server.ready_s, 2),
+        **result,
         "healthy_after": healthy_after,
-        "wall_s": round(wall, 2),
-        "requests_per_s": round(len(answered) / wall, 2),
-        "latency_p50_s": round(statistics.median(latencies), 3) if latencies else None,
-        "latency_p99_s": round(percentile(latencies, 0.99), 3) if latencies else None,
-        "first_token_p50_s": round(statistics.median(firsts), 3) if firsts else None,
-        "first_token_p99_s": round(percentile(firsts, 0.99), 3) if firsts else None,
-        "generation_tokens_per_s_median": round(statistics.median(speeds), 1) if speeds else None,
-        "generated_tokens_per_s_total": round(sum(int(words[0]) for words in answers) / wall, 1),
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     for key, value in summary.items():
         print(f"{key:32} {value}")
+    lost = result.get("lost_or_hung") or len(result.get("failed", []))
     if lost or not healthy_after:
-        raise SystemExit(f"{len(lost)} requests lost or hung; healthy after: {healthy_after}")
+        raise SystemExit(f"{lost} requests lost or hung; healthy after: {healthy_after}")
 
 
-def _cpu() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -34,7 +34,7 @@ def artifacts(tiny_models, tmp_path_factory):
     return out
 
 
-def _one_at_a_time(runtime: OnnxRuntime, prompt: list[int], tokens: list[int]) -> np.ndarray:
+def _one_at_a_time(runtime, prompt: list[int], tokens: list[int]) -> np.ndarray:
     runtime.reset()
     logits = [runtime.prefill(prompt)]
     logits += [runtime.decode(t) for t in tokens]
@@ -157,7 +157,7 @@ def test_restored_keys_and_values_give_the_same_logits(artifacts):
     assert len(blocks) == 2
     for n, block in enumerate(blocks):
         batch.write_kv(1, n * 32, block.kv)
-    batch.lengths[1] = 64
+    assert batch.lengths[1] == 64
     assert rel_err(batch.prefill(1, ids[64:]), whole) < TOLERANCE
 
 
@@ -195,3 +195,62 @@ def test_kv_budget_cuts_each_slots_context_or_refuses(artifacts):
     engine.close()
     with pytest.raises(EdgekitError, match="need .* MB of KV cache but the budget is 1 MB; serve fewer"):
         edgekit.load(artifacts["llama"], profile=None, parallel=64, kv_cache_mb=1)
+
+
+@pytest.fixture(scope="module")
+def mlx_artifacts(tiny_models, tmp_path_factory):
+    pytest.importorskip("mlx.core")
+    from edgekit.quant.recipe import Recipe
+
+    root = tmp_path_factory.mktemp("batching-mlx")
+    out = {}
+    for family in ALL_FAMILIES:
+        out[family] = root / family
+        edgekit.export(
+            tiny_models[family], out[family], format="mlx", recipe=Recipe(algorithm="rtn"), max_context=CONTEXT
+        )
+    return out
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_mlx_batched_step_gives_each_sequence_its_own_logits(family, mlx_artifacts):
+    from edgekit.runtimes.mlx import MlxRuntime
+    from edgekit.runtimes.mlx_batch import MlxBatchRuntime
+
+    single = MlxRuntime(mlx_artifacts[family], CONTEXT)
+    rng = np.random.default_rng(1)
+    vocab = single.spec.vocab_size
+    prompts = [rng.integers(3, vocab, n).tolist() for n in (5, 19, 11)]
+    tokens = [rng.integers(3, vocab, 6).tolist() for _ in prompts]
+    expected = [_one_at_a_time(single, p, t) for p, t in zip(prompts, tokens, strict=True)]
+
+    batch = MlxBatchRuntime(mlx_artifacts[family], CONTEXT, slots=4, prefill_chunk=4)
+    batch.prepare()  # in this thread, which runs it
+    slots = [3, 0, 2]
+    got = [[batch.prefill(s, p)] for s, p in zip(slots, prompts, strict=True)]
+    for step in range(6):
+        out = batch.decode({s: t[step] for s, t in zip(slots, tokens, strict=True)})
+        for row, s in zip(got, slots, strict=True):
+            row.append(out[s])
+    for row, want in zip(got, expected, strict=True):
+        assert rel_err(np.stack(row), want) < TOLERANCE
+    assert batch.lengths == [19 + 6, 0, 11 + 6, 5 + 6]
+
+
+def test_mlx_parallel_engine_answers_as_one_at_a_time(mlx_artifacts):
+    plain = edgekit.load(mlx_artifacts["qwen2"], profile=None)
+    expected = [plain.generate(p, **s) for p, s in zip(PROMPTS[:3], SETTINGS[:3], strict=True)]
+    engine = edgekit.load(mlx_artifacts["qwen2"], profile=None, parallel=2, prefix_cache_mb=4)
+    answers: list = [None] * 3
+
+    def ask(i: int) -> None:
+        answers[i] = engine.generate(PROMPTS[i], **SETTINGS[i])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    engine.close()
+    assert [(a.text, a.finish_reason) for a in answers] == [(e.text, e.finish_reason) for e in expected]
+    assert engine.batcher.sequence_steps > engine.batcher.steps

@@ -35,6 +35,9 @@ class BatchRuntime(Protocol):
     why_no_verify: str | None
     why_no_prefix_cache: str | None  # None when read_kv and write_kv work
 
+    def prepare(self) -> None:
+        """Build what must be built in the thread that runs the model (the batcher's), before any run."""
+
     def run(self, slot: int, ids: Sequence[int], keep: int = 1) -> np.ndarray:
         """ids after what `slot` holds, in one run; logits of the last `keep` positions [keep, vocab]."""
 
@@ -43,9 +46,11 @@ class BatchRuntime(Protocol):
 
     def trim(self, slot: int, length: int) -> None: ...
 
-    def read_kv(self, slot: int, start: int, end: int) -> np.ndarray: ...
+    def read_kv(self, slot: int, start: int, end: int) -> np.ndarray:
+        """Keys and values of positions [start, end): [layers, 2, kv_heads, end - start, head_dim]."""
 
-    def write_kv(self, slot: int, start: int, kv: np.ndarray) -> None: ...
+    def write_kv(self, slot: int, start: int, kv: np.ndarray) -> None:
+        """Keys and values at positions [start, start + n) of `slot`, which then holds start + n."""
 
 
 class _Job:
@@ -109,6 +114,11 @@ class Batcher:
         self.sequence_steps = 0
         self._thread = threading.Thread(target=self._loop, name="edgekit-batcher", daemon=True)
         self._thread.start()
+        try:
+            self.call(0, lambda runtime: runtime.prepare())
+        except BaseException:
+            self.close()
+            raise
 
     @contextmanager
     def sequence(self) -> Iterator[None]:
@@ -255,15 +265,14 @@ class SlotRuntime:
         """Positions [start, end) below the slot's length: nothing writes there while its thread reads."""
         return self._batch.read_kv(self.slot, start, end)
 
-    def restore(self, blocks: Sequence[np.ndarray], start: int, length: int) -> None:
-        """Write kv blocks from position `start` on and hold `length` positions (in the batcher's
-        thread: a step that left this slot out writes a dummy position past its old length)."""
+    def restore(self, blocks: Sequence[np.ndarray], start: int) -> None:
+        """Write kv blocks from position `start` on; the slot then holds what they end at (in the
+        batcher's thread: a step that left this slot out writes a dummy position past its old length)."""
 
         def write(runtime: BatchRuntime) -> None:
             at = start
             for kv in blocks:
                 runtime.write_kv(self.slot, at, kv)
                 at += kv.shape[3]
-            runtime.lengths[self.slot] = length
 
         self.batcher.call(self.slot, write)

@@ -75,6 +75,15 @@ def _open_onnx(folder: Path, manifest: Manifest, context: int, options: LoadOpti
     return runtime, "onnx"
 
 
+def _open_mlx_batch(folder: Path, manifest: Manifest, context: int, options: LoadOptions) -> tuple[Runtime, str]:
+    from ..runtimes.mlx_batch import MlxBatchRuntime, kv_itemsize
+
+    slots = options.parallel or 1
+    context = slot_context(manifest.spec, kv_itemsize(), slots, context, options.kv_cache_mb)
+    runtime = MlxBatchRuntime(folder, context, slots, prefill_chunk=options.prefill_chunk, threads=options.threads)
+    return runtime, f"mlx, {slots} sequences batched"
+
+
 def _open_onnx_batch(folder: Path, manifest: Manifest, context: int, options: LoadOptions) -> tuple[Runtime, str]:
     from ..runtimes.onnx_batch import OnnxBatchRuntime
 
@@ -142,6 +151,7 @@ OPENERS: dict[str, Callable[[Path, Manifest, int, LoadOptions], tuple[Runtime, s
 }
 # the kinds whose runtime decodes several sequences in one run (the npu flavor's static shapes hold one)
 BATCH_OPENERS: dict[str, Callable[[Path, Manifest, int, LoadOptions], tuple[Runtime, str]]] = {
+    "mlx": _open_mlx_batch,
     "onnx-cpu": _open_onnx_batch,
     "onnx-cuda": _open_onnx_batch,
 }

@@ -37,7 +37,7 @@ class SlotEngine(Engine):
         return self.owner._compiler()
 
     def _prefill(self, ids: list[int]):
-        own = min(_common_prefix(self._cached, ids), len(ids) - 1)
+        own = min(_common_prefix(self._cached, ids), len(ids) - 1, self.runtime.length)
         reused = own
         cache = self.owner.prefix_cache
         if cache is not None:
@@ -45,7 +45,7 @@ class SlotEngine(Engine):
             if len(blocks) * cache.block > own:
                 first = own // cache.block  # blocks before it are in the slot already
                 reused = len(blocks) * cache.block
-                self.runtime.restore([b.kv for b in blocks[first:]], first * cache.block, reused)
+                self.runtime.restore([b.kv for b in blocks[first:]], first * cache.block)
         self.runtime.trim(reused)
         self._cached = list(ids)
         logits = self.runtime.prefill(ids[reused:])

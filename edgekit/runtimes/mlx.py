@@ -21,6 +21,7 @@ from ..spec import ModelSpec
 from .base import check_room, prefill_in_chunks
 
 INDEX_FILE = "model.safetensors.index.json"
+DEFAULT_PREFILL_CHUNK = 512
 
 
 def is_mlx_folder(folder: Path) -> bool:
@@ -84,7 +85,7 @@ class MlxRuntime:
         self.spec = ModelSpec.from_config(self.config, str(config_path))
         self.quantization = self.config.get("quantization") or self.config.get("quantization_config") or {}
         self.max_context = min(max_context or self.spec.max_position_embeddings, self.spec.max_position_embeddings)
-        self.prefill_chunk = prefill_chunk or 512
+        self.prefill_chunk = prefill_chunk or DEFAULT_PREFILL_CHUNK
         on_gpu = mx.default_device() == mx.gpu
         self.dtype = getattr(mx, dtype or ("float16" if on_gpu else "float32"))
         weights: dict[str, Any] = {}

@@ -170,20 +170,38 @@ class Attention:
         self.k_norm = norms(lw.k_norm) if lw.k_norm else None
         self.scale = spec.head_dim**-0.5
 
-    def __call__(self, x: mx.array, cache: KVCache, rotary: Rotary, mask) -> mx.array:
-        s, t = self.spec, x.shape[1]
+    def _project(self, x: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """q, k, v [batch, heads, T, head_dim] of x [batch, T, hidden], head norms applied."""
+        s, (b, t) = self.spec, x.shape[:2]
         qkv = apply_all(self.qkv, x)
         q, k, v = mx.split(qkv, [s.q_size, s.q_size + s.kv_size], axis=-1)
-        q = q.reshape(1, t, s.num_heads, s.head_dim).transpose(0, 2, 1, 3)
-        k = k.reshape(1, t, s.num_kv_heads, s.head_dim).transpose(0, 2, 1, 3)
-        v = v.reshape(1, t, s.num_kv_heads, s.head_dim).transpose(0, 2, 1, 3)
+        q = q.reshape(b, t, s.num_heads, s.head_dim).transpose(0, 2, 1, 3)
+        k = k.reshape(b, t, s.num_kv_heads, s.head_dim).transpose(0, 2, 1, 3)
+        v = v.reshape(b, t, s.num_kv_heads, s.head_dim).transpose(0, 2, 1, 3)
         if self.q_norm is not None:
             q = mx.fast.rms_norm(q, self.q_norm, s.rms_norm_eps)
             k = mx.fast.rms_norm(k, self.k_norm, s.rms_norm_eps)
+        return q, k, v
+
+    def _attend(self, q: mx.array, k: mx.array, v: mx.array, cache, rotary: Rotary, mask) -> mx.array:
+        """One sequence's attention [1, T, q_size] over its cache, with k and v stored in it."""
         q, k = rotary(q, cache.offset), rotary(k, cache.offset)
         keys, values = cache.update(k, v)
         out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale, mask=mask)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(1, t, s.q_size))
+        return out.transpose(0, 2, 1, 3).reshape(1, q.shape[2], self.spec.q_size)
+
+    def __call__(self, x: mx.array, cache: KVCache, rotary: Rotary, mask) -> mx.array:
+        return self.o_proj(self._attend(*self._project(x), cache, rotary, mask))
+
+    def batch(self, x: mx.array, caches: list[KVCache], rotary: Rotary, masks: list) -> mx.array:
+        """x [sequences, 1, hidden]: one token of each sequence, each after its own cache. The
+        projections run once for all; attention runs per sequence, each at its own length."""
+        q, k, v = self._project(x)
+        outs = [
+            self._attend(q[i : i + 1], k[i : i + 1], v[i : i + 1], cache, rotary, mask)
+            for i, (cache, mask) in enumerate(zip(caches, masks, strict=True))
+        ]
+        return self.o_proj(mx.concatenate(outs, axis=0))
 
 
 class MLP:
@@ -209,6 +227,10 @@ class DecoderLayer:
 
     def __call__(self, h: mx.array, cache: KVCache, rotary: Rotary, mask) -> mx.array:
         h = h + self.attn(mx.fast.rms_norm(h, self.input_norm, self.eps), cache, rotary, mask)
+        return h + self.mlp(mx.fast.rms_norm(h, self.post_norm, self.eps))
+
+    def batch(self, h: mx.array, caches: list[KVCache], rotary: Rotary, masks: list) -> mx.array:
+        h = h + self.attn.batch(mx.fast.rms_norm(h, self.input_norm, self.eps), caches, rotary, masks)
         return h + self.mlp(mx.fast.rms_norm(h, self.post_norm, self.eps))
 
 
@@ -261,16 +283,29 @@ class Model:
         logits = self(token, caches, mask=mask)
         return logits, [c.keys for c in caches], [c.values for c in caches]
 
+    def _embed(self, ids: mx.array) -> mx.array:
+        h = self.embed.rows(ids)
+        return h * mx.array(self.embed_scale, dtype=h.dtype) if self.embed_scale != 1 else h
+
+    def _logits(self, h: mx.array) -> mx.array:
+        return self.lm_head(mx.fast.rms_norm(h, self.norm, self.spec.rms_norm_eps))
+
     def __call__(self, ids: mx.array, caches: list, last_only: bool = True, mask=None) -> mx.array:
         """Logits [T or 1, vocab] of ids [T] following what the caches hold."""
         t = ids.shape[0]
         if mask is None:
             mask = self.mask(caches[0].offset, t)
-        h = self.embed.rows(ids)[None]
-        if self.embed_scale != 1:
-            h = h * mx.array(self.embed_scale, dtype=h.dtype)
+        h = self._embed(ids)[None]
         for layer, cache in zip(self.layers, caches, strict=True):
             h = layer(h, cache, self.rotary, mask)
         if last_only:
             h = h[:, -1:, :]
-        return self.lm_head(mx.fast.rms_norm(h, self.norm, self.spec.rms_norm_eps))[0]
+        return self._logits(h)[0]
+
+    def batch(self, tokens: mx.array, caches: list[list[KVCache]]) -> mx.array:
+        """Logits [sequences, vocab]: tokens [sequences], each after its own caches (one per layer)."""
+        masks = [self.mask(c[0].offset, 1) for c in caches]
+        h = self._embed(tokens)[:, None, :]
+        for n, layer in enumerate(self.layers):
+            h = layer.batch(h, [c[n] for c in caches], self.rotary, masks)
+        return self._logits(h)[:, 0]

@@ -86,6 +86,9 @@ class OnnxBatchRuntime:
         self._bindings: dict[tuple[int, int], _Binding] = {}
         self._keep = np.ones(1, dtype=np.int64)
 
+    def prepare(self) -> None:
+        """Nothing to build: the session is ready (the batch runtime protocol's hook)."""
+
     @property
     def kv_bytes(self) -> int:
         return self._slot_bytes * 2 * self.spec.num_layers * self.slots
@@ -183,7 +186,8 @@ class OnnxBatchRuntime:
         return np.stack([np.stack([k[slot, :, start:end], v[slot, :, start:end]]) for k, v in self.cache])
 
     def write_kv(self, slot: int, start: int, kv: np.ndarray) -> None:
-        """Put kv (as read_kv returns) at positions [start, start + its length) of `slot`."""
+        """Put kv (as read_kv returns) at positions [start, start + its length) of `slot`, which then
+        holds that many positions."""
         if self.cache is None:
             raise EdgekitError(f"no prefix cache here: {self.why_no_prefix_cache}")
         end = start + kv.shape[3]
@@ -191,3 +195,4 @@ class OnnxBatchRuntime:
         for (k, v), layer in zip(self.cache, kv, strict=True):
             k[slot, :, start:end] = layer[0]
             v[slot, :, start:end] = layer[1]
+        self.lengths[slot] = end
