@@ -82,6 +82,15 @@ class ServerSpec:
     max_waiting: int = 32
     extra: list[str] = field(default_factory=list)
 
+    def body(self) -> dict:
+        """Request fields this server needs for the same answers as the others: llama_cpp.server
+        ignores ignore_eos, so end-of-sequence is masked through logit_bias instead."""
+        if self.kind != "llama-cpp-python":
+            return {}
+        from edgekit.sources import open_checkpoint
+
+        return {"logit_bias": {str(i): -100 for i in open_checkpoint(self.gguf).eos_token_ids}}
+
     def command(self, port: int) -> list[str]:
         if self.kind == "edgekit":
             cmd = [sys.executable, "-m", "edgekit", "serve", str(self.artifact), "--port", str(port)]
@@ -94,7 +103,8 @@ class ServerSpec:
         if self.kind == "llama-cpp-python":  # flash attention on: llama-cpp-python turns it off unless asked
             cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf), "--port", str(port)]
             cmd += ["--n_ctx", str(self.context), "--n_threads", str(self.threads), "--flash_attn", "true"]
-            return cmd + ["--n_batch", "512"] + self.extra
+            # queue a request behind the running one (its default interrupts the running one)
+            return cmd + ["--n_batch", "512", "--interrupt_requests", "false"] + self.extra
         if self.kind == "llama-server":
             slots = self.parallel or 1
             cmd = [str(self.llama_server), "-m", str(self.gguf), "--port", str(port), "-t", str(self.threads)]
@@ -128,24 +138,23 @@ class Running:
         while time.monotonic() - start < timeout:
             if self.process.poll() is not None:
                 raise SystemExit(f"the server exited before it was ready:\n{self.log_path.read_text()[-3000:]}")
-            for path in ("/health", "/v1/models"):
-                try:
-                    with urllib.request.urlopen(self.url + path, timeout=5) as response:
-                        if response.status == 200:
-                            return time.monotonic() - start
-                except (urllib.error.URLError, OSError):
-                    pass
+            if self.healthy():
+                return time.monotonic() - start
             time.sleep(0.2)
         raise SystemExit(f"the server was not healthy after {timeout} s")
 
     def healthy(self) -> bool:
+        """GET /health answers 200 (edgekit, llama-server: 503 while loading); a server without it
+        (llama_cpp.server, which listens once loaded) answers GET /v1/models."""
         for path in ("/health", "/v1/models"):
             try:
                 with urllib.request.urlopen(self.url + path, timeout=10) as response:
-                    if response.status == 200:
-                        return True
+                    return response.status == 200
+            except urllib.error.HTTPError as exc:
+                if exc.code != 404:
+                    return False
             except (urllib.error.URLError, OSError):
-                pass
+                return False
         return False
 
     def stop(self) -> str:
@@ -159,7 +168,9 @@ class Running:
         return self.log_path.read_text()
 
 
-def chat_request(port: int, messages: list[dict], max_tokens: int, stream: bool, timeout: float) -> dict:
+def chat_request(
+    port: int, messages: list[dict], max_tokens: int, stream: bool, timeout: float, extra: dict | None = None
+) -> dict:
     """One chat completion; time to first content, latency, generated tokens, the answer's text."""
     body = {
         "model": "m",
@@ -167,7 +178,8 @@ def chat_request(port: int, messages: list[dict], max_tokens: int, stream: bool,
         "max_tokens": max_tokens,
         "stream": stream,
         "temperature": 0,
-        "ignore_eos": True,  # the same answer lengths for every server (llama.cpp's servers take it too)
+        "ignore_eos": True,  # the same answer lengths for every server (llama-server takes it too)
+        **(extra or {}),
     }
     if stream:
         body["stream_options"] = {"include_usage": True}
@@ -235,13 +247,15 @@ def _rounded(values: list[float], q: float | None = None) -> float | None:
     return round(statistics.median(values) if q is None else percentile(values, q), 3)
 
 
-def questions(port: int, clients: int, requests: int, max_tokens: int, timeout: float, streamed: str) -> dict:
+def questions(
+    port: int, clients: int, requests: int, max_tokens: int, timeout: float, streamed: str, extra: dict | None = None
+) -> dict:
     """`requests` independent chats from `clients` threads; streamed: "half" or "all"."""
 
     def one(i: int) -> dict:
         stream = streamed == "all" or i % 2 == 1
         messages = [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
-        return chat_request(port, messages, max_tokens, stream, timeout)
+        return chat_request(port, messages, max_tokens, stream, timeout, extra)
 
     one(0)  # warm-up, not counted
     start = time.perf_counter()
@@ -271,7 +285,9 @@ def questions(port: int, clients: int, requests: int, max_tokens: int, timeout: 
     }
 
 
-def conversations(port: int, count: int, turns: int, max_tokens: int, timeout: float) -> dict:
+def conversations(
+    port: int, count: int, turns: int, max_tokens: int, timeout: float, extra: dict | None = None
+) -> dict:
     """`count` conversations at once, each `turns` turns long: every turn resends the system prompt,
     the history and a new question (streamed), so the prompts grow and interleave. Time to first
     token by turn."""
@@ -285,7 +301,7 @@ def conversations(port: int, count: int, turns: int, max_tokens: int, timeout: f
         history = [{"role": "system", "content": f"{SYSTEM} Customer number {c}."}]
         for turn in range(turns):
             history.append({"role": "user", "content": FOLLOW_UPS[turn % len(FOLLOW_UPS)]})
-            result = chat_request(port, history, max_tokens, True, timeout)
+            result = chat_request(port, history, max_tokens, True, timeout, extra)
             if result["status"] != 200 or not result["complete"] or result["first_token"] is None:
                 with lock:
                     failures.append(f"conversation {c} turn {turn + 1}: {result['status']}")
@@ -345,9 +361,13 @@ def main() -> None:
     server = Running(spec)
     try:
         if args.workload == "chat":
-            result = conversations(server.port, args.conversations, args.turns, args.max_tokens, args.timeout)
+            result = conversations(
+                server.port, args.conversations, args.turns, args.max_tokens, args.timeout, spec.body()
+            )
         else:
-            result = questions(server.port, args.clients, args.requests, args.max_tokens, args.timeout, args.streamed)
+            result = questions(
+                server.port, args.clients, args.requests, args.max_tokens, args.timeout, args.streamed, spec.body()
+            )
         healthy_after = server.healthy()
     finally:
         server.stop()

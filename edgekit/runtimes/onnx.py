@@ -29,8 +29,11 @@ def make_session(
     providers: Sequence[str | tuple[str, dict]] = ("CPUExecutionProvider",),
     threads: int | None = None,
     huge_pages: bool = False,
+    spinning: bool = True,
 ):
-    """huge_pages: move the weights the session repacked onto huge pages once it is built (Linux)."""
+    """huge_pages: move the weights the session repacked onto huge pages once it is built (Linux).
+    spinning: ONNX Runtime's threads spin between runs (fastest when one thread calls run after
+    run; a batcher whose sequences sample between runs wants the cores instead)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -45,7 +48,7 @@ def make_session(
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     session = ort.InferenceSession(str(model_path), options, providers=list(providers))
     if huge_pages:
         collapse_filled_heap()

@@ -47,12 +47,13 @@ class OnnxBatchRuntime:
         kv_dtype=np.float32,
         prefill_chunk: int | None = None,
         huge_pages: bool = False,
+        spinning: bool = False,
     ):
         self.spec = spec
         self.max_context = max_context
         self.slots = slots
         self.prefill_chunk = prefill_chunk or DEFAULT_PREFILL_CHUNK
-        self.session = make_session(model_path, providers, threads, huge_pages)
+        self.session = make_session(model_path, providers, threads, huge_pages, spinning=spinning)
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get(BATCH_METADATA) != "1":
             raise EdgekitError(
