@@ -28,7 +28,9 @@ def throughput_servers(args) -> list[ServerSpec]:
         ServerSpec("llama-cpp-python", gguf=args.gguf, context=args.context),
     ]
     if args.llama_server:
-        servers.append(ServerSpec("llama-server", gguf=args.gguf, llama_server=args.llama_server, parallel=args.parallel))
+        servers.append(
+            ServerSpec("llama-server", gguf=args.gguf, llama_server=args.llama_server, parallel=args.parallel)
+        )
     return servers
 
 

@@ -228,3 +228,59 @@ def test_an_over_limit_body_gets_its_413_read_by_http_client(server):
     data = json.loads(response.read())
     conn.close()
     assert response.status == 413 and "the limit is" in data["error"]["message"]
+
+
+def test_a_graph_exported_before_batching_is_served_one_at_a_time(artifact, tmp_path):
+    """Its model.onnx without the batch mark: load(parallel=) says to re-export; `edgekit serve`
+    (parallel from the profile) serves it one request at a time and says why."""
+    import shutil
+    import subprocess
+    import sys
+
+    import onnx
+
+    from edgekit.artifact import BATCH_METADATA, MANIFEST, MODEL_FILE, sha256
+    from edgekit.runtimes.onnx_batch import SingleSequenceGraph
+
+    old = tmp_path / "old"
+    shutil.copytree(artifact, old)
+    model = onnx.load(str(old / MODEL_FILE), load_external_data=False)
+    kept = [p for p in model.metadata_props if p.key != BATCH_METADATA]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    (old / MODEL_FILE).write_bytes(model.SerializeToString())
+    manifest = json.loads((old / MANIFEST).read_text())
+    manifest["files"][MODEL_FILE] = sha256(old / MODEL_FILE)
+    (old / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(SingleSequenceGraph, match="re-export it"):
+        edgekit.load(old, profile=None, parallel=2)
+
+    port = _free_port()
+    command = [sys.executable, "-m", "edgekit", "serve", str(old), "--port", str(port), "--profile", "none"]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait(lambda: _health(port) == 200 or proc.poll() is not None, timeout=60)
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "one request at a time" in err and "re-export it" in err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _health(port: int) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+            return response.status
+    except (urllib.error.URLError, OSError):
+        return 0

@@ -24,6 +24,10 @@ from .base import EMPTY_PROMPT, check_room
 from .onnx import DEFAULT_PREFILL_CHUNK, make_session
 
 
+class SingleSequenceGraph(EdgekitError):
+    """A graph exported before batched decoding: it runs one sequence at a time."""
+
+
 @dataclass
 class _Binding:
     binding: Any  # onnxruntime.IOBinding
@@ -56,9 +60,9 @@ class OnnxBatchRuntime:
         self.session = make_session(model_path, providers, threads, huge_pages, spinning=spinning)
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get(BATCH_METADATA) != "1":
-            raise EdgekitError(
+            raise SingleSequenceGraph(
                 f"{model_path.parent}: its graph decodes one sequence at a time (exported before batched "
-                "decoding); re-export it to serve several sequences at once, or serve with --parallel 1"
+                "decoding); re-export it to decode several sequences at once"
             )
         if LOGITS_TO_KEEP not in {i.name for i in self.session.get_inputs()}:
             raise EdgekitError(f"{model_path.parent}: its graph has no {LOGITS_TO_KEEP} input; re-export it")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EdgekitError
+from ..runtimes.onnx_batch import SingleSequenceGraph
 from ..generation.engine import Chunk, Engine, Stats
 from .protocol import Answer, ApiError, Request, chat_request, engine_error, parse_json, sse, text_request, timings
 
@@ -465,10 +466,15 @@ def serve(
     server, thread = start(host, port, max_waiting, log)
     server.log(f"listening on {server.url}; loading {artifact}")
     try:
-        parallel = _parallel(artifact, profile, parallel, server.log)
-        if parallel is not None:
-            load_options["parallel"] = parallel
-        engine = load(artifact, profile=profile, generation=GenerationConfig(speculation=speculation), **load_options)
+        generation = GenerationConfig(speculation=speculation)
+        batched = _parallel(artifact, profile, parallel, server.log)
+        try:
+            engine = load(artifact, profile=profile, generation=generation, parallel=batched, **load_options)
+        except SingleSequenceGraph as exc:
+            if parallel is not None:  # asked for: say why not
+                raise
+            server.log(f"one request at a time: {exc}")
+            engine = load(artifact, profile=profile, generation=generation, **load_options)
     except BaseException as exc:
         server.load_error = str(exc)
         server.shutdown()
