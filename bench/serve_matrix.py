@@ -118,7 +118,8 @@ def report(runs: list[dict]) -> str:
     questions_runs = [r for r in runs if r["workload"] == "questions"]
     if questions_runs:
         lines += [
-            "| server | clients | generated tokens/s | first token p50 / p99 s | latency p50 / p99 s | answered / lost |",
+            "| server | clients | generated tokens/s | first token p50 / p99 s | latency p50 / p99 s "
+            "| answered / lost |",
             "|---|---|---|---|---|---|",
         ]
         for server in dict.fromkeys(r["server"] for r in questions_runs):
@@ -126,7 +127,10 @@ def report(runs: list[dict]) -> str:
                 rs = [r for r in questions_runs if r["server"] == server and r["clients"] == clients]
                 if not rs:
                     continue
-                pick = lambda key: [r[key] for r in rs]  # noqa: E731
+
+                def pick(key: str, rs: list[dict] = rs) -> list:
+                    return [r[key] for r in rs]
+
                 lines.append(
                     f"| {server} | {clients} | {spread(pick('generated_tokens_per_s'))} | "
                     f"{spread(pick('first_token_p50_s'))} / {spread(pick('first_token_p99_s'))} | "

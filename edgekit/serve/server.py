@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EdgekitError
-from ..runtimes.onnx_batch import SingleSequenceGraph
 from ..generation.engine import Chunk, Engine, Stats
+from ..runtimes.onnx_batch import SingleSequenceGraph
 from .protocol import Answer, ApiError, Request, chat_request, engine_error, parse_json, sse, text_request, timings
 
 MAX_BODY_BYTES = 8 << 20
