@@ -21,8 +21,11 @@ import numpy as np
 
 from ..errors import EdgekitError
 
-# how long a gathered decode waits for the other running sequences' steps before it runs without them
-GATHER_S = 0.003
+# how long gathered decodes wait for the other running sequences' steps before they run without
+# them: this long, or as long as a decode run last took, whichever is longer (the others come back
+# after sampling, which a busy CPU slows as much as the runs; a client slow to take its text costs
+# the others at most about a run)
+GATHER_S = 0.01
 
 
 class BatchRuntime(Protocol):
@@ -110,6 +113,7 @@ class Batcher:
         self._jobs: deque[_Job] = deque()
         self._running = 0  # sequences in flight: the decodes a step waits for
         self._closed = False
+        self._run_s = 0.0  # how long the last decode run took
         self.steps = 0  # batched decode runs, and the sequence steps they made (for stats)
         self.sequence_steps = 0
         self._thread = threading.Thread(target=self._loop, name="edgekit-batcher", daemon=True)
@@ -166,25 +170,28 @@ class Batcher:
             self._cond.notify_all()
         self._thread.join(5)
 
-    def _ready(self) -> float | None:
-        """0 when a step should run now, else how long to wait (None: until something arrives)."""
-        if self._jobs or self._closed:
-            return 0
+    def _decodes_ready(self) -> float | None:
+        """0 when the gathered decodes should run now, else how long to wait for the rest (None:
+        no decode waits). The rest: the running sequences not waiting on a prompt chunk or a call."""
         if not self._decodes:
             return None
+        expected = self._running - len({job.slot for job in self._jobs})
         waited = time.monotonic() - self._first_decode
-        return 0 if len(self._decodes) >= self._running or waited >= self.gather_s else self.gather_s - waited
+        patience = max(self.gather_s, self._run_s)
+        return 0 if self._closed or len(self._decodes) >= expected or waited >= patience else patience - waited
 
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while (wait := self._ready()) != 0:
+                while not self._jobs and not self._closed and (wait := self._decodes_ready()) != 0:
                     self._cond.wait(wait)
                 if self._closed:
                     for job in [*self._jobs, *(j for _, j in self._decodes.values())]:
                         job.finish(error=EdgekitError("the engine is closed"))
                     return
-                decodes, self._decodes = self._decodes, {}
+                decodes = {}
+                if self._decodes_ready() == 0:  # else they wait for the rest while a prompt chunk runs
+                    decodes, self._decodes = self._decodes, {}
                 job = self._jobs.popleft() if self._jobs else None
             if job is not None:
                 self._step(job)
@@ -204,12 +211,14 @@ class Batcher:
                 self._jobs.append(job)
 
     def _decode(self, decodes: dict[int, tuple[int, _Job]]) -> None:
+        start = time.monotonic()
         try:
             logits = self.runtime.decode({slot: token for slot, (token, _) in decodes.items()})
         except BaseException as exc:  # noqa: BLE001
             for _, job in decodes.values():
                 job.finish(error=exc)
             return
+        self._run_s = time.monotonic() - start
         self.steps += 1
         self.sequence_steps += len(decodes)
         for slot, (_, job) in decodes.items():
