@@ -78,18 +78,26 @@ def plain(artifacts):
     return edgekit.load(artifacts["llama"], profile=None)
 
 
-PROMPTS = ["The quick brown fox", "Paris is the capital of", "def add(a, b):", "Numbers like 12345", "Café crème"]
+PROMPTS = [
+    "The quick brown fox",
+    "Paris is the capital of",
+    "def add(a, b):",
+    "Numbers like 12345",
+    "Café crème",
+    "Berlin is the capital of Germany. Berlin is the capital of",
+]
 SETTINGS = [
     {"max_new_tokens": 20, "ignore_eos": True},
     {"max_new_tokens": 16, "temperature": 0.9, "top_k": 20, "seed": 7, "ignore_eos": True},
     {"max_new_tokens": 24, "stop": ["e"]},
     {"max_new_tokens": 12, "temperature": 1.2, "top_p": 0.8, "seed": 3, "repetition_penalty": 1.3},
     {"max_new_tokens": 8, "regex": "[0-9]{3}-[a-z]{2}"},
+    {"max_new_tokens": 16, "speculation": "lookup", "ignore_eos": True},  # verify passes through the batcher
 ]
 
 
 def test_concurrent_requests_answer_as_one_at_a_time(parallel, plain):
-    """5 requests with their own settings on 3 slots: each answer equals the plain engine's."""
+    """6 requests with their own settings on 3 slots: each answer equals the plain engine's."""
     expected = [plain.generate(p, **s) for p, s in zip(PROMPTS, SETTINGS, strict=True)]
     answers: list = [None] * len(PROMPTS)
     steps_before = parallel.batcher.sequence_steps, parallel.batcher.steps
@@ -108,6 +116,7 @@ def test_concurrent_requests_answer_as_one_at_a_time(parallel, plain):
     runs = parallel.batcher.steps - steps_before[1]
     assert sequence_steps > runs  # some runs stepped several sequences
     assert answers[4].text[3] == "-"  # the constraint held inside the batch
+    assert answers[5].stats.speculation == "lookup" and answers[5].stats.proposed_tokens > 0
 
 
 def test_a_stream_closed_mid_answer_frees_its_slot(parallel, plain):

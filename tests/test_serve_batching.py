@@ -265,6 +265,8 @@ def test_a_graph_exported_before_batching_is_served_one_at_a_time(artifact, tmp_
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert "one request at a time" in err and "re-export it" in err
+    asked = subprocess.run(command + ["--parallel", "2"], capture_output=True, text=True, timeout=60)
+    assert asked.returncode == 2 and "re-export it to decode several sequences at once" in asked.stderr
 
 
 def _free_port() -> int:
