@@ -81,6 +81,7 @@ class ServerSpec:
     context: int = 2048  # per sequence
     max_waiting: int = 32
     extra: list[str] = field(default_factory=list)
+    checkout: str | None = None  # edgekit: run the edgekit of this source tree (another branch) instead
 
     def body(self) -> dict:
         """Request fields this server needs for the same answers as the others: llama_cpp.server
@@ -93,7 +94,7 @@ class ServerSpec:
 
     def command(self, port: int) -> list[str]:
         if self.kind == "edgekit":
-            cmd = [sys.executable, "-m", "edgekit", "serve", str(self.artifact), "--port", str(port)]
+            cmd = [sys.executable, "-m", "edgekit", "serve", str(Path(self.artifact).resolve()), "--port", str(port)]
             cmd += ["--max-waiting", str(self.max_waiting)]
             if self.parallel is not None:
                 cmd += ["--parallel", str(self.parallel)]
@@ -113,6 +114,8 @@ class ServerSpec:
         raise SystemExit(f"unknown server {self.kind}; servers: edgekit, llama-cpp-python, llama-server")
 
     def label(self) -> str:
+        if self.kind == "edgekit" and self.checkout:
+            return f"edgekit from {self.checkout} ({_commit(self.checkout)})"
         if self.kind == "edgekit":
             cache = "" if self.prefix_cache_mb is None else f", prefix cache {self.prefix_cache_mb} MB"
             return f"edgekit --parallel {self.parallel}{cache}"
@@ -130,7 +133,10 @@ class Running:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(f"/tmp/serve_load_{self.port}.log")
         self.log_file = self.log_path.open("w")
-        self.process = subprocess.Popen(spec.command(self.port), stdout=self.log_file, stderr=subprocess.STDOUT)
+        # `python -m edgekit` imports the package of the directory it runs in
+        cwd = Path(spec.checkout).resolve() if spec.checkout else None
+        command = spec.command(self.port)
+        self.process = subprocess.Popen(command, stdout=self.log_file, stderr=subprocess.STDOUT, cwd=cwd)
         self.ready_s = self._wait_healthy(timeout)
 
     def _wait_healthy(self, timeout: float) -> float:
@@ -166,6 +172,11 @@ class Running:
             self.process.wait()
         self.log_file.close()
         return self.log_path.read_text()
+
+
+def _commit(tree: str) -> str:
+    out = subprocess.run(["git", "-C", tree, "log", "-1", "--format=%h"], capture_output=True, text=True)
+    return out.stdout.strip() or "not a git tree"
 
 
 def chat_request(

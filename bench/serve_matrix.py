@@ -22,8 +22,9 @@ CLIENTS = (1, 4, 8, 16)
 
 
 def throughput_servers(args) -> list[ServerSpec]:
-    servers = [
-        ServerSpec("edgekit", args.artifact, parallel=1, prefix_cache_mb=0),  # the one-at-a-time server
+    servers = [ServerSpec("edgekit", args.artifact, checkout=args.baseline)] if args.baseline else []
+    servers += [
+        ServerSpec("edgekit", args.artifact, parallel=1, prefix_cache_mb=0),  # batching off
         ServerSpec("edgekit", args.artifact, parallel=args.parallel),
         ServerSpec("llama-cpp-python", gguf=args.gguf, context=args.context),
     ]
@@ -35,7 +36,8 @@ def throughput_servers(args) -> list[ServerSpec]:
 
 
 def chat_servers(args) -> list[ServerSpec]:
-    servers = [
+    servers = [ServerSpec("edgekit", args.artifact, checkout=args.baseline)] if args.baseline else []
+    servers += [
         ServerSpec("edgekit", args.artifact, parallel=args.chat_parallel, prefix_cache_mb=0),
         ServerSpec("edgekit", args.artifact, parallel=args.chat_parallel, prefix_cache_mb=256),
     ]
@@ -61,6 +63,9 @@ def main() -> None:
     parser.add_argument("--artifact", required=True)
     parser.add_argument("--gguf", required=True)
     parser.add_argument("--llama-server")
+    parser.add_argument(
+        "--baseline", help="a source tree of edgekit before batching (its server answers one at a time)"
+    )
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--chat-parallel", type=int, default=4)
     parser.add_argument("--context", type=int, default=2048)

@@ -14,6 +14,7 @@ from helpers import ALL_FAMILIES, rel_err
 import edgekit
 from edgekit.errors import EdgekitError
 from edgekit.generation.prefix_cache import PrefixCache
+from edgekit.runtimes.base import prefill_slot
 from edgekit.runtimes.onnx import OnnxRuntime
 from edgekit.runtimes.onnx_batch import OnnxBatchRuntime
 
@@ -41,6 +42,16 @@ def _one_at_a_time(runtime, prompt: list[int], tokens: list[int]) -> np.ndarray:
     return np.stack(logits)
 
 
+def _batched(batch, slots: list[int], prompts: list[list[int]], tokens: list[list[int]]) -> list[np.ndarray]:
+    """Each prompt prefilled in its slot, then its tokens decoded with the others' in one step each."""
+    got = [[prefill_slot(batch, s, p)] for s, p in zip(slots, prompts, strict=True)]
+    for step in range(len(tokens[0])):
+        out = batch.decode({s: t[step] for s, t in zip(slots, tokens, strict=True)})
+        for row, s in zip(got, slots, strict=True):
+            row.append(out[s])
+    return [np.stack(row) for row in got]
+
+
 @pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_a_batched_step_gives_each_sequence_its_own_logits(family, artifacts):
     from edgekit.artifact import MODEL_FILE, read_manifest
@@ -55,14 +66,9 @@ def test_a_batched_step_gives_each_sequence_its_own_logits(family, artifacts):
 
     batch = OnnxBatchRuntime(path, spec, CONTEXT, slots=4, prefill_chunk=4)
     slots = [0, 2, 3]  # slot 1 is a hole: it rides along with a dummy token
-    batch.prefill(1, [7, 8, 9])
-    got = [[batch.prefill(s, p)] for s, p in zip(slots, prompts, strict=True)]
-    for step in range(6):
-        out = batch.decode({s: t[step] for s, t in zip(slots, tokens, strict=True)})
-        for row, s in zip(got, slots, strict=True):
-            row.append(out[s])
-    for row, want in zip(got, expected, strict=True):
-        assert rel_err(np.stack(row), want) < TOLERANCE
+    prefill_slot(batch, 1, [7, 8, 9])
+    for row, want in zip(_batched(batch, slots, prompts, tokens), expected, strict=True):
+        assert rel_err(row, want) < TOLERANCE
     assert batch.lengths == [5 + 6, 3, 19 + 6, 11 + 6]  # the hole kept its length
 
 
@@ -159,7 +165,7 @@ def test_restored_keys_and_values_give_the_same_logits(artifacts):
     spec = read_manifest(artifacts["qwen3"]).spec
     batch = OnnxBatchRuntime(artifacts["qwen3"] / MODEL_FILE, spec, CONTEXT, slots=2)
     ids = np.random.default_rng(2).integers(3, spec.vocab_size, 70).tolist()
-    whole = batch.prefill(0, ids)
+    whole = prefill_slot(batch, 0, ids)
     cache = PrefixCache(budget_bytes=1 << 30, block=32)
     assert cache.store(ids, lambda a, b: batch.read_kv(0, a, b)) == 2
     blocks = cache.match(ids[:-1])
@@ -167,7 +173,7 @@ def test_restored_keys_and_values_give_the_same_logits(artifacts):
     for n, block in enumerate(blocks):
         batch.write_kv(1, n * 32, block.kv)
     assert batch.lengths[1] == 64
-    assert rel_err(batch.prefill(1, ids[64:]), whole) < TOLERANCE
+    assert rel_err(prefill_slot(batch, 1, ids[64:]), whole) < TOLERANCE
 
 
 def _fake_kv(start: int, end: int) -> np.ndarray:
@@ -235,14 +241,8 @@ def test_mlx_batched_step_gives_each_sequence_its_own_logits(family, mlx_artifac
 
     batch = MlxBatchRuntime(mlx_artifacts[family], CONTEXT, slots=4, prefill_chunk=4)
     batch.prepare()  # in this thread, which runs it
-    slots = [3, 0, 2]
-    got = [[batch.prefill(s, p)] for s, p in zip(slots, prompts, strict=True)]
-    for step in range(6):
-        out = batch.decode({s: t[step] for s, t in zip(slots, tokens, strict=True)})
-        for row, s in zip(got, slots, strict=True):
-            row.append(out[s])
-    for row, want in zip(got, expected, strict=True):
-        assert rel_err(np.stack(row), want) < TOLERANCE
+    for row, want in zip(_batched(batch, [3, 0, 2], prompts, tokens), expected, strict=True):
+        assert rel_err(row, want) < TOLERANCE
     assert batch.lengths == [19 + 6, 0, 11 + 6, 5 + 6]
 
 

@@ -69,3 +69,13 @@ def prefill_in_chunks(
     for start in range(0, len(ids), chunk):
         logits = run(ids[start : start + chunk])
     return logits[-1]
+
+
+def prefill_slot(runtime, slot: int, ids: Sequence[int]) -> np.ndarray:
+    """A batch runtime's slot prefilled with ids in chunks of its prefill_chunk, alone (the
+    generation layer's batcher interleaves the chunks with other slots' steps instead); the last
+    position's logits [vocab]."""
+    check_room(runtime.lengths[slot], len(ids), runtime.max_context)
+    for start in range(0, len(ids), runtime.prefill_chunk):
+        logits = runtime.run(slot, ids[start : start + runtime.prefill_chunk])
+    return logits[-1]

@@ -72,12 +72,6 @@ class MlxBatchRuntime:
         mx.eval(logits)
         return np.array(logits[-keep:].astype(mx.float32))
 
-    def prefill(self, slot: int, ids: Sequence[int]) -> np.ndarray:
-        check_room(self.lengths[slot], len(ids), self.max_context)
-        for start in range(0, len(ids), self.prefill_chunk):
-            logits = self.run(slot, ids[start : start + self.prefill_chunk])
-        return logits[-1]
-
     def decode(self, tokens: dict[int, int]) -> dict[int, np.ndarray]:
         mx = _mx()
         for slot in tokens:

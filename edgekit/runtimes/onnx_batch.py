@@ -149,13 +149,6 @@ class OnnxBatchRuntime:
         self.lengths[slot] = total
         return logits[0].copy()
 
-    def prefill(self, slot: int, ids: Sequence[int]) -> np.ndarray:
-        """The last position's logits [vocab] of ids run after what `slot` holds, in chunks."""
-        check_room(self.lengths[slot], len(ids), self.max_context)
-        for start in range(0, len(ids), self.prefill_chunk):
-            logits = self.run(slot, ids[start : start + self.prefill_chunk])
-        return logits[-1]
-
     def decode(self, tokens: dict[int, int]) -> dict[int, np.ndarray]:
         """One step of every slot in `tokens` (slot -> its next token): logits [vocab] per slot."""
         for slot in tokens:
