@@ -56,6 +56,8 @@ bench-studies: $(VENV)/.bench $(VENV)/.demo $(OPT_VENV)/.ready
 	$(BIN)/python bench/quant_quality.py
 	$(BIN)/python bench/export_memory.py --shape llama-3.2-1b-shape --calibration out/calibration.txt -a awq-gptq
 	$(BIN)/python bench/serve_load.py --artifact $(DEMO_ARTIFACT)
+	$(BIN)/python bench/serve_matrix.py --artifact $(DEMO_ARTIFACT) --gguf $(SMOLLM2)
+	$(BIN)/python bench/batch_step.py $(DEMO_ARTIFACT)
 	$(BIN)/python bench/decode_ablation.py $(DEMO_ARTIFACT)
 	$(BIN)/python bench/matmulnbits_blocks.py
 	$(BIN)/python bench/chat_fidelity.py $(SMOLLM2) $(DEMO_ARTIFACT)
