@@ -158,13 +158,9 @@ def test_the_prefix_cache_serves_another_conversations_prefix(parallel, plain):
     assert second.text == plain.generate(system + "And Berlin?", max_new_tokens=6).text
 
 
-def test_restored_keys_and_values_give_the_same_logits(artifacts):
+def _restored_equals_recomputed(batch, vocab: int) -> None:
     """A prompt after a restored prefix: logits equal to running the whole prompt."""
-    from edgekit.artifact import MODEL_FILE, read_manifest
-
-    spec = read_manifest(artifacts["qwen3"]).spec
-    batch = OnnxBatchRuntime(artifacts["qwen3"] / MODEL_FILE, spec, CONTEXT, slots=2)
-    ids = np.random.default_rng(2).integers(3, spec.vocab_size, 70).tolist()
+    ids = np.random.default_rng(2).integers(3, vocab, 70).tolist()
     whole = prefill_slot(batch, 0, ids)
     cache = PrefixCache(budget_bytes=1 << 30, block=32)
     assert cache.store(ids, lambda a, b: batch.read_kv(0, a, b)) == 2
@@ -174,6 +170,15 @@ def test_restored_keys_and_values_give_the_same_logits(artifacts):
         batch.write_kv(1, n * 32, block.kv)
     assert batch.lengths[1] == 64
     assert rel_err(prefill_slot(batch, 1, ids[64:]), whole) < TOLERANCE
+
+
+def test_restored_keys_and_values_give_the_same_logits(artifacts):
+    from edgekit.artifact import MODEL_FILE, read_manifest
+
+    spec = read_manifest(artifacts["qwen3"]).spec
+    _restored_equals_recomputed(
+        OnnxBatchRuntime(artifacts["qwen3"] / MODEL_FILE, spec, CONTEXT, slots=2), spec.vocab_size
+    )
 
 
 def _fake_kv(start: int, end: int) -> np.ndarray:
@@ -251,6 +256,11 @@ def test_mlx_parallel_engine_answers_as_one_at_a_time(mlx_artifacts):
     expected = [plain.generate(p, **s) for p, s in zip(PROMPTS[:3], SETTINGS[:3], strict=True)]
     engine = edgekit.load(mlx_artifacts["qwen2"], profile=None, parallel=2, prefix_cache_mb=4)
     answers: list = [None] * 3
+    system = "You are a helpful assistant. " * 3  # the prefix cache keeps and restores MLX keys and values
+    first = engine.generate(system + "Hi", max_new_tokens=4)
+    again = engine.generate(system + "Hello", max_new_tokens=4)
+    assert again.stats.cached_prompt_tokens >= 32 > first.stats.cached_prompt_tokens
+    assert again.text == plain.generate(system + "Hello", max_new_tokens=4).text
 
     def ask(i: int) -> None:
         answers[i] = engine.generate(PROMPTS[i], **SETTINGS[i])
@@ -263,3 +273,11 @@ def test_mlx_parallel_engine_answers_as_one_at_a_time(mlx_artifacts):
     engine.close()
     assert [(a.text, a.finish_reason) for a in answers] == [(e.text, e.finish_reason) for e in expected]
     assert engine.batcher.sequence_steps > engine.batcher.steps
+
+
+def test_mlx_restored_keys_and_values_give_the_same_logits(mlx_artifacts):
+    from edgekit.runtimes.mlx_batch import MlxBatchRuntime
+
+    batch = MlxBatchRuntime(mlx_artifacts["gemma"], CONTEXT, slots=2)
+    batch.prepare()
+    _restored_equals_recomputed(batch, batch.spec.vocab_size)

@@ -270,9 +270,10 @@ class SlotRuntime:
         # a slot left out of a decode step gets a dummy position past its length, which this does not move
         self._batch.trim(self.slot, length)
 
-    def read_kv(self, start: int, end: int) -> np.ndarray:
-        """Positions [start, end) below the slot's length: nothing writes there while its thread reads."""
-        return self._batch.read_kv(self.slot, start, end)
+    def store(self, keep: Callable[[Callable[[int, int], np.ndarray]], Any]) -> Any:
+        """keep(read) in the batcher's thread, between model runs (MLX arrays are read in the
+        thread that runs them); read(start, end) gives this slot's keys and values."""
+        return self.batcher.call(self.slot, lambda runtime: keep(lambda a, b: runtime.read_kv(self.slot, a, b)))
 
     def restore(self, blocks: Sequence[np.ndarray], start: int) -> None:
         """Write kv blocks from position `start` on; the slot then holds what they end at (in the

@@ -58,7 +58,8 @@ class SlotEngine(Engine):
         cache = self.owner.prefix_cache
         held = min(len(self._cached), self.runtime.length, self.max_context - 1)
         if cache is not None and held >= cache.block:
-            cache.store(self._cached[:held], self.runtime.read_kv)
+            ids = self._cached[:held]
+            self.runtime.store(lambda read: cache.store(ids, read))
 
 
 class ParallelEngine(Engine):
