@@ -10,6 +10,7 @@ import numpy as np
 from ..onnx_graph import Graph
 from .layout import DATA_FILE
 from .qdq_graph import QdqGraph
+from .weight_formats import FORMATS
 from .weights import NpuWeights
 
 GELU_SLOPE = np.array(2 * np.sqrt(2 / np.pi), np.float32)
@@ -23,13 +24,8 @@ class DecoderGraph(QdqGraph):
         self.w, self.s, self.width, self.ctx = w, w.spec, width, context
 
     def matmul(self, x: str, key: str, output: str | None = None) -> str:
-        codes, scales = self.w.mats[key]
-        ins = [
-            self.g.const(key + ".int8", codes),
-            self.g.const(key + ".scales", scales),
-            self.g.const(key + ".zeros", np.zeros(len(scales), np.int8)),
-        ]
-        (w,) = self.g.op("DequantizeLinear", ins, key + "/weight", axis=1)
+        fmt, encoded = self.w.mats[key]
+        w = FORMATS[fmt].emit(self.g, key, encoded)
         bias = key + ".bias" in self.w.dense
         (y,) = self.g.op("MatMul", [x, w], key)
         y = self.act(y, output=None if bias else output)

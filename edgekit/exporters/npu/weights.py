@@ -10,6 +10,7 @@ import numpy as np
 
 from ...families import EMBED, FINAL_NORM, LM_HEAD, embedding_scale, head_weight, layer_weights, module
 from ...spec import ModelSpec
+from .weight_formats import DEFAULT_FORMAT, FALLBACK_FORMAT, FORMATS, Encoded
 
 
 @dataclass
@@ -18,7 +19,7 @@ class NpuWeights:
     small float tensors, and the exact float weights the graph computes with (for the reference)."""
 
     spec: ModelSpec
-    mats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    mats: dict[str, tuple[str, Encoded]] = field(default_factory=dict)  # key -> (format name, weight)
     dense: dict[str, np.ndarray] = field(default_factory=dict)
     reference: dict[str, np.ndarray] = field(default_factory=dict)
     embedding: tuple[np.ndarray, np.ndarray] | None = None
@@ -34,13 +35,14 @@ def per_channel_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.round(w / scales[:, None]), -127, 127).astype(np.int8), scales
 
 
-def npu_weights(spec: ModelSpec, weights) -> NpuWeights:
+def npu_weights(spec: ModelSpec, weights, weight_format: str = DEFAULT_FORMAT) -> NpuWeights:
     """`weights`: the quantized model's dequantized weights. Each RMS norm's weight (and, without
     qk norm, attention's 1/sqrt(head_dim)) is folded into the following MatMul's weights, which are
     then stored int8 per output channel; fused q/k/v and gate/up are split into their parts (exact,
     the scales being per row). The reference weights are the values the graph computes with, the
     folded factors divided out again and the norms' weights set to 1."""
     s, out = spec, NpuWeights(spec)
+    chosen = FORMATS[weight_format]
     q_factor = np.float32(1.0) if s.qk_norm else np.float32(1 / np.sqrt(s.head_dim))
     ref = out.reference
 
@@ -49,10 +51,11 @@ def npu_weights(spec: ModelSpec, weights) -> NpuWeights:
 
     def linear(key: str, name: str, w: np.ndarray, norm: np.ndarray | None, bias: np.ndarray | None, factor=1.0):
         fold = (norm if norm is not None else np.ones(w.shape[1], np.float32)) * np.float32(factor)
-        codes, scales = per_channel_int8(w * fold[None, :])
-        out.mats[key] = (np.ascontiguousarray(codes.T), scales)
-        divide = np.float32(factor)
-        ref[name + ".weight"] = codes.astype(np.float32) * (scales / divide)[:, None]
+        folded = np.ascontiguousarray((w * fold[None, :]).T)  # [in, out], as MatMul takes it
+        fmt = chosen if chosen.fits(folded) else FORMATS[FALLBACK_FORMAT]
+        encoded, dequantized = fmt.encode(folded)
+        out.mats[key] = (fmt.name, encoded)
+        ref[name + ".weight"] = np.ascontiguousarray(dequantized.T) / np.float32(factor)
         if bias is not None:
             out.dense[key + ".bias"] = (bias * np.float32(factor)).astype(np.float32)
             ref[name + ".bias"] = bias
