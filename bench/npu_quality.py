@@ -38,13 +38,14 @@ PROFILE_RECIPE = Recipe(algorithm="awq-gptq", bits=4, group_size=32, embedding_b
 def models(checkpoint, recipe: Recipe, calibration, formats: list[str]):
     """(label, numpy reference model, weight bytes) for each npu format and the cpu default recipe,
     one model in memory at a time."""
-    weights = quantize_checkpoint(checkpoint, recipe, calibration).weights()
+    qm = quantize_checkpoint(checkpoint, recipe, calibration)
+    weights, bits = qm.weights(), {name: record["bits"] for name, record in qm.records.items()}
     for fmt in formats:
-        w = npu_weights(checkpoint.spec, weights, fmt)
+        w = npu_weights(checkpoint.spec, weights, fmt, bits)
         size = sum(encoded.nbytes for _, encoded in w.mats.values()) + sum(a.nbytes for a in w.embedding)
         yield f"npu {fmt}", ReferenceModel(w.reference_spec, w.reference), size
         del w
-    del weights
+    del weights, qm
     qm = quantize_checkpoint(checkpoint, DEFAULT_RECIPE, calibration)
     yield "cpu default recipe", ReferenceModel(checkpoint.spec, qm.weights()), None
 

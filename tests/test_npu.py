@@ -42,7 +42,9 @@ def reference_for(folder) -> ReferenceModel:
 
     manifest = json.loads((folder / "edgekit.json").read_text())
     checkpoint = open_checkpoint(manifest["source"]["path"])
-    w: NpuWeights = npu_weights(checkpoint.spec, quantize_checkpoint(checkpoint, RTN).weights())
+    qm = quantize_checkpoint(checkpoint, RTN)
+    bits = {name: record["bits"] for name, record in qm.records.items()}
+    w: NpuWeights = npu_weights(checkpoint.spec, qm.weights(), manifest["npu"]["weight_format"], bits)
     return ReferenceModel(w.reference_spec, w.reference)
 
 

@@ -35,8 +35,10 @@ class DecoderGraph(QdqGraph):
         return y
 
     def norm(self, x: str, scope: str, weight: str | None = None) -> str:
-        """RMSNormalization (ONNX opset 23) over the last axis; `weight` a dense weight's key, else
-        a scale of 1 (the norm's weight is folded into the next MatMul's weights)."""
+        """RMSNormalization (ONNX opset 23) over the last axis; `weight` a dense weight's key (by
+        default `{scope}.weight` where the weights hold it), else a scale of 1 (the norm's weight is
+        folded into the next MatMul's weights)."""
+        weight = weight or (scope + ".weight" if scope + ".weight" in self.w.dense else None)
         if weight is None:
             scale = self.const_act(f"ones_{self.s.hidden_size}", np.ones(self.s.hidden_size, np.float32))
         else:

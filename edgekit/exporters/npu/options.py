@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .weight_formats import DEFAULT_FORMAT
+
 DEFAULT_CONTEXT = 1024  # without a profile or --max-context: the KV cache is static, so not the model's
 DEFAULT_CHUNK = 64
 
@@ -15,6 +17,7 @@ class NpuOptions:
     soc_model: str = ""  # QNN soc_model number: also write EPContext models compiled for that SoC
     htp_arch: str = ""  # QNN htp_arch of that SoC (73: Snapdragon X Elite, 75: 8 Gen 3)
     calibration_samples: int = 8
+    weight_format: str = DEFAULT_FORMAT  # a name in weight_formats.FORMATS
 
     @property
     def qnn_options(self) -> dict[str, str]:

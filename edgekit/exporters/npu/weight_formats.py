@@ -33,6 +33,8 @@ class Encoded:
 
 class WeightFormat(Protocol):
     name: str
+    describe: str  # for the manifest
+    folds_norms: bool  # RMS norm weights folded into the weights (re-rounded), or left to the graph
 
     def fits(self, w: np.ndarray) -> bool: ...
 
@@ -62,7 +64,9 @@ class PerChannel:
 
     def __init__(self, bits: int):
         self.bits, self.top = bits, 2 ** (bits - 1) - 1
+        self.folds_norms = bits == 8
         self.name = f"int{bits}_channel"
+        self.describe = f"int{bits} per output channel (symmetric) through DequantizeLinear"
 
     def fits(self, w: np.ndarray) -> bool:
         return True
@@ -84,8 +88,9 @@ class Blocked:
     """int4 in blocks of `block` inputs, a float scale per block: DequantizeLinear(block_size)."""
 
     def __init__(self, block: int):
-        self.block = block
+        self.block, self.folds_norms = block, False
         self.name = f"int4_block{block}"
+        self.describe = f"int4 in blocks of {block} inputs (symmetric) through DequantizeLinear(block_size)"
 
     def fits(self, w: np.ndarray) -> bool:
         return w.shape[0] % self.block == 0
@@ -112,9 +117,14 @@ class Lpbq:
     of the uint8 block scales (per channel, axis=1) gives the float block scales that a blocked
     DequantizeLinear of the codes takes (QNN EP fuses the pair and the MatMul)."""
 
-    def __init__(self, block: int, scale_max: int = LPBQ_SCALE_MAX):
-        self.block, self.scale_max = block, scale_max
+    def __init__(self, block: int, scale_max: int = LPBQ_SCALE_MAX, folds_norms: bool = False):
+        self.block, self.scale_max, self.folds_norms = block, scale_max, folds_norms
         self.name = f"lpbq{block}" + ("" if scale_max == LPBQ_SCALE_MAX else f"_scales{scale_max}")
+        self.name += "_folded" if folds_norms else ""
+        self.describe = (
+            f"int4 in blocks of {block} inputs, block scales integers 1..{scale_max} times a float scale "
+            "per output channel (QNN's LPBQ), int8 per channel where no block divides the inputs"
+        )
 
     def fits(self, w: np.ndarray) -> bool:
         return w.shape[0] % self.block == 0
@@ -148,7 +158,16 @@ class Lpbq:
 
 
 FORMATS: dict[str, WeightFormat] = {
-    f.name: f for f in (PerChannel(8), PerChannel(4), Blocked(32), Lpbq(32), Lpbq(64), Lpbq(32, scale_max=255))
+    f.name: f
+    for f in (
+        PerChannel(8),
+        PerChannel(4),
+        Blocked(32),
+        Lpbq(32),
+        Lpbq(64),
+        Lpbq(32, folds_norms=True),
+        Lpbq(32, scale_max=255),
+    )
 }
 DEFAULT_FORMAT = "int8_channel"
 FALLBACK_FORMAT = "int8_channel"  # for a weight the chosen format does not fit (an input size no block divides)
