@@ -25,9 +25,8 @@ class DecoderGraph(QdqGraph):
 
     def matmul(self, x: str, key: str, output: str | None = None) -> str:
         fmt, encoded = self.w.mats[key]
-        w = FORMATS[fmt].emit(self.g, key, encoded)
+        y = FORMATS[fmt].product(self.g, key, encoded, x)
         bias = key + ".bias" in self.w.dense
-        (y,) = self.g.op("MatMul", [x, w], key)
         y = self.act(y, output=None if bias else output)
         if bias:
             (y,) = self.g.op("Add", [y, self.const_act(key + ".bias", self.w.dense[key + ".bias"])], key + "/bias")

@@ -42,9 +42,17 @@ class WeightFormat(Protocol):
         """`w` [in, out] float32 -> the stored weight and the float weight the graph computes with."""
         ...
 
-    def emit(self, g: Graph, key: str, enc: Encoded) -> str:
-        """Add the nodes that dequantize `enc` to `g`; returns the weight tensor's name."""
+    def product(self, g: Graph, key: str, enc: Encoded, x: str) -> str:
+        """Add x @ weight to `g` (named `key`); returns the product's name."""
         ...
+
+
+class DequantizedMatMul:
+    """A format whose `emit` dequantizes the weight for a plain MatMul."""
+
+    def product(self, g: Graph, key: str, enc: Encoded, x: str) -> str:
+        (y,) = g.op("MatMul", [x, self.emit(g, key, enc)], key)
+        return y
 
 
 def _int4(codes: np.ndarray) -> np.ndarray:
@@ -59,7 +67,7 @@ def _symmetric(w: np.ndarray, top: int, axis: int) -> tuple[np.ndarray, np.ndarr
     return np.clip(np.round(w / scales), -top - 1, top), scales
 
 
-class PerChannel:
+class PerChannel(DequantizedMatMul):
     """Codes per output channel (symmetric) through DequantizeLinear(axis=1)."""
 
     def __init__(self, bits: int):
@@ -84,7 +92,7 @@ class PerChannel:
         return w
 
 
-class Blocked:
+class Blocked(DequantizedMatMul):
     """int4 in blocks of `block` inputs, a float scale per block: DequantizeLinear(block_size)."""
 
     def __init__(self, block: int):
@@ -111,7 +119,7 @@ class Blocked:
         return w
 
 
-class Lpbq:
+class Lpbq(DequantizedMatMul):
     """QNN's low-power block quantization: int4 codes in blocks of `block` inputs whose scales are
     integers 1..`scale_max` times one float scale per output channel. In ONNX: a DequantizeLinear
     of the uint8 block scales (per channel, axis=1) gives the float block scales that a blocked
@@ -157,6 +165,34 @@ class Lpbq:
         return w
 
 
+class NBits:
+    """ONNX Runtime's MatMulNBits (com.microsoft): uint8 bytes holding two 4-bit codes (asymmetric
+    around 8), blocks of `block` inputs with a float scale each; it replaces the MatMul and takes
+    the float activations."""
+
+    def __init__(self, block: int):
+        self.block, self.folds_norms = block, False
+        self.name = f"matmulnbits{block}"
+        self.describe = f"MatMulNBits: two 4-bit codes a byte, blocks of {block} inputs with a float scale each"
+
+    def fits(self, w: np.ndarray) -> bool:
+        return w.shape[0] % self.block == 0
+
+    def encode(self, w: np.ndarray) -> tuple[Encoded, np.ndarray]:
+        k, n = w.shape
+        codes, scales = _symmetric(w.T.reshape(n, k // self.block, self.block), INT4_MAX, axis=2)  # [n, blocks, block]
+        stored = (codes + 8).astype(np.uint8)
+        packed = stored[..., 0::2] | (stored[..., 1::2] << 4)
+        arrays = {"nbits": packed, "scales": scales.reshape(-1)}
+        return Encoded(arrays), (codes * scales).reshape(n, k).T.astype(np.float32)
+
+    def product(self, g: Graph, key: str, enc: Encoded, x: str) -> str:
+        ins = [x, g.const(f"{key}.nbits", enc.arrays["nbits"]), g.const(f"{key}.scales", enc.arrays["scales"])]
+        n, k = enc.arrays["nbits"].shape[0], enc.arrays["nbits"].shape[1] * self.block
+        (y,) = g.op("MatMulNBits", ins, key, domain="com.microsoft", K=k, N=n, bits=4, block_size=self.block)
+        return y
+
+
 FORMATS: dict[str, WeightFormat] = {
     f.name: f
     for f in (
@@ -167,6 +203,7 @@ FORMATS: dict[str, WeightFormat] = {
         Lpbq(64),
         Lpbq(32, folds_norms=True),
         Lpbq(32, scale_max=255),
+        NBits(32),
     )
 }
 DEFAULT_FORMAT = "int8_channel"
