@@ -71,7 +71,7 @@ def main() -> None:
     rows = json.loads(args.output.read_text()) if args.output.exists() else []
     rows = rows if isinstance(rows, list) else [rows]
     for profile in args.profile or [""]:
-        row = run(profile, args.calibration, args.out / (profile or "rtn"), args.tokens)
+        row = run(profile, args.calibration, args.out / (Path(profile).stem or "rtn"), args.tokens)
         print(json.dumps(row, indent=2), flush=True)
         rows = [r for r in rows if r.get("profile", "") != profile] + [row]
         args.output.write_text(json.dumps(rows, indent=2))

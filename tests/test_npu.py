@@ -150,3 +150,15 @@ def test_weight_shared_context_compiles_but_the_emulator_does_not_load_it(npu_ar
     assert sizes[True] < 0.8 * sizes[False]
     with pytest.raises(EdgekitError, match="NOT_SUPPORTED"):
         qnn_session(folder / CONTEXT_GRAPHS["decode"], options.qnn_options)
+
+
+def test_unknown_weight_format_in_a_profile_is_one_clear_error():
+    from edgekit.device_profiles import ExportSettings
+    from edgekit.exporters.npu.options import npu_options
+
+    settings = ExportSettings(flavor="npu", npu_weight_format="int3_magic")
+    with pytest.raises(EdgekitError, match="npu_weight_format 'int3_magic'.*lpbq32"):
+        npu_options(settings, None, None, 512)
+    assert (
+        npu_options(ExportSettings(flavor="npu", npu_weight_format="lpbq32"), None, None, 512).weight_format == "lpbq32"
+    )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .weight_formats import DEFAULT_FORMAT
+from ...errors import EdgekitError
+from .weight_formats import DEFAULT_FORMAT, FORMATS
 
 DEFAULT_CONTEXT = 1024  # without a profile or --max-context: the KV cache is static, so not the model's
 DEFAULT_CHUNK = 64
@@ -29,4 +30,7 @@ def npu_options(settings, prefill_chunk: int | None, max_context: int | None, co
     if not max_context:
         context = min(context, DEFAULT_CONTEXT)
     chunk = min(prefill_chunk or DEFAULT_CHUNK, context)
-    return NpuOptions(context, chunk, settings.qnn_soc_model, settings.qnn_htp_arch)
+    fmt = settings.npu_weight_format or DEFAULT_FORMAT
+    if fmt not in FORMATS:
+        raise EdgekitError(f"npu_weight_format {fmt!r} in the profile's [export] is not one of {', '.join(FORMATS)}")
+    return NpuOptions(context, chunk, settings.qnn_soc_model, settings.qnn_htp_arch, weight_format=fmt)
