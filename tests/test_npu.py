@@ -42,7 +42,9 @@ def reference_for(folder) -> ReferenceModel:
 
     manifest = json.loads((folder / "edgekit.json").read_text())
     checkpoint = open_checkpoint(manifest["source"]["path"])
-    w: NpuWeights = npu_weights(checkpoint.spec, quantize_checkpoint(checkpoint, RTN).weights())
+    qm = quantize_checkpoint(checkpoint, RTN)
+    bits = {name: record["bits"] for name, record in qm.records.items()}
+    w: NpuWeights = npu_weights(checkpoint.spec, qm.weights(), manifest["npu"]["weight_format"], bits)
     return ReferenceModel(w.reference_spec, w.reference)
 
 
@@ -120,3 +122,43 @@ def test_empty_prompt_is_one_clear_error(npu_artifacts):
     with pytest.raises(EdgekitError) as raised:
         runtime.prefill([])
     assert str(raised.value) == EMPTY_PROMPT and runtime.length == 0
+
+
+def test_weight_shared_context_compiles_but_the_emulator_does_not_load_it(npu_artifacts, tmp_path):
+    """QNN's weight sharing (ep.share_ep_contexts): both graphs in one context binary with one copy
+    of the weights, smaller than the two embedded ones; the x86-64 emulator refuses to load it, so
+    the export does not write it. When onnxruntime-qnn loads it, this test fails: verify and use it."""
+    import shutil
+
+    from edgekit.exporters.npu.context import compile_context
+    from edgekit.exporters.npu.layout import CONTEXT_GRAPHS
+    from edgekit.exporters.npu.options import NpuOptions
+    from edgekit.runtimes.onnx_npu import qnn_session
+
+    npu = json.loads((npu_artifacts["llama"] / "edgekit.json").read_text())["npu"]
+    options = NpuOptions(npu["context"], npu["chunk"], soc_model="60", htp_arch="73")
+    sizes = {}
+    for shared in (False, True):
+        folder = tmp_path / f"shared={shared}"
+        shutil.copytree(npu_artifacts["llama"], folder)
+        compile_context(folder, options, shared=shared)
+        sizes[shared] = sum(p.stat().st_size for p in folder.iterdir() if ".ctx" in p.name)
+    folder = tmp_path / "shared=True"
+    (binary,) = folder.glob("*.bin")
+    for name in CONTEXT_GRAPHS.values():
+        assert binary.name.encode() in (folder / name).read_bytes()
+    assert sizes[True] < 0.8 * sizes[False]
+    with pytest.raises(EdgekitError, match="NOT_SUPPORTED"):
+        qnn_session(folder / CONTEXT_GRAPHS["decode"], options.qnn_options)
+
+
+def test_unknown_weight_format_in_a_profile_is_one_clear_error():
+    from edgekit.device_profiles import ExportSettings
+    from edgekit.exporters.npu.options import npu_options
+
+    settings = ExportSettings(flavor="npu", npu_weight_format="int3_magic")
+    with pytest.raises(EdgekitError, match="npu_weight_format 'int3_magic'.*lpbq32"):
+        npu_options(settings, None, None, 512)
+    assert (
+        npu_options(ExportSettings(flavor="npu", npu_weight_format="lpbq32"), None, None, 512).weight_format == "lpbq32"
+    )

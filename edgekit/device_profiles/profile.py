@@ -55,6 +55,7 @@ class ExportSettings:
     # npu flavor: the QNN SoC to also compile EPContext models for ("" = none), and its HTP arch
     qnn_soc_model: str = ""
     qnn_htp_arch: str = ""
+    npu_weight_format: str = ""  # a name in exporters/npu/weight_formats.FORMATS; "" = its DEFAULT_FORMAT
 
 
 @dataclass(frozen=True)

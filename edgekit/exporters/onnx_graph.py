@@ -22,7 +22,17 @@ class Stored:
     offset: int
     length: int
     shape: tuple[int, ...]
-    dtype: str
+    elem_type: int  # onnx.TensorProto's data type
+
+
+def tensor_bytes(array: np.ndarray) -> bytes:
+    """An initializer's bytes as ONNX stores them: 4-bit types (ml_dtypes' int4/uint4, one value a
+    byte in numpy) two to a byte, the first value in the low nibble."""
+    if array.dtype.name not in ("int4", "uint4"):
+        return array.tobytes()
+    nibbles = array.reshape(-1).view(np.uint8) & 0x0F
+    nibbles = np.append(nibbles, np.uint8(0)) if len(nibbles) % 2 else nibbles
+    return (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8).tobytes()
 
 
 class Graph:
@@ -58,11 +68,13 @@ class Graph:
         if self.data is None or array.nbytes < EXTERNAL_MIN_BYTES:
             self.initializers[name] = array
             return name
+        raw = tensor_bytes(array)
         with open(self.data, "ab") as f:
             f.write(b"\0" * (-f.tell() % 64))  # aligned, so the runtime can map it in place
             offset = f.tell()
-            f.write(array.tobytes())
-        self.written[name] = Stored(offset, array.nbytes, tuple(array.shape), array.dtype.str)
+            f.write(raw)
+        elem_type = self.helper.np_dtype_to_tensor_dtype(array.dtype)
+        self.written[name] = Stored(offset, len(raw), tuple(array.shape), elem_type)
         self.external.append(name)
         return name
 
@@ -86,14 +98,12 @@ class Graph:
 
     def save(self, path: Path) -> None:
         """Write the graph to `path`; its large initializers point into the data file."""
-        from onnx import TensorProto, helper, numpy_helper
+        from onnx import TensorProto, numpy_helper
 
         inits = [numpy_helper.from_array(array, name) for name, array in self.initializers.items()]
         for name in self.external:
             stored = self.written[name]
-            tensor = TensorProto(
-                name=name, dims=list(stored.shape), data_type=helper.np_dtype_to_tensor_dtype(np.dtype(stored.dtype))
-            )
+            tensor = TensorProto(name=name, dims=list(stored.shape), data_type=stored.elem_type)
             tensor.data_location = TensorProto.EXTERNAL
             for key, value in (
                 ("location", self.data.name),

@@ -10,6 +10,7 @@ import numpy as np
 from ..onnx_graph import Graph
 from .layout import DATA_FILE
 from .qdq_graph import QdqGraph
+from .weight_formats import FORMATS
 from .weights import NpuWeights
 
 GELU_SLOPE = np.array(2 * np.sqrt(2 / np.pi), np.float32)
@@ -23,15 +24,9 @@ class DecoderGraph(QdqGraph):
         self.w, self.s, self.width, self.ctx = w, w.spec, width, context
 
     def matmul(self, x: str, key: str, output: str | None = None) -> str:
-        codes, scales = self.w.mats[key]
-        ins = [
-            self.g.const(key + ".int8", codes),
-            self.g.const(key + ".scales", scales),
-            self.g.const(key + ".zeros", np.zeros(len(scales), np.int8)),
-        ]
-        (w,) = self.g.op("DequantizeLinear", ins, key + "/weight", axis=1)
+        fmt, encoded = self.w.mats[key]
+        y = FORMATS[fmt].product(self.g, key, encoded, x)
         bias = key + ".bias" in self.w.dense
-        (y,) = self.g.op("MatMul", [x, w], key)
         y = self.act(y, output=None if bias else output)
         if bias:
             (y,) = self.g.op("Add", [y, self.const_act(key + ".bias", self.w.dense[key + ".bias"])], key + "/bias")
@@ -39,8 +34,10 @@ class DecoderGraph(QdqGraph):
         return y
 
     def norm(self, x: str, scope: str, weight: str | None = None) -> str:
-        """RMSNormalization (ONNX opset 23) over the last axis; `weight` a dense weight's key, else
-        a scale of 1 (the norm's weight is folded into the next MatMul's weights)."""
+        """RMSNormalization (ONNX opset 23) over the last axis; `weight` a dense weight's key (by
+        default `{scope}.weight` where the weights hold it), else a scale of 1 (the norm's weight is
+        folded into the next MatMul's weights)."""
+        weight = weight or (scope + ".weight" if scope + ".weight" in self.w.dense else None)
         if weight is None:
             scale = self.const_act(f"ones_{self.s.hidden_size}", np.ones(self.s.hidden_size, np.float32))
         else:

@@ -13,6 +13,7 @@ from .calibration import calibrate
 from .decoder_graph import save_graph
 from .layout import EMBEDDING, GRAPHS
 from .options import NpuOptions
+from .weight_formats import FORMATS
 from .weights import NpuWeights, npu_weights
 
 
@@ -21,7 +22,8 @@ def write_npu(
 ) -> tuple[dict, NpuWeights]:
     """Returns the manifest's "npu" table and the weights (for verification)."""
     spec = checkpoint.spec
-    w = npu_weights(spec, qm.weights())
+    bits = {name: record["bits"] for name, record in qm.records.items()}
+    w = npu_weights(spec, qm.weights(), options.weight_format, bits)
     ranges = calibrate(folder, w, options, sequences)
     mask_value = ranges.pop("__mask_value__")[0]
     written: dict = {}
@@ -36,7 +38,8 @@ def write_npu(
         "mask_value": mask_value,
         "graphs": dict(GRAPHS),
         "embedding": dict(EMBEDDING),
-        "weights": "int8 per output channel (symmetric) through DequantizeLinear",
+        "weight_format": options.weight_format,
+        "weights": FORMATS[options.weight_format].describe,
         "activations": "uint16 per tensor through QuantizeLinear/DequantizeLinear, calibrated",
         "calibration_sequences": len(sequences),
     }
