@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .app import cli, load_options, model_argument
+from .app import cli, draft_option, load_options, model_argument
 
 
 @cli.command()
@@ -24,6 +24,7 @@ from .app import cli, load_options, model_argument
     help='Speculative decoding by prompt lookup for every request (a request\'s "speculation" overrides it).',
 )
 @load_options
+@draft_option
 def serve(
     model: str,
     host: str,
@@ -33,6 +34,7 @@ def serve(
     profile: str,
     threads: int | None,
     max_context: int | None,
+    draft: str | None,
 ) -> None:
     """Serve MODEL over HTTP: OpenAI's /v1/chat/completions, /v1/completions and /v1/models, a
     chat page at /, and /health (503 while the model loads).
@@ -48,7 +50,8 @@ def serve(
         port=port,
         profile=None if profile == "none" else profile,
         max_waiting=max_waiting,
-        speculation="lookup" if lookup else "off",
+        speculation="lookup" if lookup else None,  # None: a draft's when there is one, else off
+        draft=draft,
         log=lambda line: click.echo(line, err=True),
         **overrides,
     )

@@ -73,6 +73,7 @@ class RuntimeSettings:
     max_context: int = 4096
     prefill_chunk: int = 256  # = runtimes.onnx.DEFAULT_PREFILL_CHUNK (why there)
     huge_pages: bool = True  # Linux: ONNX Runtime's repacked weights moved onto huge pages after loading
+    draft: str = ""  # a draft model's artifact for speculative decoding (relative: to this file); "" none
 
 
 @dataclass(frozen=True)

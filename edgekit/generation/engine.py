@@ -15,9 +15,10 @@ from ..artifact import Manifest, read_manifest
 from ..device_profiles import DeviceProfile, load_profile
 from ..errors import EdgekitError
 from .constraints import Constraint, ConstraintCompiler, ConstraintError, TokenMask, constraint_from_options
+from .draft import check_draft, draft_cost
 from .loader import DEFAULT_PROVIDERS, Loaded, load_runtime
 from .sampling import Sampler, SamplingParams
-from .speculative import Speculator, check_speculation
+from .speculative import DraftModel, PromptLookup, Speculator, check_speculation
 from .text_stream import IncrementalDecoder, StopStrings
 from .tools import ToolCall, ToolCallGuide, ToolRequest, tool_request
 
@@ -46,8 +47,8 @@ class GenerationConfig:
     regex: str | None = None
     choices: tuple[str, ...] | None = None
     grammar: str | None = None  # Lark or llama.cpp's GBNF
-    # "lookup": propose tokens from the prompt and the text so far, verify them in one pass
-    # (speculative decoding: the same tokens greedy, the same distribution sampling); "off"
+    # speculative decoding, proposals verified in one pass (the same distribution when sampling):
+    # "lookup" from the prompt and the text so far, "draft" from the engine's draft model; "off"
     speculation: str = "off"
 
     def __post_init__(self) -> None:
@@ -176,8 +177,15 @@ class Engine:
     The KV cache is kept between calls: a prompt that starts with what the cache holds (the next
     turn of a chat) only computes its new tokens."""
 
-    def __init__(self, loaded: Loaded, profile: DeviceProfile | None = None, defaults: GenerationConfig | None = None):
+    def __init__(
+        self,
+        loaded: Loaded,
+        profile: DeviceProfile | None = None,
+        defaults: GenerationConfig | None = None,
+        draft: DraftModel | None = None,
+    ):
         self.runtime = loaded.runtime
+        self.draft = draft  # a smaller model with the same tokenizer, for speculation="draft"
         self.tokenizer = loaded.tokenizer
         self.spec = loaded.spec
         self.vocab_size: int = loaded.vocab_size
@@ -314,11 +322,17 @@ class Engine:
         """The speculator of this answer (None: token by token) and the mode the stats report."""
         if config.speculation == "off":
             return None, "off"
+        if config.speculation == "draft" and self.draft is None:
+            raise EdgekitError(
+                "speculation='draft' needs a draft model: load with edgekit.load(target, draft=DRAFT) "
+                "(--draft DRAFT), or name one in the profile's [runtime] draft"
+            )
         if guide is not None:
             return None, "off: constrained decoding runs token by token"
         if self.runtime.why_no_verify:
             return None, f"off: {self.runtime.why_no_verify}"
-        return Speculator(self.runtime, sampler), config.speculation
+        proposer = self.draft if config.speculation == "draft" else PromptLookup()
+        return Speculator(self.runtime, sampler, proposer), config.speculation
 
     def _generate(self, ids: list[int], config: GenerationConfig, tools: ToolRequest | None = None) -> Iterator[Chunk]:
         ids = self._fit(ids, config)
@@ -389,6 +403,8 @@ class Engine:
         except BaseException:
             self._cached = []  # a generation stopped half way leaves the cache in an unknown state
             self.runtime.reset()
+            if self.draft is not None:
+                self.draft.reset()
             raise
         stats.generated_tokens = len(out)
         stats.peak_memory_mb = peak_memory_mb()
@@ -412,6 +428,8 @@ class Engine:
         with self._lock:
             self._cached = []
             self.runtime.reset()
+            if self.draft is not None:
+                self.draft.reset()
 
 
 RUNTIME_OPTIONS = ("threads", "max_context", "providers", "prefill_chunk", "huge_pages")
@@ -422,18 +440,40 @@ def load(
     profile: str | Path | None = "auto",
     *,
     generation: GenerationConfig | None = None,
+    draft: str | Path | None = None,
     **overrides: Any,
 ) -> Engine:
     """Load an exported artifact (or, for checking, a source checkpoint on the numpy reference).
 
     profile: "auto" (detect this machine), a shipped profile name, a path to a .toml file, or None
-    (the artifact flavor's defaults). overrides: threads, max_context, providers, prefill_chunk,
-    huge_pages.
+    (the artifact flavor's defaults). draft: a second, smaller artifact with the same tokenizer for
+    speculative decoding (default: the profile's [runtime] draft); with one, speculation="draft"
+    is the default. overrides: threads, max_context, providers, prefill_chunk, huge_pages.
     """
     unknown = sorted(set(overrides) - set(RUNTIME_OPTIONS))
     if unknown:
         raise EdgekitError(f"unknown load option {unknown[0]!r}; options: {', '.join(RUNTIME_OPTIONS)}")
     chosen = None if profile is None else load_profile(profile)
+    loaded = load_runtime(artifact, **_settings(Path(artifact), chosen, profile, overrides))
+    if draft is None and chosen is not None and chosen.runtime.draft:
+        draft = _profile_path(chosen, chosen.runtime.draft)
+    helper = None
+    if draft is not None:
+        settings = _settings(Path(draft), chosen, profile, overrides)
+        own = _peek_manifest(Path(draft))  # a draft with a shorter context proposes up to its end
+        settings["max_context"] = min(
+            loaded.runtime.max_context, own.max_context if own else loaded.runtime.max_context
+        )
+        small = load_runtime(draft, **settings)
+        check_draft(loaded, small, artifact, draft)
+        helper = DraftModel(small.runtime, draft_cost(loaded, small))
+        if generation is None:
+            generation = GenerationConfig(speculation="draft")
+    return Engine(loaded, chosen, generation, helper)
+
+
+def _settings(artifact: Path, chosen: DeviceProfile | None, profile: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The runtime settings for `artifact`: the profile's, then the caller's overrides."""
     settings: dict[str, Any] = {}
     if chosen is not None:
         rt = chosen.runtime
@@ -443,7 +483,7 @@ def load(
             "prefill_chunk": rt.prefill_chunk,
             "huge_pages": rt.huge_pages,
         }
-        manifest = _peek_manifest(Path(artifact))
+        manifest = _peek_manifest(artifact)
         flavor = manifest.flavor if manifest else None
         if flavor is None or flavor == chosen.export.flavor:
             settings["providers"] = [p.for_onnxruntime() for p in rt.providers]
@@ -457,7 +497,13 @@ def load(
         if manifest is not None:  # the profile's context is a wish the artifact caps
             settings["max_context"] = min(settings["max_context"], manifest.max_context)
     settings.update(overrides)
-    return Engine(load_runtime(artifact, **settings), chosen, generation)
+    return settings
+
+
+def _profile_path(profile: DeviceProfile, value: str) -> Path:
+    """A path a profile names, relative to the profile's own file."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() or profile.path is None else profile.path.parent / path
 
 
 def _peek_manifest(folder: Path) -> Manifest | None:

@@ -412,7 +412,8 @@ def serve(
     profile: str | None = "auto",
     max_waiting: int = 32,
     log: Callable[[str], None] | None = None,
-    speculation: str = "off",
+    speculation: str | None = None,
+    draft: str | None = None,
     **load_options: Any,
 ) -> None:
     """Listen at once (GET /health answers 503 while loading), load the model, serve until
@@ -424,7 +425,8 @@ def serve(
     server, thread = start(host, port, max_waiting, log)
     server.log(f"listening on {server.url}; loading {artifact}")
     try:
-        engine = load(artifact, profile=profile, generation=GenerationConfig(speculation=speculation), **load_options)
+        config = GenerationConfig(speculation=speculation) if speculation else None
+        engine = load(artifact, profile=profile, generation=config, draft=draft, **load_options)
     except BaseException as exc:
         server.load_error = str(exc)
         server.shutdown()
