@@ -52,7 +52,10 @@ TASKS = {
         "edit",
         f"Rewrite this text, replacing the word 'lighthouse' with 'beacon' everywhere; change nothing else:\n\n{TEXT}",
     ),
-    "edit: extract": ("edit", f"{TEXT}\n\nQuote, word for word, every sentence of the text above that mentions a year."),
+    "edit: extract": (
+        "edit",
+        f"{TEXT}\n\nQuote, word for word, every sentence of the text above that mentions a year.",
+    ),
     "chat: story": ("chat", "Write a short story about a girl who finds a key in the snow."),
     "chat: explain": ("chat", "Explain how a refrigerator keeps food cold, step by step."),
     "chat: advice": ("chat", "Give me five tips for learning to play the guitar as an adult."),
