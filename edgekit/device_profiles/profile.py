@@ -52,6 +52,7 @@ class ExportSettings:
     lm_head_bits: int = 8
     accuracy_level: int = 4
     max_context: int = 4096
+    kv_bits: int = 0  # ONNX cpu/cuda: 8 = an int8 KV cache (per head and channel scales), 0 = float
     # npu flavor: the QNN SoC to also compile EPContext models for ("" = none), and its HTP arch
     qnn_soc_model: str = ""
     qnn_htp_arch: str = ""
@@ -109,6 +110,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "embedding_bits": (4, 8),
     "lm_head_bits": (4, 8),
     "accuracy_level": (0, 1, 2, 3, 4),
+    "kv_bits": (0, 8),
 }
 _MINIMUM = {"threads": 0, "max_context": 16, "prefill_chunk": 1, "memory_bandwidth": 0}
 _PATTERNS = {"python": (r"3\.\d+", '"3.N"'), "platform": (r"manylinux_2_\d+_(aarch64|x86_64)", '"manylinux_2_N_ARCH"')}
