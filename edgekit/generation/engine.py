@@ -18,7 +18,7 @@ from .constraints import Constraint, ConstraintCompiler, ConstraintError, TokenM
 from .draft import check_draft, draft_cost
 from .loader import DEFAULT_PROVIDERS, Loaded, load_runtime
 from .sampling import Sampler, SamplingParams
-from .speculative import DraftModel, PromptLookup, Speculator, check_speculation
+from .speculative import DraftModel, PromptLookup, Speculator, check_speculation, common_prefix
 from .text_stream import IncrementalDecoder, StopStrings
 from .tools import ToolCall, ToolCallGuide, ToolRequest, tool_request
 
@@ -159,15 +159,6 @@ def peak_memory_mb() -> float | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class Engine:
@@ -311,7 +302,7 @@ class Engine:
 
     def _prefill(self, ids: list[int]):
         """Reuse the cached prefix; at least the prompt's last token is run to get its logits."""
-        reused = min(_common_prefix(self._cached, ids), len(ids) - 1)
+        reused = min(common_prefix(self._cached, ids), len(ids) - 1)
         self.runtime.trim(reused)
         self._cached = list(ids)
         return self.runtime.prefill(ids[reused:]), reused

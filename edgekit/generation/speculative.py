@@ -28,7 +28,8 @@ Distribution = tuple[np.ndarray, np.ndarray]  # token ids, their probabilities
 LOOKUP_NGRAMS = (3, 2)
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading ids a and b share."""
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:
@@ -99,7 +100,7 @@ class DraftModel:
         most = min(most, self.runtime.max_context - len(history))
         if most <= 0:
             return Proposal([])
-        reused = min(_common_prefix(self.cached, history), len(history) - 1)
+        reused = min(common_prefix(self.cached, history), len(history) - 1)
         self.runtime.trim(reused)
         logits = self.runtime.prefill(history[reused:])
         tokens: list[int] = []
