@@ -102,6 +102,7 @@ class Manifest:
     graph: str = "native"  # one of GRAPHS
     profile: str | None = None
     accuracy_level: int | None = None
+    kv_bits: int | None = None  # ONNX: 8 when the graph keeps its KV cache in int8
     eos_token_ids: tuple[int, ...] = ()
     model_type: str | None = None
     vocab_size: int = 0
@@ -144,6 +145,7 @@ class Manifest:
                 graph=data.get("graph", "native"),
                 profile=data.get("profile"),
                 accuracy_level=data.get("accuracy_level"),
+                kv_bits=data.get("kv_bits"),
                 eos_token_ids=tuple(data.get("eos_token_ids") or ()),
                 model_type=data.get("model_type"),
                 vocab_size=int(data.get("vocab_size") or 0),

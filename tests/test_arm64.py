@@ -119,7 +119,9 @@ def export_with_reference(source: Path, out: Path, profile: str | None, **option
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(WRITERS, ("onnx", "cpu"), replace(onnx_cpu, write=write))
-        export(source, out, profile=profile, **options)
+        # the float KV cache: these checks pin the matmul kernels' error on each core (measured
+        # before the Pi profiles took an int8 cache, whose own error tests/test_kv_cache.py holds)
+        export(source, out, profile=profile, **{"kv_bits": 0, **options})
     ids = taken["ids"]
     return {"artifact": out, "profile": profile, "prompt": ids[:PROMPT_TOKENS], "steps": ids[PROMPT_TOKENS:],
             "expected": taken["expected"]}  # fmt: skip

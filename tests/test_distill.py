@@ -306,3 +306,27 @@ def test_export_qad_steps_keeps_the_best_held_out_weights(teacher, tmp_path):
     best = min(h["perplexity"] for h in qad["held_out_scores"])
     assert qad["held_out_after"]["perplexity"] == pytest.approx(best, rel=1e-5)
     assert edgekit.load(out, profile=None).generate("hi", max_new_tokens=3, ignore_eos=True).stats.generated_tokens == 3
+
+
+def test_distill_draft_makes_a_draft_artifact_with_the_targets_recipe(teacher, tmp_path):
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    target, draft = tmp_path / "target", tmp_path / "draft"
+    recipe = Recipe(algorithm="rtn", group_size=32, symmetric=True)
+    edgekit.export(teacher, target, recipe=recipe, max_context=256)
+    args = ["distill", str(teacher), "--draft", str(target), "-o", str(draft), "--steps", "3", "--samples", "8"]
+    result = CliRunner().invoke(cli, [*args, "--held-out", "2", "--seq-len", "32"])
+    assert result.exit_code == 0, result.output
+    made, wanted = (json.loads((p / "edgekit.json").read_text()) for p in (draft, target))
+    assert made["spec"]["num_layers"] == 1 < wanted["spec"]["num_layers"]  # an eighth of 4, at least one
+    assert made["quantization"]["recipe"] == wanted["quantization"]["recipe"]
+    assert (made["format"], made["flavor"], made["max_context"]) == (wanted["format"], wanted["flavor"], 256)
+    assert not (tmp_path / ".draft.student").exists()
+    prompt = ["-p", "a b a b", "-n", "8", "--ignore-eos"]
+    run = CliRunner().invoke(cli, ["run", str(target), "--draft", str(draft), *prompt])
+    assert run.exit_code == 0, run.output
+    assert "draft:" in run.output
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 2 and "already exists" in again.output

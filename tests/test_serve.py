@@ -169,7 +169,7 @@ def test_text_completions_with_echo_stop_and_seed(server, engine):
         ({"model": "m", "messages": QUESTION, "stream_options": {"include_usage": True}}, 400, "stream_options"),
         ({"model": "m", "messages": QUESTION, "tools": [{"type": "function"}]}, 400, "tool"),
         ({"model": "m", "messages": QUESTION, "frobnicate": 1}, 400, "unrecognized request argument"),
-        ({"model": "m", "messages": QUESTION, "speculation": "draft"}, 400, "'speculation'"),
+        ({"model": "m", "messages": QUESTION, "speculation": "draft"}, 400, "speculation='draft' needs a draft model"),
         ({"model": "m", "messages": [{"role": "wizard", "content": "hi"}]}, 400, "role"),
         ({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400, "text parts"),
         ({"model": "m", "messages": [{"role": "user", "content": "word " * 9000}]}, 400, "context"),

@@ -253,3 +253,25 @@ def test_cli_lookup_prints_the_proposed_and_accepted_tokens(tiny_artifact):
     )
     assert result.exit_code == 0, result.output
     assert "lookup:" in result.output and "proposed tokens accepted" in result.output
+
+
+@pytest.mark.e2e
+def test_greedy_speculation_on_smollm2_is_exact_with_float_compute(smollm2_gguf, tmp_path):
+    """SmolLM2 with float32 MatMulNBits compute (accuracy level 0): a verify pass gives the logits
+    of one-token steps to within float rounding, and the greedy answer to an editing request is the
+    same tokens with prompt lookup. (With int8 compute they are not: README, Speculative decoding.)"""
+    export(smollm2_gguf, tmp_path / "f32", recipe=Recipe(algorithm="rtn"), max_context=512, accuracy_level=0)
+    engine = edgekit.load(tmp_path / "f32", profile=None)
+    runtime = engine.runtime
+    prompt = engine.prompt_ids([{"role": "user", "content": "Name three rivers of Europe."}])
+    block = engine.tokenizer.encode(" The Danube, the Rhine and the Seine.", add_special_tokens=False)
+    runtime.prefill(prompt)
+    steps = np.stack([runtime.decode(t) for t in block])
+    runtime.trim(len(prompt))
+    np.testing.assert_allclose(runtime.verify(block), steps, atol=1e-3)
+    engine.reset()
+    text = "The lighthuose was bilt in 1871 by stonemasns from Aberdeen, and its lamp was tended for a centry."
+    request = [{"role": "user", "content": f"Correct the spelling and write the text out in full:\n\n{text}"}]
+    plain = engine.chat(request, max_new_tokens=64)
+    fast = engine.chat(request, max_new_tokens=64, speculation="lookup")
+    assert fast.token_ids == plain.token_ids and fast.stats.accepted_tokens > 0

@@ -78,6 +78,14 @@ def load_options(command: Callable) -> Callable:
     )
 
 
+draft_option = click.option(
+    "--draft",
+    default=None,
+    help="A draft model (an artifact with the same tokenizer) for speculative decoding "
+    "[default: the profile's]; speculates with it unless --lookup.",
+)
+
+
 def sampling_options(command: Callable) -> Callable:
     """Generation options; every default is the library's GenerationConfig default (greedy)."""
     return _stack(
@@ -119,12 +127,23 @@ def generation_config(**values: Any):
 
 
 def load_engine(
-    model: str, profile: str, threads: int | None, max_context: int | None, config: GenerationConfig | None = None
+    model: str,
+    profile: str,
+    threads: int | None,
+    max_context: int | None,
+    draft: str | None = None,
+    config: GenerationConfig | None = None,
 ) -> Engine:
+    """The engine; with a draft (--draft or the profile's), speculation by it unless asked otherwise."""
+    from dataclasses import replace
+
     from ..generation.open_engine import load
 
     overrides = {k: v for k, v in {"threads": threads, "max_context": max_context}.items() if v is not None}
-    return load(model, profile=None if profile == "none" else profile, generation=config, **overrides)
+    engine = load(model, profile=None if profile == "none" else profile, draft=draft, generation=config, **overrides)
+    if engine.draft is not None and engine.defaults.speculation == "off":
+        engine.defaults = replace(engine.defaults, speculation="draft")
+    return engine
 
 
 def main() -> None:

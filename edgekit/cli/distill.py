@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
+from ..errors import EdgekitError
 from .app import cli
 
 
@@ -82,19 +85,42 @@ def _quality(label: str, q: dict[str, float]) -> str:
 @training_options
 @click.option("--checkpoint-every", default=50, show_default=True, type=click.IntRange(0), help="Steps; 0 = end only.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
+@click.option(
+    "--draft",
+    "target",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Make a draft model for this target artifact (exported from TEACHER): the student, an eighth of "
+    "the layers unless --layers, is exported to OUTPUT with the target's format, flavor and recipe.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-def distill(teacher: str, output: str, **values: Any) -> None:
+def distill(teacher: str, output: str, target: str | None, **values: Any) -> None:
     """Distill TEACHER (an HF folder or GGUF file) into a smaller student: KL to the teacher's
     logits at a temperature, AdamW with warmup and cosine decay. Runs unchanged under torchrun
-    (DistributedDataParallel). The student is an HF folder every edgekit command accepts."""
+    (DistributedDataParallel). The student is an HF folder every edgekit command accepts; with
+    --draft TARGET it becomes an artifact like TARGET, a draft for speculative decoding
+    (`edgekit run TARGET --draft OUTPUT`)."""
     from ..distill import distill as run
 
     config = train_config(values, checkpoint_every=values.pop("checkpoint_every"))
+    manifest = None
+    student = output
+    if target is not None:
+        from ..artifact import read_manifest
+        from ..distill.student import draft_depth
+        from ..sources import open_checkpoint
+
+        manifest = read_manifest(target, check_files=False)
+        if Path(output).exists() and not values["overwrite"]:
+            raise EdgekitError(f"{output} already exists; choose another output folder or pass --overwrite")
+        if values["layers"] is None and values["keep_layers"] is None:
+            values["layers"] = draft_depth(open_checkpoint(teacher).spec)
+        student = str(Path(output).parent / f".{Path(output).name}.student")
     progress = StepProgress("distilling")
     try:
         result = run(
             teacher,
-            output,
+            student,
             layers=values["layers"],
             keep_layers=_layer_list(values["keep_layers"]),
             mlp_ratio=values["mlp_ratio"],
@@ -104,7 +130,7 @@ def distill(teacher: str, output: str, **values: Any) -> None:
             held_out=values["held_out"],
             config=config,
             resume=values["resume"],
-            overwrite=values["overwrite"],
+            overwrite=values["overwrite"] or manifest is not None,
             progress=progress,
             stage=lambda message: click.echo(message, err=True),
         )
@@ -115,4 +141,27 @@ def distill(teacher: str, output: str, **values: Any) -> None:
     click.echo(_quality("teacher", result.teacher))
     click.echo(_quality("student before", result.before))
     click.echo(_quality("student after ", result.after))
-    click.echo(f"wrote {result.output}: layers {result.layers}, MLP {result.intermediate_size}")
+    if manifest is None:
+        click.echo(f"wrote {result.output}: layers {result.layers}, MLP {result.intermediate_size}")
+        return
+    from ..exporters.pipeline import export
+    from ..quant.recipe import Recipe
+
+    try:
+        exported = export(
+            result.output,
+            output,
+            format=manifest.format,
+            flavor=manifest.flavor,
+            recipe=Recipe.from_record(manifest.quantization.recipe),
+            max_context=manifest.max_context,
+            accuracy_level=manifest.accuracy_level,
+            overwrite=values["overwrite"],
+            stage=lambda message: click.echo(message, err=True),
+        )
+    finally:
+        shutil.rmtree(result.output, ignore_errors=True)
+    click.echo(
+        f"wrote draft {exported.output}: layers {result.layers}, {exported.megabytes:.1f} MB, "
+        f"the recipe of {target}; use it with `edgekit run {target} --draft {exported.output}`"
+    )

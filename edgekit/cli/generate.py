@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from ..errors import EdgekitError
-from .app import cli, generation_config, load_engine, load_options, model_argument, sampling_options
+from .app import cli, draft_option, generation_config, load_engine, load_options, model_argument, sampling_options
 
 
 def _stats_line(stats, engine) -> str:
@@ -71,7 +71,7 @@ def _constraint(options: dict[str, Any]) -> dict[str, Any]:
 
 def _engine(model: str, options: dict[str, Any]):
     """Load MODEL with the load options, the rest of `options` being generation options."""
-    where = [options.pop(k) for k in ("profile", "threads", "max_context")]
+    where = [options.pop(k) for k in ("profile", "threads", "max_context", "draft")]
     return load_engine(model, *where, generation_config(**options))
 
 
@@ -83,6 +83,7 @@ def _engine(model: str, options: dict[str, Any]):
 @sampling_options
 @constraint_options
 @load_options
+@draft_option
 @click.option("--json", "as_json", is_flag=True, help="Print the completion (text, ids, usage, stats) as JSON.")
 def run(model: str, prompt: str, system: str | None, raw: bool, as_json: bool, **options: Any) -> None:
     """Answer one prompt, streaming to stdout; token counts and tokens/s go to stderr.
@@ -138,6 +139,7 @@ def _fit_history(engine, messages: list[dict[str, str]], room: int) -> list[dict
 @sampling_options
 @constraint_options
 @load_options
+@draft_option
 def chat(model: str, system: str | None, **options: Any) -> None:
     """An interactive conversation with MODEL. The history is kept (oldest exchanges dropped when the
     context fills up); the next turn reuses the KV cache of the previous ones. A constraint

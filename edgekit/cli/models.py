@@ -193,6 +193,13 @@ class _LayerProgress:
     help="MatMulNBits compute: 4 = int8 activations (fast on CPU), 0 = float32 [default: 4].",
 )
 @click.option(
+    "--kv-bits",
+    default=None,
+    type=click.Choice(["0", "8"]),
+    help="ONNX cpu/cuda: 8 keeps the KV cache in int8 (per head and channel scales from the calibration "
+    "text), 0 in float [default: the profile's; 8 on the Raspberry Pi profiles].",
+)
+@click.option(
     "--via",
     default=None,
     type=click.Choice(["native", "optimum"]),
@@ -230,6 +237,7 @@ def export(
     calibration: str | None,
     max_context: int | None,
     accuracy_level: int | None,
+    kv_bits: str | None,
     via: str | None,
     distill_layers: int | None,
     distill_steps: int,
@@ -280,6 +288,7 @@ def export(
             stage=lambda message: click.echo(f"\n{message}", err=True),
             via=via,
             qad=qad,
+            kv_bits=None if kv_bits is None else int(kv_bits),
         )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .app import cli, load_options, model_argument
+from .app import cli, draft_option, load_options, model_argument
 
 
 @cli.command()
@@ -42,6 +42,7 @@ from .app import cli, load_options, model_argument
     help="Keys and values of recent prompts kept across requests; 0 = off [default: the profile's].",
 )
 @load_options
+@draft_option
 def serve(
     model: str,
     host: str,
@@ -54,6 +55,7 @@ def serve(
     profile: str,
     threads: int | None,
     max_context: int | None,
+    draft: str | None,
 ) -> None:
     """Serve MODEL over HTTP: OpenAI's /v1/chat/completions, /v1/completions and /v1/models, a
     chat page at /, and /health (503 while the model loads).
@@ -73,8 +75,9 @@ def serve(
         port=port,
         profile=None if profile == "none" else profile,
         max_waiting=max_waiting,
-        speculation="lookup" if lookup else "off",
+        speculation="lookup" if lookup else None,  # None: a draft's when there is one, else off
         parallel=parallel,
+        draft=draft,
         log=lambda line: click.echo(line, err=True),
         **overrides,
     )

@@ -52,6 +52,7 @@ class ExportSettings:
     lm_head_bits: int = 8
     accuracy_level: int = 4
     max_context: int = 4096
+    kv_bits: int = 0  # ONNX cpu/cuda: 8 = an int8 KV cache (per head and channel scales), 0 = float
     # npu flavor: the QNN SoC to also compile EPContext models for ("" = none), and its HTP arch
     qnn_soc_model: str = ""
     qnn_htp_arch: str = ""
@@ -77,6 +78,7 @@ class RuntimeSettings:
     parallel: int = 4  # `edgekit serve`: sequences decoded together (continuous batching)
     kv_cache_mb: int = 1024  # their KV cache's budget: each one's context is cut to fit, or loading refused
     prefix_cache_mb: int = 256  # keys and values of recent prompts kept across requests (0: off)
+    draft: str = ""  # a draft model's artifact for speculative decoding (relative: to this file); "" none
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "embedding_bits": (4, 8),
     "lm_head_bits": (4, 8),
     "accuracy_level": (0, 1, 2, 3, 4),
+    "kv_bits": (0, 8),
 }
 _MINIMUM = {
     "threads": 0,

@@ -23,6 +23,13 @@ class StudentPlan:
         return {"keep_layers": self.keep_layers, "intermediate_size": self.intermediate_size}
 
 
+def draft_depth(spec: ModelSpec) -> int:
+    """Layers of a draft model for speculative decoding when none are asked for: an eighth of the
+    target's (SmolLM2's 30 -> 4), at least one. The embedding and lm_head stay whole, so on small
+    models they are most of what a draft step reads."""
+    return max(1, round(spec.num_layers / 8))
+
+
 def plan_student(
     spec: ModelSpec,
     layers: int | None = None,

@@ -6,13 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..artifact import ALL_LOGITS_FILE, DATA_FILE, GENAI_CONFIG_FILE, MODEL_FILE
 from ..quant.pipeline import QuantizedModel
 from ..sources.checkpoint import Checkpoint
 from .onnx_decoder import DecoderBuilder, OnnxOptions
-from .verify import FLOAT16_TOLERANCE, TOLERANCE, compare_with_reference, run_greedy
+from .verify import FLOAT16_TOLERANCE, KV8_TOLERANCE, TOLERANCE, compare, reference_logits, run_forced, run_greedy
 
 
 def genai_config(checkpoint: Checkpoint, options: OnnxOptions) -> dict[str, Any]:
@@ -111,17 +109,26 @@ def verify_onnx(
     from ..runtimes.onnx import OnnxRuntime
 
     cuda = options.flavor == "cuda"
-    _build(folder, qm, replace(options, all_logits=False, accuracy_level=0), VERIFY_FILE, written)
+    context = min(options.max_context, len(prompt) + steps + 1)
+    # first with a float KV cache (every weight and setting checked at the float tolerance), then
+    # an int8 cache's graph on the same tokens at its own tolerance
+    _build(folder, qm, replace(options, all_logits=False, accuracy_level=0, kv_bits=0), VERIFY_FILE, written)
     try:
-        context = min(options.max_context, len(prompt) + steps + 1)
-        kv_dtype = np.float16 if cuda else np.float32
-        runtime = OnnxRuntime(folder / VERIFY_FILE, checkpoint.spec, context, kv_dtype=kv_dtype)
+        runtime = OnnxRuntime(folder / VERIFY_FILE, checkpoint.spec, context)
         ids, got = run_greedy(runtime, prompt, steps)
         del runtime  # its weights go before the reference's come, one layer at a time
+        if options.kv_bits:
+            _build(folder, qm, replace(options, all_logits=False, accuracy_level=0), VERIFY_FILE, written)
+            runtime = OnnxRuntime(folder / VERIFY_FILE, checkpoint.spec, context)
+            got_kv8 = run_forced(runtime, ids, len(prompt))
+            del runtime
     finally:
         (folder / VERIFY_FILE).unlink(missing_ok=True)
     tolerance = FLOAT16_TOLERANCE if cuda else TOLERANCE
-    result = compare_with_reference(got, ids, len(prompt), checkpoint.spec, qm.weights(), "ONNX", tolerance)
+    expected = reference_logits(ids, len(prompt), checkpoint.spec, qm.weights())
+    result = {"checked": True, **compare(got, expected, "ONNX", tolerance)}
+    if options.kv_bits:
+        result["int8_kv_cache"] = compare(got_kv8, expected, "ONNX with the int8 KV cache", KV8_TOLERANCE)
     if cuda:
         return {"graph": "model.onnx's float16 graph on ONNX Runtime's CPU provider (not the CUDA kernels)", **result}
     return {"graph": "model.onnx with float32 compute", **result}

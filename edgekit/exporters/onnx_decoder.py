@@ -44,6 +44,8 @@ class OnnxOptions:
     max_context: int = 4096
     accuracy_level: int = 4  # MatMulNBits compute: 0/1 = float32, 4 = int8 activations (CPU)
     all_logits: bool = False  # logits for every position (evaluation) instead of the last one
+    kv_bits: int = 0  # 8: the KV cache in int8, one scale per KV head and channel (kv_scales)
+    kv_scales: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None  # per layer, key and value [kv_heads, head_dim]
 
 
 class DecoderBuilder:
@@ -344,6 +346,7 @@ class DecoderBuilder:
         cos_cache = g.const("cos_cache", cos.astype(self.float))
         sin_cache = g.const("sin_cache", sin.astype(self.float))
         kv_shape = ["batch", s.num_kv_heads, "max_sequence", s.head_dim]
+        kv_elem = TensorProto.INT8 if opt.kv_bits == 8 else self.elem
 
         x = self.embedding(ids)
         residual = None
@@ -363,16 +366,28 @@ class DecoderBuilder:
                     k = self.head_norm(k, lw.k_norm, s.num_kv_heads, scope + "/attn/k_norm")
             else:
                 q, k, v = outs[0], "", ""
-            past_k = g.input(f"past_key_values.{n}.key", self.elem, kv_shape)
-            past_v = g.input(f"past_key_values.{n}.value", self.elem, kv_shape)
-            present_k = g.output(f"present.{n}.key", self.elem, kv_shape)
-            present_v = g.output(f"present.{n}.value", self.elem, kv_shape)
+            past_k = g.input(f"past_key_values.{n}.key", kv_elem, kv_shape)
+            past_v = g.input(f"past_key_values.{n}.value", kv_elem, kv_shape)
+            present_k = g.output(f"present.{n}.key", kv_elem, kv_shape)
+            present_v = g.output(f"present.{n}.value", kv_elem, kv_shape)
             attrs = {"num_heads": s.num_heads, "kv_num_heads": s.num_kv_heads, "do_rotary": 1, "rotary_interleaved": 0}
             if s.sliding_window:
                 attrs["local_window_size"] = int(s.sliding_window)
+            scales: list[str] = []
+            if opt.kv_bits == 8:
+                attrs |= {"k_quant_type": "PER_CHANNEL", "v_quant_type": "PER_CHANNEL", "kv_cache_bit_width": 8}
+                shape = (1, s.num_kv_heads, 1, s.head_dim)
+                key_scale, value_scale = opt.kv_scales[n]
+                scales = [
+                    "",  # position_ids
+                    "",  # attention_bias
+                    "",  # head_sink
+                    g.const(scope + "/attn/k_scale", key_scale.reshape(shape).astype(np.float32)),
+                    g.const(scope + "/attn/v_scale", value_scale.reshape(shape).astype(np.float32)),
+                ]
             attn = g.op(
                 "GroupQueryAttention",
-                [q, k, v, past_k, past_v, seqlens_k, total, cos_cache, sin_cache],
+                [q, k, v, past_k, past_v, seqlens_k, total, cos_cache, sin_cache, *scales],
                 scope + "/attn",
                 outputs=[scope + "/attn/output", present_k, present_v],
                 domain=MS_DOMAIN,

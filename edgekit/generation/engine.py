@@ -16,7 +16,7 @@ from ..errors import EdgekitError
 from .constraints import Constraint, ConstraintCompiler, ConstraintError, TokenMask, constraint_from_options
 from .loader import Loaded
 from .sampling import Sampler, SamplingParams
-from .speculative import Speculator, check_speculation
+from .speculative import DraftModel, PromptLookup, Speculator, check_speculation, common_prefix
 from .text_stream import IncrementalDecoder, StopStrings
 from .tools import ToolCall, ToolCallGuide, ToolRequest, tool_request
 
@@ -45,8 +45,8 @@ class GenerationConfig:
     regex: str | None = None
     choices: tuple[str, ...] | None = None
     grammar: str | None = None  # Lark or llama.cpp's GBNF
-    # "lookup": propose tokens from the prompt and the text so far, verify them in one pass
-    # (speculative decoding: the same tokens greedy, the same distribution sampling); "off"
+    # speculative decoding, proposals verified in one pass (the same distribution when sampling):
+    # "lookup" from the prompt and the text so far, "draft" from the engine's draft model; "off"
     speculation: str = "off"
 
     def __post_init__(self) -> None:
@@ -164,15 +164,6 @@ def peak_memory_mb() -> float | None:
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 class Engine:
     """A loaded model. Calls on one engine run one at a time (a lock serializes them), so an engine
     can be shared between threads; for parallel answers, load one engine per thread.
@@ -180,8 +171,15 @@ class Engine:
     The KV cache is kept between calls: a prompt that starts with what the cache holds (the next
     turn of a chat) only computes its new tokens."""
 
-    def __init__(self, loaded: Loaded, profile: DeviceProfile | None = None, defaults: GenerationConfig | None = None):
+    def __init__(
+        self,
+        loaded: Loaded,
+        profile: DeviceProfile | None = None,
+        defaults: GenerationConfig | None = None,
+        draft: DraftModel | None = None,
+    ):
         self.runtime = loaded.runtime
+        self.draft = draft  # a smaller model with the same tokenizer, for speculation="draft"
         self.tokenizer = loaded.tokenizer
         self.spec = loaded.spec
         self.vocab_size: int = loaded.vocab_size
@@ -307,7 +305,7 @@ class Engine:
 
     def _prefill(self, ids: list[int]):
         """Reuse the cached prefix; at least the prompt's last token is run to get its logits."""
-        reused = min(_common_prefix(self._cached, ids), len(ids) - 1)
+        reused = min(common_prefix(self._cached, ids), len(ids) - 1)
         self.runtime.trim(reused)
         self._cached = list(ids)
         return self.runtime.prefill(ids[reused:]), reused
@@ -318,11 +316,17 @@ class Engine:
         """The speculator of this answer (None: token by token) and the mode the stats report."""
         if config.speculation == "off":
             return None, "off"
+        if config.speculation == "draft" and self.draft is None:
+            raise EdgekitError(
+                "speculation='draft' needs a draft model: load with edgekit.load(target, draft=DRAFT) "
+                "(--draft DRAFT), or name one in the profile's [runtime] draft"
+            )
         if guide is not None:
             return None, "off: constrained decoding runs token by token"
         if self.runtime.why_no_verify:
             return None, f"off: {self.runtime.why_no_verify}"
-        return Speculator(self.runtime, sampler), config.speculation
+        proposer = self.draft if config.speculation == "draft" else PromptLookup()
+        return Speculator(self.runtime, sampler, proposer), config.speculation
 
     def _generate(self, ids: list[int], config: GenerationConfig, tools: ToolRequest | None = None) -> Iterator[Chunk]:
         ids = self._fit(ids, config)
@@ -393,6 +397,8 @@ class Engine:
         except BaseException:
             self._cached = []  # a generation stopped half way leaves the cache in an unknown state
             self.runtime.reset()
+            if self.draft is not None:
+                self.draft.reset()
             raise
         stats.generated_tokens = len(out)
         stats.peak_memory_mb = peak_memory_mb()
@@ -416,3 +422,5 @@ class Engine:
         with self._lock:
             self._cached = []
             self.runtime.reset()
+            if self.draft is not None:
+                self.draft.reset()

@@ -18,9 +18,10 @@ from typing import Any
 from ..device_profiles import DeviceProfile
 from .batching import Batcher, SlotRuntime
 from .constraints import ConstraintCompiler
-from .engine import Chunk, Engine, GenerationConfig, Prompt, _common_prefix
+from .engine import Chunk, Engine, GenerationConfig, Prompt
 from .loader import Loaded
 from .prefix_cache import PrefixCache
+from .speculative import common_prefix
 
 
 class SlotEngine(Engine):
@@ -37,7 +38,7 @@ class SlotEngine(Engine):
         return self.owner._compiler()
 
     def _prefill(self, ids: list[int]):
-        own = min(_common_prefix(self._cached, ids), len(ids) - 1, self.runtime.length)
+        own = min(common_prefix(self._cached, ids), len(ids) - 1, self.runtime.length)
         reused = own
         cache = self.owner.prefix_cache
         if cache is not None:

@@ -20,16 +20,35 @@ import numpy as np
 from ..errors import EdgekitError
 from .sampling import Sampler
 
-SPECULATION_MODES = ("off", "lookup")
+SPECULATION_MODES = ("off", "lookup", "draft")
+
+Distribution = tuple[np.ndarray, np.ndarray]  # token ids, their probabilities
 
 # n-gram lengths prompt lookup matches, longest first; single tokens match too often to pay
 LOOKUP_NGRAMS = (3, 2)
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading ids a and b share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def check_speculation(mode: str) -> str:
     if mode not in SPECULATION_MODES:
         raise EdgekitError(f"speculation={mode!r} is not a mode; choose one of: {', '.join(SPECULATION_MODES)}")
     return mode
+
+
+@dataclass(frozen=True)
+class Proposal:
+    tokens: list[int]
+    # per token, the distribution it was drawn from; None: certain tokens (prompt lookup)
+    drafts: list[Distribution] | None = None
 
 
 class PromptLookup:
@@ -52,6 +71,9 @@ class PromptLookup:
                 return known[start : start + most]
         return []
 
+    def proposal(self, history: Sequence[int], most: int, sampler: Sampler) -> Proposal:
+        return Proposal(self.propose(history, most))
+
     def _index(self, tokens: Sequence[int]) -> None:
         if len(tokens) < len(self.tokens):  # another text: start over
             self.tokens, self.next_position = [], {}
@@ -62,6 +84,42 @@ class PromptLookup:
             for n in self.ngrams:
                 if t >= n:
                     self.next_position[tuple(self.tokens[t - n : t])] = t
+
+
+class DraftModel:
+    """A smaller model with the target's tokenizer that proposes the next tokens by sampling from
+    its own distribution (greedy: its argmax) with the request's sampler settings. It keeps its
+    own KV cache between calls, holding `cached`; each proposal first runs what it has not seen."""
+
+    def __init__(self, runtime, cost: float):
+        self.runtime = runtime
+        self.cost = cost  # one draft step, in target decode steps (from the weight bytes each reads)
+        self.cached: list[int] = []
+
+    def proposal(self, history: Sequence[int], most: int, sampler: Sampler) -> Proposal:
+        most = min(most, self.runtime.max_context - len(history))
+        if most <= 0:
+            return Proposal([])
+        reused = min(common_prefix(self.cached, history), len(history) - 1)
+        self.runtime.trim(reused)
+        logits = self.runtime.prefill(history[reused:])
+        tokens: list[int] = []
+        drafts: list[Distribution] = []
+        seen = (lambda: [*history, *tokens]) if sampler.params.repetition_penalty != 1 else (lambda: ())  # noqa: E731
+        while True:
+            ids, probs = sampler.distribution(logits, seen())
+            token = int(ids[0]) if len(ids) == 1 else sampler.draw(ids, probs)
+            tokens.append(token)
+            drafts.append((ids, probs))
+            if len(tokens) == most:
+                break
+            logits = self.runtime.decode(token)
+        self.cached = [*history, *tokens[:-1]]
+        return Proposal(tokens, drafts)
+
+    def reset(self) -> None:
+        self.cached = []
+        self.runtime.reset()
 
 
 @dataclass(frozen=True)
@@ -130,7 +188,8 @@ class BlockSize:
     WINDOW, JUDGE_AFTER = 8, 4
     PAUSE_FIRST, PAUSE_MOST = 16, 256
 
-    def __init__(self) -> None:
+    def __init__(self, proposal_cost: float = 0.0) -> None:
+        self.cost = self.COST + proposal_cost  # a draft model's step adds to each proposal's cost
         self.k = self.START
         self.recent: deque[tuple[int, int]] = deque(maxlen=self.WINDOW)  # (proposed, accepted)
         self.pause = self.PAUSE_FIRST
@@ -150,7 +209,7 @@ class BlockSize:
             return
         total_proposed = sum(p for p, _ in self.recent)
         total_accepted = sum(a for _, a in self.recent)
-        if total_accepted > self.COST * total_proposed:
+        if total_accepted > self.cost * total_proposed:
             self.pause = self.PAUSE_FIRST
             return
         self.paused_for, self.pause = self.pause, min(self.PAUSE_MOST, 2 * self.pause)
@@ -159,14 +218,14 @@ class BlockSize:
 
 
 class Speculator:
-    """Speculative decoding for one generation: proposals from prompt lookup, a block size that
-    follows the acceptance rate, and the counts the stats report."""
+    """Speculative decoding for one generation: proposals from prompt lookup or a draft model, a
+    block size that follows the acceptance rate, and the counts the stats report."""
 
-    def __init__(self, runtime, sampler: Sampler):
+    def __init__(self, runtime, sampler: Sampler, proposer: PromptLookup | DraftModel | None = None):
         self.runtime = runtime
         self.sampler = sampler
-        self.lookup = PromptLookup()
-        self.size = BlockSize()
+        self.proposer = proposer if proposer is not None else PromptLookup()
+        self.size = BlockSize(getattr(self.proposer, "cost", 0.0))
         self.proposed = 0
         self.accepted = 0
 
@@ -175,11 +234,12 @@ class Speculator:
         one verify pass, at most `room` of them; None when there is nothing to propose, and the
         caller decodes one token plainly."""
         most = min(self.size.next(), room - 1)
-        proposed = self.lookup.propose(history, most) if most > 0 else []
+        proposal = self.proposer.proposal(history, most, self.sampler) if most > 0 else Proposal([])
+        proposed = proposal.tokens
         if not proposed:
             return None
         rows = self.runtime.verify([history[-1], *proposed])
-        outcome = verify_block(self.sampler, rows, proposed, history)
+        outcome = verify_block(self.sampler, rows, proposed, history, proposal.drafts)
         self.runtime.trim(self.runtime.length - len(proposed) + outcome.accepted)
         self.size.record(len(proposed), outcome.accepted)
         self.proposed += len(proposed)

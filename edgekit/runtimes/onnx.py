@@ -23,6 +23,9 @@ from .huge_pages import collapse_filled_heap
 # of 256 197 MB (most of it the KV cache), at the same tokens/s.
 DEFAULT_PREFILL_CHUNK = 256
 
+# the KV cache's element type, from the graph's past_key_values inputs (an int8 cache is exported so)
+CACHE_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8}
+
 
 def make_session(
     model_path: Path,
@@ -75,6 +78,9 @@ class OnnxRuntime:
         self.length = 0
         self.prefill_chunk = prefill_chunk or DEFAULT_PREFILL_CHUNK
         self.session = make_session(model_path, providers, threads, huge_pages)
+        past = {i.name: i.type for i in self.session.get_inputs()}.get("past_key_values.0.key")
+        kv_dtype = CACHE_TYPES.get(past, kv_dtype)
+        self.kv_dtype = np.dtype(kv_dtype)
         self._every_position: OnnxRuntime | None = None
         self._options = (model_path, spec, providers, threads, kv_dtype, huge_pages)
         device = "cuda" if any("CUDA" in (p if isinstance(p, str) else p[0]) for p in providers) else "cpu"

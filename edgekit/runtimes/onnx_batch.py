@@ -21,7 +21,7 @@ from ..artifact import BATCH_METADATA, LOGITS_TO_KEEP
 from ..errors import EdgekitError
 from ..spec import ModelSpec
 from .base import EMPTY_PROMPT, check_room
-from .onnx import DEFAULT_PREFILL_CHUNK, make_session
+from .onnx import CACHE_TYPES, DEFAULT_PREFILL_CHUNK, make_session
 
 
 class SingleSequenceGraph(EdgekitError):
@@ -66,6 +66,8 @@ class OnnxBatchRuntime:
             )
         if LOGITS_TO_KEEP not in {i.name for i in self.session.get_inputs()}:
             raise EdgekitError(f"{model_path.parent}: its graph has no {LOGITS_TO_KEEP} input; re-export it")
+        cache_type = {i.name: i.type for i in self.session.get_inputs()}.get("past_key_values.0.key")
+        kv_dtype = CACHE_TYPES.get(cache_type, kv_dtype)  # an int8 cache is exported so
         names = [p if isinstance(p, str) else p[0] for p in providers]
         self.device = "cuda" if "CUDAExecutionProvider" in names else "cpu"
         self.kv_dtype = np.dtype(kv_dtype)

@@ -449,8 +449,9 @@ def serve(
     profile: str | None = "auto",
     max_waiting: int = 32,
     log: Callable[[str], None] | None = None,
-    speculation: str = "off",
+    speculation: str | None = None,
     parallel: int | None = None,
+    draft: str | None = None,
     **load_options: Any,
 ) -> None:
     """Listen at once (GET /health answers 503 while loading), load the model, serve until
@@ -466,15 +467,20 @@ def serve(
     server, thread = start(host, port, max_waiting, log)
     server.log(f"listening on {server.url}; loading {artifact}")
     try:
-        generation = GenerationConfig(speculation=speculation)
-        batched = _parallel(artifact, profile, parallel, server.log)
-        try:
-            engine = load(artifact, profile=profile, generation=generation, parallel=batched, **load_options)
-        except SingleSequenceGraph as exc:
-            if parallel is not None:  # asked for: say why not
-                raise
-            server.log(f"one request at a time: {exc}")
-            engine = load(artifact, profile=profile, generation=generation, **load_options)
+        generation = GenerationConfig(speculation=speculation) if speculation else None
+        if draft is not None:  # a draft speculates for one sequence: requests are answered in turn
+            engine = load(
+                artifact, profile=profile, generation=generation, draft=draft, parallel=parallel, **load_options
+            )
+        else:
+            batched = _parallel(artifact, profile, parallel, server.log)
+            try:
+                engine = load(artifact, profile=profile, generation=generation, parallel=batched, **load_options)
+            except SingleSequenceGraph as exc:
+                if parallel is not None:  # asked for: say why not
+                    raise
+                server.log(f"one request at a time: {exc}")
+                engine = load(artifact, profile=profile, generation=generation, **load_options)
     except BaseException as exc:
         server.load_error = str(exc)
         server.shutdown()

@@ -1,0 +1,80 @@
+"""An int8 KV cache in the ONNX graph (GroupQueryAttention's per-channel quantized cache): chosen
+by kv_bits= or the profile, a quarter of the float32 cache's bytes, logits within a stated
+tolerance of the float cache's, speculation still exact, and kinds of artifact without one
+refuse it in one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import edgekit
+from edgekit.cli import cli
+from edgekit.device_profiles import load_profile
+from edgekit.errors import EdgekitError
+from edgekit.exporters.kv_scales import largest_keys
+from edgekit.exporters.pipeline import export
+from edgekit.generation.loader import load_runtime
+from edgekit.quant.recipe import Recipe
+
+FAST = Recipe(algorithm="rtn", group_size=32)
+# int8 KV against float32 KV, relative to the largest |logit|, after a 48-token prompt and 8 steps
+TOLERANCE = 0.03
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("kv")
+    export(tiny_models["llama"], root / "float", recipe=FAST, max_context=256)
+    export(tiny_models["llama"], root / "int8", recipe=FAST, max_context=256, kv_bits=8)
+    return root / "float", root / "int8"
+
+
+def test_the_int8_cache_is_a_quarter_of_the_float_one_and_its_logits_stay_close(pair):
+    runtimes = [load_runtime(p, max_context=256).runtime for p in pair]
+    assert [str(r.kv_dtype) for r in runtimes] == ["float32", "int8"]
+    sizes = [sum(k.numpy().nbytes + v.numpy().nbytes for k, v in r.cache) for r in runtimes]
+    assert sizes[1] * 4 == sizes[0]
+    prompt = [int(t) for t in np.random.default_rng(3).integers(3, 380, 48)]
+    logits = []
+    for runtime in runtimes:
+        rows = [runtime.prefill(prompt)]
+        rows += [runtime.decode(t) for t in (5, 6, 7, 8, 9, 10, 11, 12)]
+        logits.append(np.stack(rows))
+    error = np.abs(logits[1] - logits[0]).max() / np.abs(logits[0]).max()
+    assert 0 < error < TOLERANCE
+    assert np.mean(logits[1].argmax(-1) == logits[0].argmax(-1)) >= 0.75
+
+
+def test_the_manifest_records_it_and_speculation_stays_exact(pair):
+    engine = edgekit.load(pair[1], profile=None)
+    assert engine.manifest.kv_bits == 8 and engine.manifest.verify["checked"]
+    start = [int(t) for t in np.random.default_rng(7).integers(3, 380, 16)]
+    seen = engine.generate(start, max_new_tokens=24, ignore_eos=True).token_ids
+    prompt = [*start, *seen, *start]
+    plain = engine.generate(prompt, max_new_tokens=32, ignore_eos=True)
+    fast = engine.generate(prompt, max_new_tokens=32, ignore_eos=True, speculation="lookup")
+    assert fast.token_ids == plain.token_ids and fast.stats.accepted_tokens > 0
+
+
+def test_key_scales_hold_at_every_rotation():
+    keys = np.random.default_rng(0).standard_normal((2, 40, 8)).astype(np.float32)
+    bound = largest_keys(keys, rotary=8)
+    angle = 0.7  # any rotation of each pair (i, i + 4) stays within the bound
+    cos, sin = np.cos(angle), np.sin(angle)
+    turned = np.concatenate([keys[..., :4] * cos - keys[..., 4:] * sin, keys[..., 4:] * cos + keys[..., :4] * sin], -1)
+    assert (np.abs(turned).max(axis=1) <= bound + 1e-6).all()
+    assert (bound >= np.abs(keys).max(axis=1) - 1e-6).all()
+
+
+def test_the_pi_profiles_choose_it_and_other_kinds_refuse_it(tiny_models, tmp_path):
+    assert load_profile("raspberry-pi-5").export.kv_bits == 8
+    assert load_profile("raspberry-pi-4").export.kv_bits == 8
+    assert load_profile("generic-x86-64-cpu").export.kv_bits == 0
+    with pytest.raises(EdgekitError, match=r"kv_bits=8: a mlx .*keeps a float KV cache"):
+        export(tiny_models["llama"], tmp_path / "mlx", format="mlx", recipe=FAST, kv_bits=8)
+    result = CliRunner().invoke(
+        cli, ["export", str(tiny_models["llama"]), "-o", str(tmp_path / "x"), "--kv-bits", "8", "--format", "mlx"]
+    )
+    assert result.exit_code == 2 and "keeps a float KV cache" in result.output
