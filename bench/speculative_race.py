@@ -98,6 +98,7 @@ def run_llamacpp(gguf: str, lookup: bool, ids: list[int], threads: int, new: int
         n_threads_batch=threads,
         flash_attn=True,  # as llama.cpp's own tools run it
         draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10) if lookup else None,
+        logits_all=lookup,  # its draft path writes every position's logits; without this it overflows at n_batch
         verbose=False,
     )
     llm.create_completion([1, 2, 3], max_tokens=2, temperature=0.0)  # warm-up
