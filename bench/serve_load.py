@@ -297,36 +297,47 @@ def questions(
 
 
 def conversations(
-    port: int, count: int, turns: int, max_tokens: int, timeout: float, extra: dict | None = None
+    port: int,
+    count: int,
+    turns: int,
+    max_tokens: int,
+    timeout: float,
+    extra: dict | None = None,
+    clients: int | None = None,
 ) -> dict:
-    """`count` conversations at once, each `turns` turns long: every turn resends the system prompt,
-    the history and a new question (streamed), so the prompts grow and interleave. Time to first
-    token by turn."""
+    """`count` conversations, each `turns` turns long: every turn resends the system prompt, the
+    history and a new question (streamed), so the prompts grow and interleave. `clients` threads
+    (default: one per conversation) each take turns over their share of the conversations, one turn
+    of each in order. Time to first token by turn."""
     firsts: list[list[float]] = [[] for _ in range(turns)]
     cached: list[list[int]] = [[] for _ in range(turns)]
     prompt_growth: list[int] = []
     failures: list[str] = []
     lock = threading.Lock()
+    clients = min(clients or count, count)
 
-    def talk(c: int) -> None:
-        history = [{"role": "system", "content": f"{SYSTEM} Customer number {c}."}]
+    def talk(client: int) -> None:
+        mine = range(client, count, clients)
+        histories = {c: [{"role": "system", "content": f"{SYSTEM} Customer number {c}."}] for c in mine}
         for turn in range(turns):
-            history.append({"role": "user", "content": FOLLOW_UPS[turn % len(FOLLOW_UPS)]})
-            result = chat_request(port, history, max_tokens, True, timeout, extra)
-            if result["status"] != 200 or not result["complete"] or result["first_token"] is None:
+            for c, history in list(histories.items()):
+                history.append({"role": "user", "content": FOLLOW_UPS[turn % len(FOLLOW_UPS)]})
+                result = chat_request(port, history, max_tokens, True, timeout, extra)
+                if result["status"] != 200 or not result["complete"] or result["first_token"] is None:
+                    with lock:
+                        failures.append(f"conversation {c} turn {turn + 1}: {result['status']}")
+                    del histories[c]
+                    continue
+                history.append({"role": "assistant", "content": result["text"]})
                 with lock:
-                    failures.append(f"conversation {c} turn {turn + 1}: {result['status']}")
-                return
-            history.append({"role": "assistant", "content": result["text"]})
-            with lock:
-                firsts[turn].append(result["first_token"])
-                if result.get("cached_tokens") is not None:
-                    cached[turn].append(result["cached_tokens"])
+                    firsts[turn].append(result["first_token"])
+                    if result.get("cached_tokens") is not None:
+                        cached[turn].append(result["cached_tokens"])
         with lock:
-            prompt_growth.append(len(json.dumps(history)))
+            prompt_growth.extend(len(json.dumps(h)) for h in histories.values())
 
     start = time.perf_counter()
-    threads = [threading.Thread(target=talk, args=(c,)) for c in range(count)]
+    threads = [threading.Thread(target=talk, args=(c,)) for c in range(clients)]
     for t in threads:
         t.start()
         time.sleep(0.05)  # staggered: turns of different conversations interleave
@@ -335,6 +346,7 @@ def conversations(
     wall = time.perf_counter() - start
     return {
         "conversations": count,
+        "clients": clients,
         "turns": turns,
         "max_tokens": max_tokens,
         "failed": failures,
@@ -354,7 +366,7 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, help="sequences decoded at once (edgekit --parallel, llama-server -np)")
     parser.add_argument("--prefix-cache-mb", type=int, help="edgekit's prefix cache (0: off)")
     parser.add_argument("--workload", default="questions", choices=["questions", "chat"])
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--clients", type=int, default=16, help="chat: threads taking the conversations' turns")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--streamed", default="half", choices=["half", "all"])
     parser.add_argument("--conversations", type=int, default=8)
@@ -373,7 +385,7 @@ def main() -> None:
     try:
         if args.workload == "chat":
             result = conversations(
-                server.port, args.conversations, args.turns, args.max_tokens, args.timeout, spec.body()
+                server.port, args.conversations, args.turns, args.max_tokens, args.timeout, spec.body(), args.clients
             )
         else:
             result = questions(

@@ -68,6 +68,9 @@ def main() -> None:
     )
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--chat-parallel", type=int, default=4)
+    parser.add_argument(
+        "--chat-clients", type=int, help="threads taking the conversations' turns (default: one per conversation)"
+    )
     parser.add_argument("--context", type=int, default=2048)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=48)
@@ -99,7 +102,13 @@ def main() -> None:
                 server = Running(spec)
                 try:
                     result = conversations(
-                        server.port, args.conversations, args.turns, args.chat_max_tokens, 600, spec.body()
+                        server.port,
+                        args.conversations,
+                        args.turns,
+                        args.chat_max_tokens,
+                        600,
+                        spec.body(),
+                        clients=args.chat_clients,
                     )
                     healthy = server.healthy()
                 finally:

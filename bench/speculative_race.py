@@ -74,7 +74,7 @@ def run_edgekit(artifact: str, draft: str | None, mode: str, ids: list[int], thr
     import edgekit
 
     engine = edgekit.load(artifact, threads=threads, draft=draft if mode == "draft" else None)
-    engine.generate("Hello", max_new_tokens=4, speculation="off")  # warm-up: first-call allocations
+    engine.generate("Hello", max_new_tokens=4, speculation=mode)  # warm-up: first-call allocations (a draft's too)
     engine.reset()
     done = engine.generate(ids, max_new_tokens=new, speculation=mode)
     s = done.stats
