@@ -268,7 +268,8 @@ def questions(
         messages = [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
         return chat_request(port, messages, max_tokens, stream, timeout, extra)
 
-    one(0)  # warm-up, not counted
+    with ThreadPoolExecutor(clients) as pool:  # warm-up, not counted: every batch size this load makes
+        list(pool.map(one, range(clients)))
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(one, range(requests)))

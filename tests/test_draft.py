@@ -19,11 +19,20 @@ from edgekit.cli import cli
 from edgekit.distill.student import plan_student, student_config, student_weights
 from edgekit.errors import EdgekitError
 from edgekit.exporters.pipeline import export
+from edgekit.generation import speculative
 from edgekit.sources import open_checkpoint
 from edgekit.sources.hf_writer import as_stored
 from edgekit.spec import spec_from_config
 from edgekit.testing import write_tiny_checkpoint
 from edgekit.testing.tiny import write_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def draft_never_pauses(monkeypatch):
+    """These tests check what verify passes produce, so every step is one: the untrained drafts
+    here would otherwise be paused (or given up) by the pacing, which test_speculative checks."""
+    never = speculative.Pacing(judge_after=10**9, pause_first=0, growth=1, probe=4, timed=False, give_up=False)
+    monkeypatch.setattr(speculative, "DRAFT_PACING", never)
 
 
 def first_layer_of(target: Path, folder: Path) -> Path:

@@ -18,7 +18,7 @@ from edgekit.errors import EdgekitError
 from edgekit.exporters.pipeline import export
 from edgekit.generation.loader import load_runtime
 from edgekit.generation.sampling import Sampler, SamplingParams
-from edgekit.generation.speculative import BlockSize, PromptLookup, Speculator, accept_or_resample
+from edgekit.generation.speculative import DRAFT_PACING, BlockSize, PromptLookup, Speculator, accept_or_resample
 from edgekit.quant.recipe import Recipe
 
 FAST = Recipe(algorithm="rtn", group_size=32)
@@ -199,17 +199,36 @@ def test_block_size_follows_acceptance_and_switches_itself_off():
     size.record(6, 2)
     assert size.next() == 5
     size = BlockSize()
-    for _ in range(BlockSize.JUDGE_AFTER):  # nothing accepted: it stops proposing for a while
+    pacing = size.pacing
+    for _ in range(pacing.judge_after):  # nothing accepted: it stops proposing for a while
         size.record(size.next(), 0)
-    pauses = [size.next() for _ in range(BlockSize.PAUSE_FIRST)]
-    assert pauses == [0] * BlockSize.PAUSE_FIRST and size.next() == BlockSize.START
-    for _ in range(BlockSize.JUDGE_AFTER):  # failing again pauses twice as long
+    pauses = [size.next() for _ in range(pacing.pause_first)]
+    assert pauses == [0] * pacing.pause_first and size.next() == pacing.probe
+    for _ in range(pacing.judge_after):  # failing again pauses longer
         size.record(size.next(), 0)
-    assert [size.next() for _ in range(2 * BlockSize.PAUSE_FIRST)] == [0] * (2 * BlockSize.PAUSE_FIRST)
-    for _ in range(BlockSize.JUDGE_AFTER):
+    longer = pacing.growth * pacing.pause_first
+    assert [size.next() for _ in range(longer)] == [0] * longer
+    for _ in range(pacing.judge_after):
         k = size.next()
-        size.record(k, k - 1)  # most of each block accepted: the passes pay
-    assert size.next() > 0 and size.pause == BlockSize.PAUSE_FIRST
+        size.record(k, k)  # whole blocks accepted: the passes pay
+    assert size.next() > 0 and size.pause == pacing.pause_first
+
+
+def test_a_draft_is_judged_by_measured_time_and_given_up_when_nothing_gets_through():
+    size = BlockSize(0.3, DRAFT_PACING)
+    size.plain_step(0.010)
+    for _ in range(DRAFT_PACING.judge_after):  # 3 tokens per pass in 20 ms: 150/s against 100/s
+        size.record(4, 2, 0.020)
+    assert size.paused_for == 0
+    for _ in range(BlockSize.WINDOW):  # 3 tokens per pass in 40 ms (a slow draft): 75/s
+        size.record(size.next(), 2, 0.040)
+        if size.paused_for:
+            break
+    assert size.paused_for == DRAFT_PACING.pause_first  # it got tokens through: a short pause
+    useless = BlockSize(0.3, DRAFT_PACING)
+    for _ in range(DRAFT_PACING.judge_after):
+        useless.record(useless.next(), 0, 0.020)
+    assert useless.paused_for == BlockSize.PAUSE_MOST
 
 
 def test_a_paused_speculator_decodes_plainly_until_the_pause_ends(tiny_artifact):
@@ -227,8 +246,9 @@ def test_a_paused_speculator_decodes_plainly_until_the_pause_ends(tiny_artifact)
     runtime.trim(len(prompt) - 1)
     while not speculator.size.paused_for:  # passes that accept nothing, until it pauses
         speculator.size.record(4, 0)
-    assert speculator.size.paused_for == BlockSize.PAUSE_FIRST
-    assert all(speculator.step(history, room=8) is None for _ in range(BlockSize.PAUSE_FIRST))
+    pause = speculator.size.pacing.pause_first
+    assert speculator.size.paused_for == pause
+    assert all(speculator.step(history, room=8) is None for _ in range(pause))
     assert runtime.length == len(prompt) - 1  # nothing was run while paused
     assert speculator.step(history, room=8) is not None
 

@@ -350,6 +350,8 @@ class Engine:
 
         try:
             logits, stats.cached_prompt_tokens = self._prefill(ids)
+            if speculator is not None:
+                speculator.prepare(ids)
             stats.prompt_seconds = time.perf_counter() - start
             block = [choose(logits)]  # tokens chosen by one run of the model, taken in order
             stats.time_to_first_token = time.perf_counter() - start
@@ -388,7 +390,10 @@ class Engine:
                 room = min(budget - len(out), self.max_context - self.runtime.length)
                 block = speculator.step(history, room) if speculator is not None else None
                 if block is None:
+                    step_start = time.perf_counter()
                     block = [choose(self.runtime.decode(history[-1]))]
+                    if speculator is not None:
+                        speculator.plain_step(time.perf_counter() - step_start)
                 self._cached += [history[-1], *block[:-1]]  # the last token and the accepted proposals
                 stats.decode_steps += 1
             stats.generation_seconds = time.perf_counter() - decode_start

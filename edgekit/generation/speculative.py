@@ -11,6 +11,7 @@ Greedy decoding has p a point mass too, so it accepts exactly the tokens plain d
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -96,6 +97,15 @@ class DraftModel:
         self.cost = cost  # one draft step, in target decode steps (from the weight bytes each reads)
         self.cached: list[int] = []
 
+    def prepare(self, prompt: Sequence[int]) -> None:
+        """Run the prompt through the draft with the target's prefill, so that the first proposal
+        costs steps, not a prompt (the draft's share of prompt processing)."""
+        reused = common_prefix(self.cached, prompt)
+        self.runtime.trim(reused)
+        if reused < len(prompt):
+            self.runtime.prefill(prompt[reused:])
+        self.cached = list(prompt)
+
     def proposal(self, history: Sequence[int], most: int, sampler: Sampler) -> Proposal:
         most = min(most, self.runtime.max_context - len(history))
         if most <= 0:
@@ -176,24 +186,47 @@ def verify_block(
     return Outcome(out, len(proposed))
 
 
+@dataclass(frozen=True)
+class Pacing:
+    """When a proposer's verify passes are judged, and how long it pauses when they do not pay."""
+
+    judge_after: int  # passes in the window before the first judgment
+    pause_first: int  # tokens decoded plainly after a failed judgment
+    growth: int  # the pause grows this many times with each further failure
+    probe: int  # tokens proposed by the first pass after a pause
+    timed: bool  # judge by measured times (else by the COST model)
+    give_up: bool  # a first judgment with nothing accepted pauses as long as allowed
+
+
+# prompt lookup proposes for free, so its passes are judged over more of them; a draft model's
+# proposals cost steps of their own, measured, and a draft that gets nothing through is given up early
+LOOKUP_PACING = Pacing(judge_after=4, pause_first=16, growth=2, probe=4, timed=False, give_up=False)
+DRAFT_PACING = Pacing(judge_after=2, pause_first=64, growth=4, probe=2, timed=True, give_up=True)
+
+
 class BlockSize:
     """How many tokens to propose next, from how the last verify passes went: two more after a
-    block accepted whole, one fewer after a rejection. And whether speculating pays at all: a
-    verify of 1 + k tokens costs about 1 + COST * k decode steps, so over the last WINDOW passes
-    the accepted tokens must exceed COST times the proposed ones; when they do not, speculation
-    pauses for `pause` tokens (doubling, up to PAUSE_MOST, each time it fails again)."""
+    block accepted whole, one fewer after a rejection. And whether speculating pays at all: over
+    the last WINDOW passes, the tokens they gave must come faster than plain decode steps give
+    them — with timed pacing, the passes' own measured time (proposals included) against the plain
+    steps'; otherwise a verify of 1 + k tokens counts as 1 + COST * k decode steps. When they do
+    not pay, speculation pauses (see Pacing), up to PAUSE_MOST tokens."""
 
     START, MOST = 4, 8
     COST = 0.4  # a verify pass's extra cost per proposed token, in decode steps (ONNX cpu, SmolLM2: 0.3-0.6)
-    WINDOW, JUDGE_AFTER = 8, 4
-    PAUSE_FIRST, PAUSE_MOST = 16, 256
+    WINDOW = 8
+    PAUSE_MOST = 256
+    STEP_AVERAGING = 0.3  # weight of the newest plain step in the step time's moving average
 
-    def __init__(self, proposal_cost: float = 0.0) -> None:
+    def __init__(self, proposal_cost: float = 0.0, pacing: Pacing = LOOKUP_PACING) -> None:
         self.cost = self.COST + proposal_cost  # a draft model's step adds to each proposal's cost
+        self.pacing = pacing
         self.k = self.START
-        self.recent: deque[tuple[int, int]] = deque(maxlen=self.WINDOW)  # (proposed, accepted)
-        self.pause = self.PAUSE_FIRST
+        self.recent: deque[tuple[int, int, float | None]] = deque(maxlen=self.WINDOW)  # proposed, accepted, s
+        self.pause = pacing.pause_first
         self.paused_for = 0  # tokens left to decode plainly
+        self.judged = False
+        self.step_seconds: float | None = None  # a plain decode step, on average
 
     def next(self) -> int:
         """The number of tokens to propose now (0: decode plainly this step)."""
@@ -202,37 +235,61 @@ class BlockSize:
             return 0
         return self.k
 
-    def record(self, proposed: int, accepted: int) -> None:
+    def plain_step(self, seconds: float) -> None:
+        """A plain decode step took `seconds`."""
+        a = self.STEP_AVERAGING
+        self.step_seconds = seconds if self.step_seconds is None else (1 - a) * self.step_seconds + a * seconds
+
+    def record(self, proposed: int, accepted: int, seconds: float | None = None) -> None:
+        """A verify pass of `proposed` tokens accepted `accepted` of them in `seconds` (proposing included)."""
+        pacing = self.pacing
         self.k = min(self.MOST, self.k + 2) if accepted == proposed else max(1, self.k - 1)
-        self.recent.append((proposed, accepted))
-        if len(self.recent) < self.JUDGE_AFTER:
+        self.recent.append((proposed, accepted, seconds))
+        if len(self.recent) < pacing.judge_after:
             return
-        total_proposed = sum(p for p, _ in self.recent)
-        total_accepted = sum(a for _, a in self.recent)
-        if total_accepted > self.cost * total_proposed:
-            self.pause = self.PAUSE_FIRST
+        first, self.judged = not self.judged, True
+        if self._pays():
+            self.pause = pacing.pause_first
             return
-        self.paused_for, self.pause = self.pause, min(self.PAUSE_MOST, 2 * self.pause)
+        if first and pacing.give_up and not any(a for _, a, _ in self.recent):
+            self.pause = self.PAUSE_MOST
+        self.paused_for, self.pause = self.pause, min(self.PAUSE_MOST, pacing.growth * self.pause)
         self.recent.clear()
-        self.k = self.START
+        self.k = pacing.probe
+
+    def _pays(self) -> bool:
+        gained = sum(a + 1 for _, a, _ in self.recent)  # each pass also gives the target's own token
+        times = [s for _, _, s in self.recent]
+        if self.pacing.timed and self.step_seconds is not None and None not in times:
+            return gained * self.step_seconds > sum(times)  # type: ignore[arg-type]
+        proposed = sum(p for p, _, _ in self.recent)
+        return gained - len(self.recent) > self.cost * proposed
 
 
 class Speculator:
     """Speculative decoding for one generation: proposals from prompt lookup or a draft model, a
-    block size that follows the acceptance rate, and the counts the stats report."""
+    block size that follows the acceptance rate and the measured time of passes and plain steps,
+    and the counts the stats report."""
 
     def __init__(self, runtime, sampler: Sampler, proposer: PromptLookup | DraftModel | None = None):
         self.runtime = runtime
         self.sampler = sampler
         self.proposer = proposer if proposer is not None else PromptLookup()
-        self.size = BlockSize(getattr(self.proposer, "cost", 0.0))
+        drafted = isinstance(self.proposer, DraftModel)
+        self.size = BlockSize(getattr(self.proposer, "cost", 0.0), DRAFT_PACING if drafted else LOOKUP_PACING)
         self.proposed = 0
         self.accepted = 0
+
+    def prepare(self, prompt: Sequence[int]) -> None:
+        """The prompt was prefilled: a draft model runs it too."""
+        if isinstance(self.proposer, DraftModel):
+            self.proposer.prepare(prompt)
 
     def step(self, history: Sequence[int], room: int) -> list[int] | None:
         """The tokens that follow `history` (whose last token the cache does not hold yet) from
         one verify pass, at most `room` of them; None when there is nothing to propose, and the
-        caller decodes one token plainly."""
+        caller decodes one token plainly (and reports its time to `plain_step`)."""
+        started = time.perf_counter()
         most = min(self.size.next(), room - 1)
         proposal = self.proposer.proposal(history, most, self.sampler) if most > 0 else Proposal([])
         proposed = proposal.tokens
@@ -241,7 +298,10 @@ class Speculator:
         rows = self.runtime.verify([history[-1], *proposed])
         outcome = verify_block(self.sampler, rows, proposed, history, proposal.drafts)
         self.runtime.trim(self.runtime.length - len(proposed) + outcome.accepted)
-        self.size.record(len(proposed), outcome.accepted)
+        self.size.record(len(proposed), outcome.accepted, time.perf_counter() - started)
         self.proposed += len(proposed)
         self.accepted += outcome.accepted
         return outcome.tokens
+
+    def plain_step(self, seconds: float) -> None:
+        self.size.plain_step(seconds)

@@ -35,8 +35,9 @@ def make_session(
     spinning: bool = True,
 ):
     """huge_pages: move the weights the session repacked onto huge pages once it is built (Linux).
-    spinning: ONNX Runtime's threads spin between runs (fastest when one thread calls run after
-    run; a batcher whose sequences sample between runs wants the cores instead)."""
+    spinning: ONNX Runtime's threads spin between runs, waiting for the next (faster for one
+    sequence and for a batcher alike on a quiet machine, measured in bench/serve_matrix.py; on a
+    CPU shared with other busy processes, turning it off gives them the cores)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()

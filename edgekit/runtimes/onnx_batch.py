@@ -51,7 +51,7 @@ class OnnxBatchRuntime:
         kv_dtype=np.float32,
         prefill_chunk: int | None = None,
         huge_pages: bool = False,
-        spinning: bool = False,
+        spinning: bool = True,
     ):
         self.spec = spec
         self.max_context = max_context
