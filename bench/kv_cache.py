@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from fresh_process import run_child
 
 CONTEXTS = (512, 2048, 4000)
 PERPLEXITY_TOKENS, CHUNK = 2048, 256
@@ -72,10 +72,7 @@ def decode_speed(artifact: str, context: int, threads: int, steps: int = 64) -> 
 
 
 def child(args: list[str]) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise RuntimeError(done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child(__file__, args)
 
 
 def main() -> None:

@@ -13,12 +13,12 @@ import argparse
 import hashlib
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from fresh_process import run_child
 
 PASSAGE = (
     "The old lighthouse on the northern cape was built in 1871 by a company of stonemasons from "
@@ -122,10 +122,7 @@ def verify_cost(artifact: str, threads: int, past: int = 400, repeat: int = 40) 
 
 
 def child(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False)
-    if out.returncode:
-        raise RuntimeError(out.stderr[-2000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(__file__, args)
 
 
 def summarize(runs: list[dict], tasks: list[str]) -> dict:

@@ -14,10 +14,11 @@ import argparse
 import hashlib
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from fresh_process import run_child
 
 TEXT = (
     "The old lighthouse on the northern cape was built in 1871 by a company of stonemasons from Aberdeen. "
@@ -121,11 +122,7 @@ def run_llamacpp(gguf: str, lookup: bool, ids: list[int], threads: int, new: int
 
 
 def child(args: dict) -> dict:
-    cmd = [sys.executable, __file__, "--child", json.dumps(args)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise RuntimeError(done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child(__file__, [json.dumps(args)])
 
 
 def measure(args: dict) -> dict:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from fresh_process import run_child
 
 KS = range(1, 9)
 ACCEPTANCE = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -49,10 +50,7 @@ def measure(artifact: str, history: int, threads: int, repeats: int) -> dict:
 
 
 def child(args: list[str]) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise RuntimeError(done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child(__file__, args)
 
 
 def speedup(a: float, k: int, step: float, verify: float, draft: float) -> float:
