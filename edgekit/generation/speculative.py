@@ -52,10 +52,31 @@ class Proposal:
     drafts: list[Distribution] | None = None
 
 
+@dataclass(frozen=True)
+class Pacing:
+    """When a proposer's verify passes are judged, and how long it pauses when they do not pay."""
+
+    judge_after: int  # passes in the window before the first judgment
+    pause_first: int  # tokens decoded plainly after a failed judgment
+    growth: int  # the pause grows this many times with each further failure
+    probe: int  # tokens proposed by the first pass after a pause
+    timed: bool  # judge by measured times (else by the COST model)
+    give_up: bool  # a first judgment with nothing accepted pauses as long as allowed
+
+
+# prompt lookup proposes for free, so its passes are judged over more of them; a draft model's
+# proposals cost steps of their own, measured, and a draft that gets nothing through is given up early
+LOOKUP_PACING = Pacing(judge_after=4, pause_first=16, growth=2, probe=4, timed=False, give_up=False)
+DRAFT_PACING = Pacing(judge_after=2, pause_first=64, growth=4, probe=2, timed=True, give_up=True)
+
+
 class PromptLookup:
     """Proposes what followed the latest earlier occurrence of the last n tokens (n = 3, else 2) in
     the prompt and the text so far. An index from each n-gram to the position after its latest
     occurrence grows as tokens arrive, so a proposal costs a few dictionary look-ups."""
+
+    pacing = LOOKUP_PACING
+    cost = 0.0  # proposing takes no model step
 
     def __init__(self, ngrams: Sequence[int] = LOOKUP_NGRAMS):
         self.ngrams = tuple(ngrams)
@@ -71,6 +92,9 @@ class PromptLookup:
             if start is not None:
                 return known[start : start + most]
         return []
+
+    def prepare(self, prompt: Sequence[int]) -> None:
+        """Nothing to run before the first proposal: the prompt is indexed as it is read."""
 
     def proposal(self, history: Sequence[int], most: int, sampler: Sampler) -> Proposal:
         return Proposal(self.propose(history, most))
@@ -92,27 +116,31 @@ class DraftModel:
     its own distribution (greedy: its argmax) with the request's sampler settings. It keeps its
     own KV cache between calls, holding `cached`; each proposal first runs what it has not seen."""
 
+    pacing = DRAFT_PACING
+
     def __init__(self, runtime, cost: float):
         self.runtime = runtime
         self.cost = cost  # one draft step, in target decode steps (from the weight bytes each reads)
         self.cached: list[int] = []
 
+    def _run_unseen(self, tokens: Sequence[int]) -> np.ndarray:
+        """Run what the cache does not hold of `tokens` (at least the last); the last one's logits."""
+        reused = min(common_prefix(self.cached, tokens), len(tokens) - 1)
+        self.runtime.trim(reused)
+        logits = self.runtime.prefill(tokens[reused:])
+        self.cached = list(tokens)
+        return logits
+
     def prepare(self, prompt: Sequence[int]) -> None:
         """Run the prompt through the draft with the target's prefill, so that the first proposal
         costs steps, not a prompt (the draft's share of prompt processing)."""
-        reused = common_prefix(self.cached, prompt)
-        self.runtime.trim(reused)
-        if reused < len(prompt):
-            self.runtime.prefill(prompt[reused:])
-        self.cached = list(prompt)
+        self._run_unseen(prompt)
 
     def proposal(self, history: Sequence[int], most: int, sampler: Sampler) -> Proposal:
         most = min(most, self.runtime.max_context - len(history))
         if most <= 0:
             return Proposal([])
-        reused = min(common_prefix(self.cached, history), len(history) - 1)
-        self.runtime.trim(reused)
-        logits = self.runtime.prefill(history[reused:])
+        logits = self._run_unseen(history)
         tokens: list[int] = []
         drafts: list[Distribution] = []
         seen = (lambda: [*history, *tokens]) if sampler.params.repetition_penalty != 1 else (lambda: ())  # noqa: E731
@@ -186,24 +214,6 @@ def verify_block(
     return Outcome(out, len(proposed))
 
 
-@dataclass(frozen=True)
-class Pacing:
-    """When a proposer's verify passes are judged, and how long it pauses when they do not pay."""
-
-    judge_after: int  # passes in the window before the first judgment
-    pause_first: int  # tokens decoded plainly after a failed judgment
-    growth: int  # the pause grows this many times with each further failure
-    probe: int  # tokens proposed by the first pass after a pause
-    timed: bool  # judge by measured times (else by the COST model)
-    give_up: bool  # a first judgment with nothing accepted pauses as long as allowed
-
-
-# prompt lookup proposes for free, so its passes are judged over more of them; a draft model's
-# proposals cost steps of their own, measured, and a draft that gets nothing through is given up early
-LOOKUP_PACING = Pacing(judge_after=4, pause_first=16, growth=2, probe=4, timed=False, give_up=False)
-DRAFT_PACING = Pacing(judge_after=2, pause_first=64, growth=4, probe=2, timed=True, give_up=True)
-
-
 class BlockSize:
     """How many tokens to propose next, from how the last verify passes went: two more after a
     block accepted whole, one fewer after a rejection. And whether speculating pays at all: over
@@ -275,15 +285,13 @@ class Speculator:
         self.runtime = runtime
         self.sampler = sampler
         self.proposer = proposer if proposer is not None else PromptLookup()
-        drafted = isinstance(self.proposer, DraftModel)
-        self.size = BlockSize(getattr(self.proposer, "cost", 0.0), DRAFT_PACING if drafted else LOOKUP_PACING)
+        self.size = BlockSize(self.proposer.cost, self.proposer.pacing)
         self.proposed = 0
         self.accepted = 0
 
     def prepare(self, prompt: Sequence[int]) -> None:
-        """The prompt was prefilled: a draft model runs it too."""
-        if isinstance(self.proposer, DraftModel):
-            self.proposer.prepare(prompt)
+        """The prompt was prefilled: the proposer gets ready for it (a draft model runs it too)."""
+        self.proposer.prepare(prompt)
 
     def step(self, history: Sequence[int], room: int) -> list[int] | None:
         """The tokens that follow `history` (whose last token the cache does not hold yet) from
