@@ -124,6 +124,11 @@ class Batcher:
             self.close()
             raise
 
+    @property
+    def running(self) -> int:
+        """Sequences in flight."""
+        return self._running
+
     @contextmanager
     def sequence(self) -> Iterator[None]:
         """Count a sequence in flight while it generates."""
