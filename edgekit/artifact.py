@@ -102,7 +102,7 @@ class Manifest:
     graph: str = "native"  # one of GRAPHS
     profile: str | None = None
     accuracy_level: int | None = None
-    kv_bits: int | None = None  # ONNX: 8 when the graph keeps its KV cache in int8
+    kv_bits: int | None = None  # 8 when the graph (ONNX) or the runtime (MLX) keeps the KV cache in int8
     eos_token_ids: tuple[int, ...] = ()
     model_type: str | None = None
     vocab_size: int = 0

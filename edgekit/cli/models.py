@@ -196,8 +196,9 @@ class _LayerProgress:
     "--kv-bits",
     default=None,
     type=click.Choice(["0", "8"]),
-    help="ONNX cpu/cuda: 8 keeps the KV cache in int8 (per head and channel scales from the calibration "
-    "text), 0 in float [default: the profile's; 8 on the Raspberry Pi profiles].",
+    help="8 keeps the KV cache in int8 (ONNX cpu/cuda: per head and channel scales from the calibration "
+    "text; MLX: per-position scales per group of channels), 0 in float [default: the profile's; 8 on the "
+    "Raspberry Pi profiles].",
 )
 @click.option(
     "--via",

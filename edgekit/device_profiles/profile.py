@@ -52,7 +52,7 @@ class ExportSettings:
     lm_head_bits: int = 8
     accuracy_level: int = 4
     max_context: int = 4096
-    kv_bits: int = 0  # ONNX cpu/cuda: 8 = an int8 KV cache (per head and channel scales), 0 = float
+    kv_bits: int = 0  # ONNX cpu/cuda and MLX: 8 = an int8 KV cache, 0 = float
     # npu flavor: the QNN SoC to also compile EPContext models for ("" = none), and its HTP arch
     qnn_soc_model: str = ""
     qnn_htp_arch: str = ""

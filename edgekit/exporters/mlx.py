@@ -256,19 +256,29 @@ def check_packing(weights: MlxFolderWeights, qm: QuantizedModel) -> float:
     return worst
 
 
-def verify_mlx(folder: Path, checkpoint: Checkpoint, qm: QuantizedModel, prompt: list[int], steps: int = 4) -> dict:
+def verify_mlx(
+    folder: Path, checkpoint: Checkpoint, qm: QuantizedModel, prompt: list[int], steps: int = 4, kv_bits: int = 0
+) -> dict:
     """The packed weights against the quantizer's, then MLX's logits (float32 compute) for a prompt
-    and cached decode steps against the numpy reference on the artifact's own weights."""
+    and cached decode steps against the numpy reference on the artifact's own weights: with a float
+    KV cache at the float tolerance, then (kv_bits=8) with the int8 cache on the same tokens at its own."""
     import mlx.core as mx
 
     from ..runtimes.mlx import MlxRuntime
-    from .verify import compare_with_reference, run_greedy
+    from .verify import KV8_TOLERANCE, compare, reference_logits, run_forced, run_greedy
 
     weights = MlxFolderWeights.open(folder)
     packing = check_packing(weights, qm)
-    runtime = MlxRuntime(folder, len(prompt) + steps + 1, dtype="float32")
+    context = len(prompt) + steps + 1
+    runtime = MlxRuntime(folder, context, dtype="float32")
     ids, got = run_greedy(runtime, prompt, steps)
     del runtime
-    result = compare_with_reference(got, ids, len(prompt), checkpoint.spec, weights, "MLX")
+    expected = reference_logits(ids, len(prompt), checkpoint.spec, weights)
+    result = {"checked": True, **compare(got, expected, "MLX")}
+    if kv_bits:
+        runtime = MlxRuntime(folder, context, dtype="float32", kv_bits=kv_bits)
+        got = run_forced(runtime, ids, len(prompt))
+        del runtime
+        result["int8_kv_cache"] = compare(got, expected, "MLX with the int8 KV cache", KV8_TOLERANCE)
     device = "GPU" if mx.default_device() == mx.gpu else "CPU"
     return {"backend": f"MLX {device}, float32 compute", "packing_error_in_bias_roundings": packing, **result}

@@ -40,7 +40,7 @@ class ExportPlan:
     accuracy_level: int
     profile: DeviceProfile | None
     settings: ExportSettings
-    kv_bits: int = 0  # 8: an int8 KV cache (ONNX cpu/cuda)
+    kv_bits: int = 0  # 8: an int8 KV cache (ONNX cpu/cuda, MLX)
 
 
 @dataclass(frozen=True)
@@ -68,11 +68,15 @@ class Written:
 class Writer:
     """One kind of artifact: `require(family)` fails fast when it cannot be made here (family None:
     before the checkpoint is open); `whole_groups`: its kernels need quantization groups that tile
-    every row; `write` writes and verifies the files."""
+    every row; `write` writes and verifies the files; `kv_bits`: the KV cache bits it can be made
+    with (0: float); `kv_scales`: an int8 cache's scales are measured on calibration text at export
+    (ONNX's static scales; MLX quantizes each position as it is stored)."""
 
     require: Callable[[str | None], None]
     whole_groups: bool
     write: Callable[[WriteJob], Written]
+    kv_bits: tuple[int, ...] = (0,)
+    kv_scales: bool = False
 
 
 def _nothing_required(family: str | None) -> None:
@@ -136,21 +140,19 @@ def _write_mlx(job: WriteJob) -> Written:
     job.note("writing the MLX weights")
     write_mlx(job.folder, job.checkpoint, job.qm)
     job.note("verifying against the numpy reference")
-    return Written(verify_mlx(job.folder, job.checkpoint, job.qm, job.prompt), job.context)
+    return Written(verify_mlx(job.folder, job.checkpoint, job.qm, job.prompt, kv_bits=job.plan.kv_bits), job.context)
 
 
 # MLX's groups must tile the row; padded blocks are only known to run in ONNX Runtime's CPU kernels,
 # and the cuda flavor has not run on a GPU here yet.
 WRITERS: dict[tuple[str, str | None], Writer] = {
-    ("onnx", "cpu"): Writer(_nothing_required, whole_groups=False, write=_write_onnx),
-    ("onnx", "cuda"): Writer(_nothing_required, whole_groups=True, write=_write_onnx),
+    ("onnx", "cpu"): Writer(_nothing_required, whole_groups=False, write=_write_onnx, kv_bits=(0, 8), kv_scales=True),
+    ("onnx", "cuda"): Writer(_nothing_required, whole_groups=True, write=_write_onnx, kv_bits=(0, 8), kv_scales=True),
     ("onnx", "npu"): Writer(_require_npu, whole_groups=False, write=_write_npu),
-    ("mlx", None): Writer(_require_mlx, whole_groups=True, write=_write_mlx),
+    ("mlx", None): Writer(_require_mlx, whole_groups=True, write=_write_mlx, kv_bits=(0, 8)),
 }
 FORMATS = tuple(dict.fromkeys(f for f, _ in WRITERS))
 ONNX_FLAVORS = tuple(flavor for f, flavor in WRITERS if f == "onnx")
-# KV cache bits each kind of artifact can be exported with (0: float)
-KV_BITS: dict[tuple[str, str | None], tuple[int, ...]] = {("onnx", "cpu"): (0, 8), ("onnx", "cuda"): (0, 8)}
 KV_SAMPLES, KV_WINDOW = 8, 256  # calibration windows an int8 KV cache's scales are measured on
 
 
@@ -200,10 +202,12 @@ def plan_export(
         raise EdgekitError(f"accuracy level {accuracy_level} is not one of 0-4")
     max_context = max_context or settings.max_context or None
     kv_bits = settings.kv_bits if kv_bits is None else kv_bits
-    if kv_bits not in KV_BITS.get((artifact_format, flavor), (0,)):
+    if kv_bits not in writer.kv_bits:
+        kind = f"{artifact_format} {flavor}" if flavor else artifact_format
+        kinds = ", ".join(f"{f} {v}" if v else f for (f, v), w in WRITERS.items() if 8 in w.kv_bits)
         raise EdgekitError(
-            f"kv_bits={kv_bits}: a {artifact_format} {flavor or ''} artifact keeps a float KV cache here; "
-            "an int8 cache (kv_bits=8) is built into ONNX cpu and cuda graphs (MLX: edgekit.load(..., kv_bits=8))"
+            f"kv_bits={kv_bits}: a {kind} artifact takes kv_bits {' or '.join(map(str, writer.kv_bits))} "
+            f"(0: a float KV cache, 8: int8); an int8 KV cache is made for {kinds}"
         )
     plan = ExportPlan(
         artifact_format, flavor, recipe, calibration, max_context, accuracy_level, profile, settings, kv_bits
@@ -243,8 +247,9 @@ def export(
     (extra `distill`): scales, float zero points and norms trained toward the unquantized model on
     the calibration text.
 
-    kv_bits: 8 keeps the ONNX graph's KV cache in int8 with per head and channel scales measured
-    on the calibration text (default: the profile's).
+    kv_bits: 8 keeps the KV cache in int8 (default: the profile's): in the ONNX graph with per
+    head and channel scales measured on the calibration text, in the MLX runtime with per-position
+    scales per group of channels; the manifest records it.
     """
     plan, writer = plan_export(profile, format, flavor, recipe, calibration, max_context, accuracy_level, kv_bits)
     if via not in (None, *VIAS):
@@ -268,7 +273,8 @@ def export(
         sequences = calibration_sequences(
             checkpoint, plan.recipe.calibration_window, plan.recipe.calibration_samples, calibration
         )
-    if plan.kv_bits and sequences is None:
+    kv_calibration = plan.kv_bits and writer.kv_scales
+    if kv_calibration and sequences is None:
         note(f"KV cache scales from: {calibration or 'samples generated by the model'}")
         sequences = calibration_sequences(checkpoint, KV_WINDOW, KV_SAMPLES, calibration)
     tokenizer = checkpoint.tokenizer.load()
@@ -280,7 +286,7 @@ def export(
         qm = quantize_checkpoint(checkpoint, recipe, sequences, progress, into=spilled)
         release_freed_memory()
         qad_record = _distill(checkpoint, qm, sequences or [], qad, progress, note) if qad is not None else None
-        kv_text = sequences[:KV_SAMPLES] if plan.kv_bits and sequences else None
+        kv_text = sequences[:KV_SAMPLES] if kv_calibration and sequences else None
         written = writer.write(WriteJob(folder, checkpoint, qm, plan, context, prompt, note, kv_text))
         Manifest(
             format=plan.format,

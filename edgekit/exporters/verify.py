@@ -36,20 +36,6 @@ def run_forced(runtime: Runtime, ids: list[int], prompt_length: int) -> np.ndarr
     return np.stack(got)
 
 
-def compare_with_reference(
-    got: np.ndarray,
-    ids: list[int],
-    prompt_length: int,
-    spec: ModelSpec,
-    weights: Mapping[str, np.ndarray],
-    what: str,
-    tolerance: float = TOLERANCE,
-) -> dict[str, Any]:
-    """Raises when `got` (from run_greedy) is not the reference's logits within tolerance."""
-    expected = reference_logits(ids, prompt_length, spec, weights)
-    return {"checked": True, **compare(got, expected, what, tolerance)}
-
-
 def reference_logits(
     ids: list[int], prompt_length: int, spec: ModelSpec, weights: Mapping[str, np.ndarray]
 ) -> np.ndarray:

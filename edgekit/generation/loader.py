@@ -55,7 +55,9 @@ DEFAULT_PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionPro
 def _open_mlx(folder: Path, manifest: Manifest, context: int, options: LoadOptions) -> tuple[Runtime, str]:
     from ..runtimes.mlx import MlxRuntime
 
-    return MlxRuntime(folder, context, prefill_chunk=options.prefill_chunk, threads=options.threads), "mlx"
+    kv_bits = manifest.kv_bits or 0
+    runtime = MlxRuntime(folder, context, prefill_chunk=options.prefill_chunk, threads=options.threads, kv_bits=kv_bits)
+    return runtime, "mlx"
 
 
 def _open_onnx(folder: Path, manifest: Manifest, context: int, options: LoadOptions) -> tuple[Runtime, str]:
@@ -79,8 +81,11 @@ def _open_mlx_batch(folder: Path, manifest: Manifest, context: int, options: Loa
     from ..runtimes.mlx_batch import MlxBatchRuntime, kv_itemsize
 
     slots = options.parallel or 1
-    context = slot_context(manifest.spec, kv_itemsize(), slots, context, options.kv_cache_mb)
-    runtime = MlxBatchRuntime(folder, context, slots, prefill_chunk=options.prefill_chunk, threads=options.threads)
+    kv_bits = manifest.kv_bits or 0
+    context = slot_context(manifest.spec, kv_itemsize(manifest.spec, kv_bits), slots, context, options.kv_cache_mb)
+    runtime = MlxBatchRuntime(
+        folder, context, slots, prefill_chunk=options.prefill_chunk, threads=options.threads, kv_bits=kv_bits
+    )
     return runtime, f"mlx, {slots} sequences batched"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -48,9 +49,10 @@ def check_room(length: int, new: int, max_context: int) -> int:
     return total
 
 
-def kv_bytes_per_token(spec: ModelSpec, itemsize: int) -> int:
-    """Bytes one position of one sequence takes in a KV cache (keys and values, every layer)."""
-    return spec.num_layers * 2 * spec.num_kv_heads * spec.head_dim * itemsize
+def kv_bytes_per_token(spec: ModelSpec, itemsize: float) -> int:
+    """Bytes one position of one sequence takes in a KV cache (keys and values, every layer), with
+    itemsize the bytes of one cached channel (scales included)."""
+    return math.ceil(spec.num_layers * 2 * spec.num_kv_heads * spec.head_dim * itemsize)
 
 
 EMPTY_PROMPT = "the prompt is empty: prefill needs at least one token id; pass a prompt of one token or more"

@@ -70,11 +70,16 @@ class MlxRuntime:
         dtype: str | None = None,
         prefill_chunk: int | None = None,
         threads: int | None = None,
+        kv_bits: int = 0,
     ):
         """threads: on MLX's CPU backend, the number of CPU streams each big matmul is split over
-        (default: one per core); unused on the GPU."""
+        (default: one per core); unused on the GPU. kv_bits: 8 keeps the KV cache in int8 with
+        per-group scales (mlx_cache), 0 in the compute dtype."""
         mx = _mx()
-        from .mlx_decoder import KVCache, Model
+        from functools import partial
+
+        from .mlx_cache import KVCache, kv_codec
+        from .mlx_decoder import Model
 
         self.folder = Path(folder)
         config_path = self.folder / "config.json"
@@ -88,6 +93,8 @@ class MlxRuntime:
         self.prefill_chunk = prefill_chunk or DEFAULT_PREFILL_CHUNK
         on_gpu = mx.default_device() == mx.gpu
         self.dtype = getattr(mx, dtype or ("float16" if on_gpu else "float32"))
+        self.kv_bits = kv_bits
+        self.codec = kv_codec(kv_bits, self.dtype, self.spec.head_dim)
         weights: dict[str, Any] = {}
         for path in weight_files(self.folder):
             try:
@@ -106,8 +113,8 @@ class MlxRuntime:
             ) from None
         mx.eval(list(weights.values()))
         s = self.spec
-        self.caches = [KVCache(self.max_context, s.num_kv_heads, s.head_dim, self.dtype) for _ in range(s.num_layers)]
-        self._step = mx.compile(self.model.step)
+        self.caches = [KVCache(self.max_context, s.num_kv_heads, s.head_dim, self.codec) for _ in range(s.num_layers)]
+        self._step = mx.compile(partial(self.model.step, self.codec))
         self.why_no_verify = None
 
     def _settings(self, module: str) -> tuple[int, int]:
@@ -116,6 +123,11 @@ class MlxRuntime:
     @property
     def length(self) -> int:
         return self.caches[0].offset
+
+    @property
+    def kv_nbytes(self) -> int:
+        """Bytes the KV cache's buffers take now (they grow with the sequence)."""
+        return sum(cache.nbytes for cache in self.caches)
 
     def _run(self, ids: Sequence[int], last_only: bool = True) -> np.ndarray:
         mx = _mx()

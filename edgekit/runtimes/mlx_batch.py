@@ -17,10 +17,14 @@ from .base import EMPTY_PROMPT, check_room
 from .mlx import DEFAULT_PREFILL_CHUNK, MlxRuntime, _mx
 
 
-def kv_itemsize() -> int:
-    """Bytes of one cached key or value element: float16 on the GPU, float32 on the CPU."""
+def kv_itemsize(spec: ModelSpec, kv_bits: int) -> float:
+    """Bytes of one cached key or value element, scales included: the compute dtype's (float16 on
+    the GPU, float32 on the CPU) or int8's."""
     mx = _mx()
-    return 2 if mx.default_device() == mx.gpu else 4
+    from .mlx_cache import bytes_per_element, kv_codec
+
+    dtype = mx.float16 if mx.default_device() == mx.gpu else mx.float32
+    return bytes_per_element(kv_codec(kv_bits, dtype, spec.head_dim), spec.head_dim)
 
 
 class MlxBatchRuntime:
@@ -36,6 +40,7 @@ class MlxBatchRuntime:
         *,
         prefill_chunk: int | None = None,
         threads: int | None = None,
+        kv_bits: int = 0,
     ):
         self.folder = Path(folder)
         self.spec = ModelSpec.from_config(json.loads((self.folder / "config.json").read_text()), str(self.folder))
@@ -43,6 +48,7 @@ class MlxBatchRuntime:
         self.prefill_chunk = prefill_chunk or DEFAULT_PREFILL_CHUNK
         self.slots = slots
         self.threads = threads
+        self.kv_bits = kv_bits
         self.why_no_verify: str | None = None
         self.why_no_prefix_cache: str | None = None
         self.caches: list[list[Any]] = [[] for _ in range(slots)]
@@ -50,12 +56,14 @@ class MlxBatchRuntime:
 
     def prepare(self) -> None:
         """Load the weights and build the model, in the thread that will run it."""
-        from .mlx_decoder import KVCache
+        from .mlx_cache import KVCache
 
-        single = MlxRuntime(self.folder, self.max_context, prefill_chunk=self.prefill_chunk, threads=self.threads)
+        single = MlxRuntime(
+            self.folder, self.max_context, prefill_chunk=self.prefill_chunk, threads=self.threads, kv_bits=self.kv_bits
+        )
         self.model, s = single.model, self.spec
         self.caches = [
-            [KVCache(self.max_context, s.num_kv_heads, s.head_dim, single.dtype) for _ in range(s.num_layers)]
+            [KVCache(self.max_context, s.num_kv_heads, s.head_dim, single.codec) for _ in range(s.num_layers)]
             for _ in range(self.slots)
         ]
 
@@ -78,7 +86,7 @@ class MlxBatchRuntime:
             check_room(self.lengths[slot], 1, self.max_context)
         slots = list(tokens)
         logits = self.model.batch(mx.array([tokens[s] for s in slots], dtype=mx.int32), [self.caches[s] for s in slots])
-        mx.eval(logits, *[c.keys for s in slots for c in self.caches[s]])
+        mx.eval(logits, [(c.keys, c.values) for s in slots for c in self.caches[s]])
         out = np.array(logits.astype(mx.float32))
         return {slot: out[row] for row, slot in enumerate(slots)}
 
@@ -87,9 +95,9 @@ class MlxBatchRuntime:
             cache.offset = min(cache.offset, length)
 
     def read_kv(self, slot: int, start: int, end: int) -> np.ndarray:
+        """Positions [start, end) of `slot` as stored: [layers, 2, kv_heads, end - start, bytes]."""
         mx = _mx()
-        parts = [mx.stack([c.keys[0, :, start:end], c.values[0, :, start:end]]) for c in self.caches[slot]]
-        return np.array(mx.stack(parts))
+        return np.array(mx.stack([c.read(start, end) for c in self.caches[slot]]))
 
     def write_kv(self, slot: int, start: int, kv: np.ndarray) -> None:
         mx = _mx()
@@ -97,6 +105,5 @@ class MlxBatchRuntime:
         if self.lengths[slot] < start:
             raise EdgekitError(f"slot {slot} holds {self.lengths[slot]} positions; cannot write from {start}")
         for cache, layer in zip(self.caches[slot], kv, strict=True):
-            cache.offset = start
-            cache.update(mx.array(layer[0][None]).astype(cache.dtype), mx.array(layer[1][None]).astype(cache.dtype))
+            cache.write(start, mx.array(layer))
         mx.eval(*[c.keys for c in self.caches[slot]], *[c.values for c in self.caches[slot]])

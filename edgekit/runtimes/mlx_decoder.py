@@ -17,6 +17,7 @@ import mlx.core as mx
 from ..families import EMBED, FINAL_NORM, LayerWeights, embedding_scale, head_weight, layer_weights, module, norm_offset
 from ..rope import inv_freq
 from ..spec import ModelSpec
+from .mlx_cache import Codec, KVCache, Parts, StepCache
 
 
 @dataclass
@@ -92,54 +93,6 @@ def apply_all(linears: list[Linear], x: mx.array) -> mx.array:
     return linears[0](x) if len(linears) == 1 else mx.concatenate([f(x) for f in linears], axis=-1)
 
 
-class KVCache:
-    """Keys and values [1, kv_heads, capacity, head_dim] of one layer, grown `step` positions at a time."""
-
-    step = 256
-
-    def __init__(self, capacity_limit: int, kv_heads: int, head_dim: int, dtype):
-        self.limit = capacity_limit
-        self.kv_heads, self.head_dim, self.dtype = kv_heads, head_dim, dtype
-        self.keys: mx.array | None = None
-        self.values: mx.array | None = None
-        self.offset = 0
-
-    def reserve(self, length: int) -> None:
-        """Buffers that hold at least `length` positions, keeping what is there."""
-        if self.keys is not None and length <= self.keys.shape[2]:
-            return
-        capacity = min(self.limit, -(-length // self.step) * self.step)
-        shape = (1, self.kv_heads, capacity, self.head_dim)
-        keys, values = mx.zeros(shape, self.dtype), mx.zeros(shape, self.dtype)
-        if self.keys is not None and self.offset:
-            keys[..., : self.offset, :] = self.keys[..., : self.offset, :]
-            values[..., : self.offset, :] = self.values[..., : self.offset, :]
-        self.keys, self.values = keys, values
-
-    def update(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
-        start, t = self.offset, k.shape[2]
-        self.reserve(start + t)
-        self.keys[..., start : start + t, :] = k
-        self.values[..., start : start + t, :] = v
-        self.offset = start + t
-        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
-
-
-class StepCache:
-    """A layer's whole cache buffers inside the compiled decode step: the new position is written
-    with slice_update at an offset that is an array, so one compiled graph serves every position
-    until the buffers grow."""
-
-    def __init__(self, keys: mx.array, values: mx.array, offset: mx.array):
-        self.keys, self.values, self.offset = keys, values, offset
-
-    def update(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
-        start = self.offset.reshape(1)
-        self.keys = mx.slice_update(self.keys, k, start, axes=(2,))
-        self.values = mx.slice_update(self.values, v, start, axes=(2,))
-        return self.keys, self.values
-
-
 class Rotary:
     """HF's half-split rotary over the first rotary_dim channels, with the family's scaling
     (the frequencies and yarn's attention factor come from edgekit.rope, as for every backend)."""
@@ -187,7 +140,7 @@ class Attention:
         """One sequence's attention [1, T, q_size] over its cache, with k and v stored in it."""
         q, k = rotary(q, cache.offset), rotary(k, cache.offset)
         keys, values = cache.update(k, v)
-        out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale, mask=mask)
+        out = cache.attend(q, keys, values, self.scale, mask)
         return out.transpose(0, 2, 1, 3).reshape(1, q.shape[2], self.spec.q_size)
 
     def __call__(self, x: mx.array, cache: KVCache, rotary: Rotary, mask) -> mx.array:
@@ -272,14 +225,15 @@ class Model:
         keys = mx.arange(offset + t)[None, :]
         return (keys <= positions) & (positions - keys < window)
 
-    def step(self, token: mx.array, offset: mx.array, keys: list[mx.array], values: list[mx.array]):
-        """One decode step over whole cache buffers (pure, for mx.compile): the logits [1, vocab]
-        of `token` at position `offset`, and the buffers with its keys and values written in."""
-        positions = mx.arange(keys[0].shape[2])
+    def step(self, codec: Codec, token: mx.array, offset: mx.array, keys: list[Parts], values: list[Parts]):
+        """One decode step over whole cache buffers stored by `codec` (pure, for mx.compile with the
+        codec bound): the logits [1, vocab] of `token` at position `offset`, and the buffers with its
+        keys and values written in."""
+        positions = mx.arange(keys[0][0].shape[2])
         mask = positions <= offset
         if self.spec.sliding_window:
             mask = mask & (offset - positions < self.spec.sliding_window)
-        caches = [StepCache(k, v, offset) for k, v in zip(keys, values, strict=True)]
+        caches = [StepCache(k, v, offset, codec) for k, v in zip(keys, values, strict=True)]
         logits = self(token, caches, mask=mask)
         return logits, [c.keys for c in caches], [c.values for c in caches]
 

@@ -96,6 +96,7 @@ class OnnxRuntime:
         outputs = self.session.get_outputs()
         self._logits_index = [o.name for o in outputs].index("logits")
         self.binding = self.session.io_binding()
+        self.kv_nbytes = 2 * spec.num_layers * int(np.prod(shape)) * self.kv_dtype.itemsize  # allocated once
         self._mask = np.ones((1, max_context), dtype=np.int64)
         self._token = np.zeros((1, 1), dtype=np.int64)
         # The generation graph returns the last position only: its logits land in one preallocated
