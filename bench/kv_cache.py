@@ -1,8 +1,8 @@
 """An int8 KV cache against a float32 one, on two exports of the same weights (one with
---kv-bits 8; ONNX or MLX, whichever the artifacts are): perplexity over 2048 tokens of held-out prose run in chunks of 256 (each chunk
-attends to the cache the chunks before it left, as decoding does), the KV cache's bytes, peak
-RSS, and decode tokens/s after 512, 2048 and 4000 positions. Each measurement is a fresh process,
-the two artifacts taken in turn round by round.
+--kv-bits 8; ONNX or MLX, whichever the artifacts are): perplexity over 2048 tokens of held-out
+prose run in chunks of 256 (each chunk attends to the cache the chunks before it left, as
+decoding does), the KV cache's bytes, peak RSS, and decode tokens/s after 512, 2048 and 4000
+positions. Each measurement is a fresh process, the two artifacts taken in turn round by round.
 
     python bench/kv_cache.py FLOAT_ARTIFACT INT8_ARTIFACT [--rounds 3] [-o bench/results/kv_cache.json]
 """

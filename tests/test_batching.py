@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import ALL_FAMILIES, rel_err
+from helpers import ALL_FAMILIES, rel_err, start_seated
 
 import edgekit
 from edgekit.errors import EdgekitError
@@ -102,7 +102,7 @@ SETTINGS = [
 ]
 
 
-def test_concurrent_requests_answer_as_one_at_a_time(parallel, plain):
+def test_concurrent_requests_answer_as_one_at_a_time(parallel, plain, monkeypatch):
     """6 requests with their own settings on 3 slots: each answer equals the plain engine's."""
     expected = [plain.generate(p, **s) for p, s in zip(PROMPTS, SETTINGS, strict=True)]
     answers: list = [None] * len(PROMPTS)
@@ -112,8 +112,7 @@ def test_concurrent_requests_answer_as_one_at_a_time(parallel, plain):
         answers[i] = parallel.generate(PROMPTS[i], **SETTINGS[i])
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(PROMPTS))]
-    for t in threads:
-        t.start()
+    start_seated(parallel.batcher, threads, 3, monkeypatch)
     for t in threads:
         t.join(60)
     for got, want in zip(answers, expected, strict=True):
@@ -251,7 +250,7 @@ def test_mlx_batched_step_gives_each_sequence_its_own_logits(family, mlx_artifac
     assert batch.lengths == [19 + 6, 0, 11 + 6, 5 + 6]
 
 
-def test_mlx_parallel_engine_answers_as_one_at_a_time(mlx_artifacts):
+def test_mlx_parallel_engine_answers_as_one_at_a_time(mlx_artifacts, monkeypatch):
     plain = edgekit.load(mlx_artifacts["qwen2"], profile=None)
     expected = [plain.generate(p, **s) for p, s in zip(PROMPTS[:3], SETTINGS[:3], strict=True)]
     engine = edgekit.load(mlx_artifacts["qwen2"], profile=None, parallel=2, prefix_cache_mb=4)
@@ -266,8 +265,7 @@ def test_mlx_parallel_engine_answers_as_one_at_a_time(mlx_artifacts):
         answers[i] = engine.generate(PROMPTS[i], **SETTINGS[i])
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
+    start_seated(engine.batcher, threads, 2, monkeypatch)
     for t in threads:
         t.join(60)
     engine.close()

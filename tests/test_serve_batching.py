@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from helpers import start_seated
 
 import edgekit
 from edgekit.serve import start
@@ -108,16 +109,8 @@ def test_concurrent_streams_with_their_own_settings(server, plain, monkeypatch):
                 finish = choice.finish_reason or finish
         results[i] = ("".join(text), finish)
 
-    # the first decode run waits until every seat holds a stream, so they run together on any host
-    batcher = server.engine.batcher
-    seated = threading.Event()
-    run = batcher.runtime.decode
-    monkeypatch.setattr(batcher.runtime, "decode", lambda tokens: (seated.wait(30), run(tokens))[1])
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(messages))]
-    for t in threads:
-        t.start()
-    _wait(lambda: batcher.running == SLOTS)
-    seated.set()
+    start_seated(server.engine.batcher, threads, SLOTS, monkeypatch)
     for t in threads:
         t.join(60)
     assert results == [(e.text, e.finish_reason) for e in expected]
