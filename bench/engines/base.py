@@ -27,6 +27,7 @@ class Source:
     gguf: Path | None = None
     real: bool = True  # False: random weights (speed and memory only; perplexity means nothing)
     calibration: Path | None = None
+    gguf_pre: str = ""  # llama.cpp's name of the tokenizer's pre-tokenizer, where `gguf` is not set
 
 
 class Session(Protocol):
@@ -106,4 +107,6 @@ def huge_pages_mb() -> float:
 
 def source_from_json(info: dict) -> Source:
     path = lambda key: Path(info[key]) if info.get(key) else None  # noqa: E731
-    return Source(info["name"], Path(info["hf"]), path("gguf"), info["real"], path("calibration"))
+    return Source(
+        info["name"], Path(info["hf"]), path("gguf"), info["real"], path("calibration"), info.get("gguf_pre", "")
+    )

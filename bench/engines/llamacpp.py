@@ -24,18 +24,24 @@ TYPES = {
 MODEL = "model.gguf"
 
 
-def write_f16_gguf(source: Source, path: Path) -> None:
+def gguf_pre_tokenizer(path: Path) -> str:
+    """llama.cpp's name of a GGUF's pre-tokenizer."""
     import gguf
 
+    return bytes(gguf.GGUFReader(path).fields["tokenizer.ggml.pre"].parts[-1]).decode()
+
+
+def write_f16_gguf(source: Source, path: Path) -> None:
     from edgekit.sources import open_checkpoint
     from edgekit.testing.gguf_writer import write_gguf
 
     checkpoint = open_checkpoint(source.hf)
-    if source.gguf is None:  # random weights carry a stand-in tokenizer: make up a vocabulary of the model's size
+    if source.gguf is None and not source.gguf_pre:
+        # random weights carry a stand-in tokenizer: make up a vocabulary of the model's size
         write_gguf(checkpoint, path, "F16", vocab="spm")
         return
-    pre = gguf.GGUFReader(source.gguf).fields["tokenizer.ggml.pre"]
-    write_gguf(checkpoint, path, "F16", pre_tokenizer=bytes(pre.parts[-1]).decode())
+    pre = source.gguf_pre or gguf_pre_tokenizer(source.gguf)
+    write_gguf(checkpoint, path, "F16", pre_tokenizer=pre)
 
 
 def quantize(f16: Path, out: Path, variant: str, threads: int = 2) -> None:
