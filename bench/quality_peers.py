@@ -130,7 +130,9 @@ def main() -> None:
             output.parent.mkdir(parents=True, exist_ok=True)
             output.write_text(json.dumps(results, indent=1))
             ratios = " | ".join(f"{scores[t]['perplexity'] / source_perplexity[t]:.3f}" for t in windows)
-            print(f"| {engine_name} | {variant} | {model_name} | {bits:.2f} | {size / 1e6:.1f} | {ratios} |", flush=True)
+            print(
+                f"| {engine_name} | {variant} | {model_name} | {bits:.2f} | {size / 1e6:.1f} | {ratios} |", flush=True
+            )
 
 
 if __name__ == "__main__":
