@@ -54,6 +54,8 @@ bench-studies: $(VENV)/.bench $(VENV)/.demo $(OPT_VENV)/.ready
 	mkdir -p out && cat /usr/share/games/fortunes/people /usr/share/games/fortunes/wisdom > out/calibration.txt
 	$(BIN)/edgekit export $(SMOLLM2) -o $(DEMO_ARTIFACT) --profile auto --overwrite
 	$(BIN)/python bench/quant_quality.py
+	$(BIN)/python bench/quality_selfcal.py default
+	$(BIN)/python bench/quality_peers.py
 	$(BIN)/python bench/export_memory.py --shape llama-3.2-1b-shape --calibration out/calibration.txt -a awq-gptq
 	$(BIN)/python bench/serve_load.py --artifact $(DEMO_ARTIFACT)
 	$(BIN)/python bench/serve_matrix.py --artifact $(DEMO_ARTIFACT) --gguf $(SMOLLM2)
