@@ -25,13 +25,12 @@ import shutil
 import time
 from pathlib import Path
 
-from engines import ENGINES, Source
+from engines import ENGINES
 from engines.llamacpp import gguf_pre_tokenizer
-from quality_selfcal import TEXTS
+from quality_selfcal import held_out_windows
 from run import child
 
 from edgekit.evaluate import evaluate
-from edgekit.quant.calibration import read_text, token_windows
 from edgekit.reference import ReferenceModel
 from edgekit.sources import open_checkpoint
 from edgekit.sources.hf_writer import save_hf_folder
@@ -70,10 +69,8 @@ def main() -> None:
     gguf = smollm2_gguf()
     smollm2 = open_checkpoint(gguf)
     tokenizer = smollm2.tokenizer.load()
-    windows = {
-        t: token_windows(tokenizer.encode(read_text(TEXTS[t])).ids, args.window, args.windows)
-        for t in args.texts.split(",")
-    }
+    windows = held_out_windows(tokenizer, args.texts.split(","), args.window, args.windows)
+    versions: dict[str, str] = {}
     print("| engine | variant | model | bits/weight | MB | " + " | ".join(f"x source {t}" for t in windows) + " |")
     for model_name in args.models.split(","):
         checkpoint = smollm2 if model_name == "smollm2" else off_grid_copy(smollm2)
@@ -87,18 +84,23 @@ def main() -> None:
             (folder / f"{t}.json").write_text(json.dumps(ws))
             source_perplexity[t] = evaluate(ws, reference.forward).perplexity
         del reference
-        source = Source(model_name, hf, gguf_pre=gguf_pre_tokenizer(gguf))
-        source_json = json.dumps({"name": source.name, "hf": str(hf), "real": True, "gguf_pre": source.gguf_pre})
+        source_json = json.dumps(
+            {"name": model_name, "hf": str(hf), "real": True, "gguf_pre": gguf_pre_tokenizer(gguf)}
+        )
         for engine_name, variant in ARTIFACTS:
             if engine_name not in engines:
                 continue
             engine = ENGINES[engine_name]
             out = folder / engine_name / variant
             try:
-                version = child(engine_name, "version")["version"]
-                if not any(out.iterdir() if out.is_dir() else ()):
-                    shutil.rmtree(out, ignore_errors=True)
-                    child(engine_name, "export", variant, source_json, str(out))
+                if engine_name not in versions:
+                    versions[engine_name] = child(engine_name, "version")["version"]
+                if not out.is_dir():
+                    try:
+                        child(engine_name, "export", variant, source_json, str(out))
+                    except RuntimeError:
+                        shutil.rmtree(out, ignore_errors=True)  # a peer's half-written artifact is not reused
+                        raise
                 size = sum(p.stat().st_size for p in engine.model_files(out))
                 scores = {t: child(engine_name, "perplexity", str(out), str(folder / f"{t}.json")) for t in windows}
             except RuntimeError as error:
@@ -115,7 +117,7 @@ def main() -> None:
                     {
                         "date": time.strftime("%Y-%m-%d %H:%M"),
                         "engine": engine_name,
-                        "version": version,
+                        "version": versions[engine_name],
                         "variant": variant,
                         "model": model_name,
                         "text": t,

@@ -91,6 +91,11 @@ def self_calibration(checkpoint, name: str, recipe, reference) -> list[list[int]
     return sequences
 
 
+def held_out_windows(tokenizer, names: list[str], window: int, count: int) -> dict[str, list[list[int]]]:
+    """`count` windows of `window` token ids of each named text in TEXTS."""
+    return {t: token_windows(tokenizer.encode(read_text(TEXTS[t])).ids, window, count) for t in names}
+
+
 class Memo:
     """The source's logits per window, computed once for every recipe."""
 
@@ -151,10 +156,7 @@ def main() -> None:
     results = json.loads(output.read_text()) if output.is_file() else {"rows": []}
     source = open_checkpoint(smollm2_gguf())
     tokenizer = source.tokenizer.load()
-    texts = {
-        t: token_windows(tokenizer.encode(read_text(TEXTS[t])).ids, args.window, args.windows)
-        for t in args.texts.split(",")
-    }
+    texts = held_out_windows(tokenizer, args.texts.split(","), args.window, args.windows)
     calibration_name = Path(args.calibration).name if args.calibration else "self-generated"
     print(
         f"texts: {', '.join(f'{t} ({sum(len(w) - 1 for w in ws)} tokens)' for t, ws in texts.items())}; "
