@@ -149,3 +149,16 @@ def test_mlx_int8_cache_needs_heads_its_groups_tile(tiny_models, tmp_path):
     with pytest.raises(EdgekitError, match=r"groups of 64 or 32 channels of a head, and this model's head_dim is 16"):
         export(tiny_models["llama"], tmp_path / "mlx", format="mlx", recipe=FAST, kv_bits=8)
     assert not (tmp_path / "mlx").exists()
+
+
+def test_export_command_reports_the_int8_cache_check(tmp_path):
+    pytest.importorskip("mlx.core")
+    from edgekit.testing import write_tiny_checkpoint
+
+    source = write_tiny_checkpoint(tmp_path / "llama", "llama", hidden_size=128)
+    out = tmp_path / "mlx-int8"
+    args = ["export", str(source), "-o", str(out), "--format", "mlx", "-a", "rtn", "-g", "32", "--kv-bits", "8"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "verify: logits within" in result.output
+    assert "verify, int8 KV cache: logits within" in result.output and "(tolerance 0.05)" in result.output

@@ -295,18 +295,20 @@ def export(
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
     verify = result.verify
-    checked = (
-        (
-            f"logits within {verify['max_rel_error']:.1e} of the reference (tolerance {verify['tolerance']:.2g}), "
-            f"top-1 agreement {verify['top1_agreement']:.0%}"
+
+    def agreement(check: dict) -> str:
+        return (
+            f"logits within {check['max_rel_error']:.1e} of the reference (tolerance {check['tolerance']:.2g}), "
+            f"top-1 agreement {check['top1_agreement']:.0%}"
         )
-        if verify.get("checked")
-        else verify.get("reason")
-    )
+
+    checked = agreement(verify) if verify.get("checked") else verify.get("reason")
     click.echo(
         f"wrote {result.output}: {result.megabytes:.1f} MB, {result.bits_per_weight:.2f} bits/weight, "
         f"{result.seconds:.0f} s\nverify: {checked}"
     )
+    if "int8_kv_cache" in verify:
+        click.echo(f"verify, int8 KV cache: {agreement(verify['int8_kv_cache'])}")
 
 
 @cli.command("eval")
