@@ -31,7 +31,9 @@ from edgekit.testing.tiny import write_checkpoint
 def draft_never_pauses(monkeypatch):
     """These tests check what verify passes produce, so every step is one: the untrained drafts
     here would otherwise be paused (or given up) by the pacing, which test_speculative checks."""
-    never = speculative.Pacing(judge_after=10**9, pause_first=0, growth=1, probe=4, timed=False, give_up=False)
+    never = speculative.Pacing(
+        judge_after=10**9, pause_first=0, growth=1, probe=4, timed=False, give_up=False, adaptive=True
+    )
     monkeypatch.setattr(speculative.DraftModel, "pacing", never)
 
 

@@ -38,13 +38,18 @@ def chi_square_fit(counts: dict[int, int], expected: dict[int, float]) -> tuple[
     return stat, len(expected) - 1
 
 
-def test_prompt_lookup_proposes_what_followed_the_latest_match():
+def test_prompt_lookup_follows_the_longest_match_and_proposes_more_after_a_longer_one():
     lookup = PromptLookup()
-    text = [1, 2, 3, 4, 5, 9, 2, 3, 7, 8, 2, 3]
-    assert lookup.propose(text, 3) == [7, 8, 2]  # "2 3" last seen before position 8
-    assert lookup.propose([*text, 7], 2) == [8, 2]  # "3 7" (a 3-gram "2 3 7" first)
+    text = [1, 2, 3, 4, 5, 9, 2, 3, 7, 8, 1, 2, 3]
+    # "2 3" follows twice; "1 2 3" (a match of 3) reaches further back than the later "9 2 3" (2)
+    assert lookup.propose(text, 8) == [4, 5, 9, 2]  # a match of 3 proposes 4
+    assert lookup.propose(text, 2) == [4, 5]  # never more than asked
+    assert lookup.propose([*text, 4, 5, 9], 8) == [2, 3, 7, 8, 1, 2, 3, 4]  # a match of 6: 8
+    # "6 2 3" matches neither further back: 2 tokens after the latest "2 3"
+    assert PromptLookup().propose([*text, 7, 8, 6, 2, 3], 8) == [7, 8]
     assert lookup.propose([*text, 7, 11], 4) == []  # "7 11" never seen
     assert PromptLookup().propose([5], 4) == []
+    assert PromptLookup().propose([5, 6, 5, 6], 4) == [5, 6]  # the pair's own occurrence is not a match
 
 
 @pytest.mark.parametrize("temperature, top_k", [(1.0, 0), (0.7, 3)])
@@ -192,12 +197,16 @@ def test_the_kv_prefix_cache_between_calls_holds_the_accepted_tokens(tiny_artifa
 
 
 def test_block_size_follows_acceptance_and_switches_itself_off():
-    size = BlockSize()
+    size = BlockSize(0.3, DRAFT_PACING)  # a draft's block grows and shrinks
+    size.plain_step(0.01)
     assert size.next() == BlockSize.START
-    size.record(4, 4)
+    size.record(4, 4, 0.01)
     assert size.next() == 6
-    size.record(6, 2)
+    size.record(6, 2, 0.01)
     assert size.next() == 5
+    size = BlockSize()  # prompt lookup's is the most, cut by its match
+    size.record(8, 2)
+    assert size.next() == BlockSize.MOST
     size = BlockSize()
     pacing = size.pacing
     for _ in range(pacing.judge_after):  # nothing accepted: it stops proposing for a while

@@ -25,8 +25,12 @@ SPECULATION_MODES = ("off", "lookup", "draft")
 
 Distribution = tuple[np.ndarray, np.ndarray]  # token ids, their probabilities
 
-# n-gram lengths prompt lookup matches, longest first; single tokens match too often to pay
-LOOKUP_NGRAMS = (3, 2)
+# prompt lookup follows one of the latest LOOKUP_CANDIDATES occurrences of the text's last two
+# tokens (single tokens match too often to pay): the one whose match reaches furthest back
+LOOKUP_CANDIDATES = 32
+# tokens proposed after a match of at least n tokens, longest first (bench/speculative_race.py's
+# tasks: a match of 2 got its first proposal accepted half the time, of 3 80%, of 6 or more 90%)
+LOOKUP_LENGTHS = ((6, 8), (3, 4), (2, 2))
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -62,36 +66,51 @@ class Pacing:
     probe: int  # tokens proposed by the first pass after a pause
     timed: bool  # judge by measured times (else by the COST model)
     give_up: bool  # a first judgment with nothing accepted pauses as long as allowed
+    adaptive: bool  # the block grows and shrinks with acceptance; else it is the most, cut by the proposer
 
 
-# prompt lookup proposes for free, so its passes are judged over more of them; a draft model's
-# proposals cost steps of their own, measured, and a draft that gets nothing through is given up early
-LOOKUP_PACING = Pacing(judge_after=4, pause_first=16, growth=2, probe=4, timed=False, give_up=False)
-DRAFT_PACING = Pacing(judge_after=2, pause_first=64, growth=4, probe=2, timed=True, give_up=True)
+# prompt lookup proposes for free, so its passes are judged over more of them, and sizes its own
+# proposals by how long its match is; a draft model's proposals cost steps of their own, measured,
+# and a draft that gets nothing through is given up early
+LOOKUP_PACING = Pacing(judge_after=4, pause_first=16, growth=2, probe=8, timed=False, give_up=False, adaptive=False)
+DRAFT_PACING = Pacing(judge_after=2, pause_first=64, growth=4, probe=2, timed=True, give_up=True, adaptive=True)
 
 
 class PromptLookup:
-    """Proposes what followed the latest earlier occurrence of the last n tokens (n = 3, else 2) in
-    the prompt and the text so far. An index from each n-gram to the position after its latest
-    occurrence grows as tokens arrive, so a proposal costs a few dictionary look-ups."""
+    """Proposes what followed an earlier occurrence of the last two tokens in the prompt and the text
+    so far: of their latest LOOKUP_CANDIDATES occurrences, the one whose match with the text reaches
+    furthest back (the latest among equals), and the longer that match, the more tokens
+    (LOOKUP_LENGTHS). An index from each pair of tokens to the positions after it grows as tokens
+    arrive, so a proposal costs a few comparisons."""
 
     pacing = LOOKUP_PACING
     cost = 0.0  # proposing takes no model step
 
-    def __init__(self, ngrams: Sequence[int] = LOOKUP_NGRAMS):
-        self.ngrams = tuple(ngrams)
+    def __init__(self) -> None:
         self.tokens: list[int] = []
-        self.next_position: dict[tuple[int, ...], int] = {}
+        self.followers: dict[tuple[int, int], list[int]] = {}
 
     def propose(self, tokens: Sequence[int], most: int) -> list[int]:
         """Up to `most` tokens to follow `tokens`, which extends what this lookup saw before."""
         self._index(tokens)
         known = self.tokens
-        for n in self.ngrams:
-            start = self.next_position.get(tuple(known[-n:])) if len(known) > n else None
-            if start is not None:
-                return known[start : start + most]
-        return []
+        if len(known) < 3:
+            return []
+        best, longest = 0, 0
+        for start in reversed(self.followers.get((known[-2], known[-1]), [])[-LOOKUP_CANDIDATES:]):
+            if (match := self._match(start)) > longest:
+                best, longest = start, match
+        if not longest:
+            return []
+        length = next(n for at_least, n in LOOKUP_LENGTHS if longest >= at_least)
+        return known[best : best + min(most, length)]
+
+    def _match(self, start: int) -> int:
+        """How many tokens before `start` equal the text's last ones (at most the longest LOOKUP_LENGTHS key)."""
+        known, n = self.tokens, 0
+        while n < LOOKUP_LENGTHS[0][0] and n < start and known[start - 1 - n] == known[-1 - n]:
+            n += 1
+        return n
 
     def prepare(self, prompt: Sequence[int]) -> None:
         """Nothing to run before the first proposal: the prompt is indexed as it is read."""
@@ -101,14 +120,12 @@ class PromptLookup:
 
     def _index(self, tokens: Sequence[int]) -> None:
         if len(tokens) < len(self.tokens):  # another text: start over
-            self.tokens, self.next_position = [], {}
+            self.tokens, self.followers = [], {}
         seen = len(self.tokens)
         self.tokens.extend(tokens[seen:])
-        # the n-gram ending just before position t points at t; the newest n-gram waits for its follower
-        for t in range(max(seen, 1), len(self.tokens)):
-            for n in self.ngrams:
-                if t >= n:
-                    self.next_position[tuple(self.tokens[t - n : t])] = t
+        # the pair ending just before position t points at t; the newest pair waits for its follower
+        for t in range(max(seen, 2), len(self.tokens)):
+            self.followers.setdefault((self.tokens[t - 2], self.tokens[t - 1]), []).append(t)
 
 
 class DraftModel:
@@ -215,8 +232,9 @@ def verify_block(
 
 
 class BlockSize:
-    """How many tokens to propose next, from how the last verify passes went: two more after a
-    block accepted whole, one fewer after a rejection. And whether speculating pays at all: over
+    """How many tokens to propose next: with adaptive pacing (a draft model) from how the last verify
+    passes went, two more after a block accepted whole, one fewer after a rejection; otherwise the
+    most, which prompt lookup cuts by its match. And whether speculating pays at all: over
     the last WINDOW passes, the tokens they gave must come faster than plain decode steps give
     them — with timed pacing, the passes' own measured time (proposals included) against the plain
     steps'; otherwise a verify of 1 + k tokens counts as 1 + COST * k decode steps. When they do
@@ -231,7 +249,7 @@ class BlockSize:
     def __init__(self, proposal_cost: float = 0.0, pacing: Pacing = LOOKUP_PACING) -> None:
         self.cost = self.COST + proposal_cost  # a draft model's step adds to each proposal's cost
         self.pacing = pacing
-        self.k = self.START
+        self.k = self.START if pacing.adaptive else self.MOST
         self.recent: deque[tuple[int, int, float | None]] = deque(maxlen=self.WINDOW)  # proposed, accepted, s
         self.pause = pacing.pause_first
         self.paused_for = 0  # tokens left to decode plainly
@@ -253,7 +271,8 @@ class BlockSize:
     def record(self, proposed: int, accepted: int, seconds: float | None = None) -> None:
         """A verify pass of `proposed` tokens accepted `accepted` of them in `seconds` (proposing included)."""
         pacing = self.pacing
-        self.k = min(self.MOST, self.k + 2) if accepted == proposed else max(1, self.k - 1)
+        if pacing.adaptive:
+            self.k = min(self.MOST, self.k + 2) if accepted == proposed else max(1, self.k - 1)
         self.recent.append((proposed, accepted, seconds))
         if len(self.recent) < pacing.judge_after:
             return
