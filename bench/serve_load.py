@@ -118,7 +118,7 @@ class ServerSpec:
             return f"edgekit from {self.checkout} ({_commit(self.checkout)})"
         if self.kind == "edgekit":
             cache = "" if self.prefix_cache_mb is None else f", prefix cache {self.prefix_cache_mb} MB"
-            return f"edgekit --parallel {self.parallel}{cache}"
+            return f"edgekit --parallel {self.parallel}{cache}{''.join(' ' + a for a in self.extra)}"
         if self.kind == "llama-server":
             return f"llama-server -np {self.parallel or 1}"
         return "llama_cpp.server"
@@ -366,6 +366,7 @@ def main() -> None:
     parser.add_argument("--llama-server", help="llama.cpp's llama-server binary")
     parser.add_argument("--parallel", type=int, help="sequences decoded at once (edgekit --parallel, llama-server -np)")
     parser.add_argument("--prefix-cache-mb", type=int, help="edgekit's prefix cache (0: off)")
+    parser.add_argument("--lookup", action="store_true", help="edgekit: speculation by prompt lookup (serve --lookup)")
     parser.add_argument("--workload", default="questions", choices=["questions", "chat"])
     parser.add_argument("--clients", type=int, default=16, help="chat: threads taking the conversations' turns")
     parser.add_argument("--requests", type=int, default=200)
@@ -380,7 +381,7 @@ def main() -> None:
 
     spec = ServerSpec(
         args.server, args.artifact, args.gguf, args.llama_server, args.parallel, args.prefix_cache_mb,
-        max_waiting=args.max_waiting,
+        max_waiting=args.max_waiting, extra=["--lookup"] if args.lookup else [],
     )  # fmt: skip
     server = Running(spec)
     try:

@@ -251,6 +251,11 @@ class SlotRuntime:
     def why_no_verify(self) -> str | None:
         return self._batch.why_no_verify
 
+    @property
+    def others_running(self) -> int:
+        """Sequences in flight besides this one: a verify pass of this slot runs alone while they wait."""
+        return max(0, self.batcher.running - 1)
+
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
         return self.batcher.submit(_Run(self.slot, ids, self._batch.prefill_chunk, every_position=False))
 

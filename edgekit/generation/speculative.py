@@ -312,10 +312,21 @@ class Speculator:
         """The prompt was prefilled: the proposer gets ready for it (a draft model runs it too)."""
         self.proposer.prepare(prompt)
 
+    def _shared(self) -> bool:
+        """Whether other sequences share the model's runs now (a slot of continuous batching): a
+        verify pass of one slot runs alone while the others wait (the batcher steps several
+        sequences one token each; ONNX Runtime's GroupQueryAttention takes several new tokens for
+        one sequence only), and their batched steps already give more tokens per read of the
+        weights (lookup at 8 clients of `edgekit serve` cost x0.75)."""
+        return getattr(self.runtime, "others_running", 0) > 0
+
     def step(self, history: Sequence[int], room: int) -> list[int] | None:
         """The tokens that follow `history` (whose last token the cache does not hold yet) from
-        one verify pass, at most `room` of them; None when there is nothing to propose, and the
-        caller decodes one token plainly (and reports its time to `plain_step`)."""
+        one verify pass, at most `room` of them; None when there is nothing to propose or the
+        runs are shared, and the caller decodes one token plainly (and reports its time to
+        `plain_step`)."""
+        if self._shared():
+            return None
         started = time.perf_counter()
         most = min(self.size.next(), room - 1)
         proposal = self.proposer.proposal(history, most, self.sampler) if most > 0 else Proposal([])
@@ -331,4 +342,5 @@ class Speculator:
         return outcome.tokens
 
     def plain_step(self, seconds: float) -> None:
-        self.size.plain_step(seconds)
+        if not self._shared():  # a shared step's time is the whole batch's
+            self.size.plain_step(seconds)
