@@ -14,11 +14,12 @@ from edgekit.quant.gptq import _inverse_cholesky_upper, quantize_gptq
 from edgekit.quant.hqq import quantize_hqq
 from edgekit.quant.pipeline import _fold_awq, _points, quantize_checkpoint
 from edgekit.quant.recipe import Recipe
+from edgekit.quant.reorder import ReorderedResidual, intermediate_order, reorder_intermediate, residual_order
 from edgekit.quant.rtn import quantize_rtn
 from edgekit.quant.tensor import layer_group
 from edgekit.reference import KVCache, ReferenceModel
 from edgekit.sources import open_checkpoint
-from edgekit.testing.offgrid import off_grid_copy
+from edgekit.testing.offgrid import DictStore, off_grid_copy
 
 RNG = np.random.default_rng(0)
 PROMPT = [int(i) for i in RNG.integers(3, 380, 48)]
@@ -186,6 +187,50 @@ def test_off_grid_copy_computes_the_same_function(tiny_models, family):
     assert not np.allclose(copy.tensors.get(name), checkpoint.tensors.get(name))
     ours = ReferenceModel.from_checkpoint(copy).forward(PROMPT)
     assert rel_err(ours, ReferenceModel.from_checkpoint(checkpoint).forward(PROMPT)) < 1e-4
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_reordered_channels_compute_the_same_function(tiny_models, family):
+    checkpoint = open_checkpoint(tiny_models[family])
+    spec = checkpoint.spec
+    order = residual_order(spec, checkpoint.tensors)
+    assert sorted(order) == list(range(spec.hidden_size)) and not np.array_equal(order, np.arange(spec.hidden_size))
+    store = ReorderedResidual(spec, checkpoint.tensors, order)
+    embedding = np.asarray(checkpoint.tensors.get("model.embed_tokens.weight"))
+    assert np.array_equal(store.rows("model.embed_tokens.weight", 3, 9), embedding[3:9, order])
+    assert np.array_equal(store.take("model.embed_tokens.weight", np.array([5, 1])), embedding[[5, 1]][:, order])
+    source = ReferenceModel.from_checkpoint(checkpoint).forward(PROMPT)
+    assert rel_err(ReferenceModel(spec, store).forward(PROMPT), source) < 1e-5
+    tensors = {name: np.array(store.get(name)) for name in store}
+    for n in range(spec.num_layers):
+        down = tensors[f"model.layers.{n}.mlp.down_proj.weight"]
+        order = intermediate_order(down)
+        assert not np.array_equal(order, np.arange(spec.intermediate_size))
+        reorder_intermediate(spec, n, tensors, order)
+    assert rel_err(ReferenceModel(spec, DictStore(tensors)).forward(PROMPT), source) < 1e-5
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_pipeline_reorders_channels_without_changing_the_function(tiny_models, family):
+    """8 bits: what is left of the difference is rounding, not a channel out of place."""
+    checkpoint = open_checkpoint(tiny_models[family])
+    source = ReferenceModel.from_checkpoint(checkpoint).forward(PROMPT)
+    order = residual_order(checkpoint.spec, checkpoint.tensors)
+    recipe = Recipe(
+        algorithm="gptq",
+        bits=8,
+        group_size=32,
+        embedding_bits=8,
+        reorder_residual=True,
+        reorder_intermediate=True,
+    )
+    qm = quantize_checkpoint(checkpoint, recipe, [PROMPT[:32], PROMPT[16:]])
+    norm = np.asarray(checkpoint.tensors.get("model.layers.1.post_attention_layernorm.weight"))
+    assert np.array_equal(qm.dense["model.layers.1.post_attention_layernorm.weight"], norm[order])
+    embedding = np.asarray(checkpoint.tensors.get("model.embed_tokens.weight"))
+    moved = embedding[:, order]
+    assert rel_err(qm.weights()["model.embed_tokens.weight"], moved) < 1e-2 < rel_err(moved, embedding)
+    assert rel_err(ReferenceModel(checkpoint.spec, qm.weights()).forward(PROMPT), source) < 3e-2
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)

@@ -24,6 +24,7 @@ from .awq import quantize_clipped, search_scales
 from .gptq import GptqFactor, gptq_factor, quantize_gptq
 from .hqq import quantize_hqq
 from .recipe import CALIBRATED, GPTQ_ROUNDED, SCALED, Recipe, TensorRecipe
+from .reorder import ReorderedResidual, intermediate_order, reorder_intermediate, residual_order
 from .rtn import quantize_rtn
 from .tensor import QuantizedTensor
 
@@ -154,6 +155,9 @@ class _Hessians:
     def drop(self, name: str) -> None:
         self.sums.pop(name, None)
 
+    def reorder(self, name: str, order: np.ndarray) -> None:
+        self.sums[name] = self.sums[name][np.ix_(order, order)]
+
     def rescale(self, name: str, s: np.ndarray) -> None:
         """The Hessian of the inputs divided by s (AWQ folded s into the layer before)."""
         h = self.sums[name]
@@ -241,6 +245,8 @@ def quantize_checkpoint(
     """into: where the quantized tensors go (default a dict; SpilledTensors keeps them on disk)."""
     spec, store = checkpoint.spec, checkpoint.tensors
     start = time.perf_counter()
+    if recipe.reorder_residual:
+        store = ReorderedResidual(spec, store, residual_order(spec, store))
     names = weight_shapes(spec)
     calibrate = recipe.needs_calibration
     if calibrate and not calibration:
@@ -303,6 +309,12 @@ def quantize_checkpoint(
                 )
                 _fold_awq(spec, n, w, point, s)
                 hessians.rescale(point, s)
+        if recipe.reorder_intermediate:
+            lw = layer_weights(spec, n)
+            order = intermediate_order(w[lw.down])
+            reorder_intermediate(spec, n, w, order)
+            if lw.down_input in hessians.sums:
+                hessians.reorder(lw.down_input, order)
         for point, targets in points.items():
             for t in targets:
                 put(t, w.pop(t), hessians.get(point))
