@@ -52,8 +52,7 @@ class Recipe:
     SmolLM2 prefill +19%, decode +4% (README, Results), at perplexity 44.6 instead of 42.4 on the
     suite's text (llama.cpp's Q4_0: 47.8); a row the block does not divide (SmolLM2's 576) gets a
     padded last block, which still ran faster than blocks of 64. The embedding takes blocks of at most
-    64: at 128 it cost perplexity (44.9) for no measurable speed. Channels are reordered first so that
-    a block of 128 groups inputs of like magnitude (no cost at run time)."""
+    64: at 128 it cost perplexity (44.9) for no measurable speed."""
 
     algorithm: str = "awq-gptq"
     bits: int = 4
@@ -79,9 +78,11 @@ class Recipe:
     # the row, and the cuda flavor, not yet run on a GPU)
     whole_groups: bool = False
     # exact reorderings of channels that put inputs of like magnitude into the same block
-    # (quant/reorder.py): the residual stream's, once for the model, and each MLP's intermediate
-    reorder_residual: bool = True
-    reorder_intermediate: bool = True
+    # (quant/reorder.py): the residual stream's, once for the model, and each MLP's intermediate.
+    # Opt-in: measured better on three of four held-out model/text pairs but worse on the off-grid
+    # prose and on the MLX default, with a larger int8-compute error (README, Quantization)
+    reorder_residual: bool = False
+    reorder_intermediate: bool = False
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
