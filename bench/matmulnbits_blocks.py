@@ -4,12 +4,15 @@ prompt's 128 rows and a decode step's 1, for the projection shapes of SmolLM2-13
 and Llama-3.2-1B (K x N; fused q/k/v and gate/up as edgekit exports them). An input size the block
 does not divide (SmolLM2's 576 in blocks of 128) is padded, as edgekit's exporter pads it. Block
 sizes are taken in turn, each the median of --runs calls after a warm-up, for --rounds rounds; the
-table gives multiply-adds x 2 per second (GOPS), the median over rounds. Weights that fit the cache
+table gives multiply-adds x 2 per second (GOPS), the median over rounds. `--rows 1,2,4,8` measures the
+few-row runs that batched decoding and speculation's verify passes make (SmolLM2's row includes its
+49152 x 576 output matrix, which the tied embedding's blocks serve). Weights that fit the cache
 make the 1-row numbers faster than a whole model's decode; the ratios between blocks are the point.
 For scale, the last column is ONNX Runtime's int8 GEMM on int8 weights (DynamicQuantizeLinear +
 MatMulInteger, twice the bytes of 4 bits): what this machine's int8 units reach on the same shape.
 
     python bench/matmulnbits_blocks.py
+    python bench/matmulnbits_blocks.py --rows 1,2,4,8 --models smollm2-135m -o bench/results/matmulnbits_rows.json
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 SHAPES = {
-    "smollm2-135m": [(576, 960), (576, 576), (576, 3072), (1536, 576)],
+    "smollm2-135m": [(576, 960), (576, 576), (576, 3072), (1536, 576), (576, 49152)],
     "qwen2.5-0.5b": [(896, 1152), (896, 896), (896, 9728), (4864, 896)],
     "llama-3.2-1b": [(2048, 3072), (2048, 2048), (2048, 16384), (8192, 2048)],
 }
@@ -104,15 +107,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--rows", default="128,1", help="rows of A per run, comma-separated")
+    parser.add_argument("--models", default=",".join(SHAPES), help="comma-separated, from: " + ", ".join(SHAPES))
     parser.add_argument("-o", "--output", type=Path, default=Path("bench/results/matmulnbits_blocks.json"))
     args = parser.parse_args()
     rows = []
     names = [f"g{b}" if b else "int8" for b in COLUMNS]
     print(f"{'model':14s} {'K x N':>12s} {'rows':>4s}  " + "  ".join(f"{name:>7s}" for name in names))
-    for model, shapes in SHAPES.items():
-        for k, n in shapes:
+    for model in args.models.split(","):
+        for k, n in SHAPES[model]:
             sessions = {name: session(k, n, b, args.threads) for name, b in zip(names, COLUMNS, strict=True)}
-            for m in (128, 1):
+            for m in (int(r) for r in args.rows.split(",")):
                 x = np.random.default_rng(1).standard_normal((m, k), dtype=np.float32)
                 measured: dict[str, list[float]] = {name: [] for name in names}
                 for _ in range(args.rounds):
