@@ -97,12 +97,27 @@ def test_eval_self_generated_calibration_and_table(runner, tiny_models, tmp_path
     assert "| awq 4-bit g" in result.output
 
 
+def test_eval_edge_down_bits(runner, tiny_models, tmp_path):
+    """The edge layers' down projections at 8 bits by default; --edge-down-bits 4 keeps them at 4."""
+    text = tmp_path / "prose.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 20)
+    args = ["eval", str(tiny_models["llama"]), "--text", str(text), "--window", "32", "-a", "rtn", "--json"]
+    bits = {}
+    for edge in ("8", "4"):
+        result = runner.invoke(cli, [*args, "--edge-down-bits", edge])
+        assert result.exit_code == 0, result.output
+        bits[edge] = json.loads(result.output[result.output.index("[") :])[1]["bits_per_weight"]
+    default = runner.invoke(cli, args)
+    assert json.loads(default.output[default.output.index("[") :])[1]["bits_per_weight"] == bits["8"] > bits["4"]
+
+
 @pytest.mark.parametrize(
     "args,match",
     [
         (["-a", "magic"], "unknown quantization algorithm 'magic'"),
         (["-g", "48"], "group size 48"),
         (["--bits", "3"], "bits=3"),
+        (["--edge-down-bits", "3"], "bits=3"),
     ],
 )
 def test_eval_bad_recipe(runner, tiny_models, tmp_path, args, match):

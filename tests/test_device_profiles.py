@@ -115,7 +115,7 @@ def test_a_profiles_defaults_are_the_recipes_and_the_runtimes():
     from edgekit.runtimes.onnx import DEFAULT_PREFILL_CHUNK
 
     export = ExportSettings()
-    for key in ("algorithm", "bits", "group_size", "symmetric", "embedding_bits", "lm_head_bits"):
+    for key in ("algorithm", "bits", "group_size", "symmetric", "embedding_bits", "lm_head_bits", "edge_down_bits"):
         assert getattr(export, key) == getattr(DEFAULT_RECIPE, key), key
     assert ALGORITHMS == RECIPE_ALGORITHMS
     assert RuntimeSettings().prefill_chunk == DEFAULT_PREFILL_CHUNK

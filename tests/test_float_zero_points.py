@@ -29,7 +29,7 @@ onnx = pytest.importorskip("onnx")
 
 PROMPT = [int(i) for i in np.random.default_rng(5).integers(3, 380, 20)]
 # every weight HQQ with float zero points: the blocks, the 4-bit embedding and the lm_head
-HQQ = Recipe(algorithm="hqq", group_size=32, embedding_bits=4, lm_head_bits=4)
+HQQ = Recipe(algorithm="hqq", group_size=32, embedding_bits=4, lm_head_bits=4, edge_down_bits=None)
 CASES = {
     "llama": {},
     "llama-tied": {"tie_word_embeddings": True},

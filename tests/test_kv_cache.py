@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_speculative import copy_prompt
 
 import edgekit
 from edgekit.cli import cli
@@ -52,9 +53,7 @@ def test_the_int8_cache_is_a_quarter_of_the_float_one_and_its_logits_stay_close(
 def test_the_manifest_records_it_and_speculation_stays_exact(pair):
     engine = edgekit.load(pair[1], profile=None)
     assert engine.manifest.kv_bits == 8 and engine.manifest.verify["checked"]
-    start = [int(t) for t in np.random.default_rng(7).integers(3, 380, 16)]
-    seen = engine.generate(start, max_new_tokens=24, ignore_eos=True).token_ids
-    prompt = [*start, *seen, *start]
+    prompt = copy_prompt(engine)
     plain = engine.generate(prompt, max_new_tokens=32, ignore_eos=True)
     fast = engine.generate(prompt, max_new_tokens=32, ignore_eos=True, speculation="lookup")
     assert fast.token_ids == plain.token_ids and fast.stats.accepted_tokens > 0

@@ -132,7 +132,9 @@ def test_artifact_layout_and_manifest(artifact):
     manifest = json.loads((artifact / "edgekit.json").read_text())
     assert manifest["format"] == "onnx" and manifest["flavor"] == "cpu" and manifest["max_context"] == 128
     assert set(manifest["files"]) == set(names) - {"edgekit.json"}
-    assert manifest["quantization"]["layers"]["model.layers.0.mlp.down_proj.weight"]["bits"] == 4
+    layers = manifest["quantization"]["layers"]
+    assert layers["model.layers.0.mlp.down_proj.weight"]["bits"] == 8  # an edge layer (Recipe.edge_down_bits)
+    assert layers["model.layers.1.mlp.down_proj.weight"]["bits"] == 4
     assert manifest["verify"]["checked"] and manifest["verify"]["top1_agreement"] == 1.0
     genai = json.loads((artifact / "genai_config.json").read_text())
     assert genai["model"]["decoder"]["num_key_value_heads"] == 2 and genai["search"]["past_present_share_buffer"]

@@ -13,7 +13,7 @@ from edgekit.quant.calibration import read_text, token_windows
 from edgekit.quant.gptq import _inverse_cholesky_upper, quantize_gptq
 from edgekit.quant.hqq import quantize_hqq
 from edgekit.quant.pipeline import _fold_awq, _points, quantize_checkpoint
-from edgekit.quant.recipe import Recipe
+from edgekit.quant.recipe import Recipe, edge_layers
 from edgekit.quant.reorder import ReorderedResidual, intermediate_order, reorder_intermediate, residual_order
 from edgekit.quant.rtn import quantize_rtn
 from edgekit.quant.tensor import layer_group
@@ -127,6 +127,22 @@ def test_recipe_classes_and_overrides():
     assert Recipe(algorithm="rtn").for_tensor("model.embed_tokens.weight").algorithm == "rtn"
     assert r.for_tensor("model.layers.0.mlp.down_proj.weight").bits == 8
     assert r.for_tensor("model.layers.1.mlp.down_proj.weight").bits == 4
+
+
+def test_edge_layers_down_projection_bits():
+    assert edge_layers(30) == [0, 1, 2, 3, 27, 28, 29] and edge_layers(16) == [0, 1, 14, 15]
+    assert edge_layers(2) == [0] and edge_layers(9) == [0, 1, 8]
+    down = "model.layers.{}.mlp.down_proj.weight"
+    r = Recipe()
+    assert [r.for_tensor(down.format(n), 30).bits for n in (0, 3, 4, 26, 27, 29)] == [8, 8, 4, 4, 8, 8]
+    assert r.for_tensor(down.format(0)).bits == 4  # without the layer count, no edge layers
+    assert r.for_tensor("model.layers.0.mlp.up_proj.weight", 30).bits == 4
+    assert r.for_tensor("model.layers.0.self_attn.o_proj.weight", 30).bits == 4
+    assert Recipe(edge_down_bits=None).for_tensor(down.format(0), 30).bits == 4
+    assert Recipe(overrides={"*.down_proj": {"bits": 4}}).for_tensor(down.format(0), 30).bits == 4  # overrides win
+    assert Recipe.from_record(r.to_dict()) == r
+    before = {k: v for k, v in r.to_dict().items() if k != "edge_down_bits"}  # a manifest from before the field
+    assert Recipe.from_record(before).edge_down_bits is None
 
 
 def test_embedding_group_follows_the_recipe_up_to_64():
@@ -250,6 +266,9 @@ def test_pipeline_every_family_and_algorithm(tiny_models, family, algorithm):
     assert set(qm.quantized) | set(qm.dense) == set(checkpoint.tensors)
     assert qm.records["model.layers.1.mlp.down_proj.weight"]["algorithm"] == algorithm
     assert qm.records["model.embed_tokens.weight"]["bits"] == 4
+    layers = checkpoint.spec.num_layers
+    down_bits = [qm.records[f"model.layers.{n}.mlp.down_proj.weight"]["bits"] for n in range(layers)]
+    assert down_bits == [8 if n in edge_layers(layers) else 4 for n in range(layers)]
     quality = evaluate([PROMPT], ReferenceModel(checkpoint.spec, qm.weights()).forward, source.forward)
     assert quality.kl < 0.05 and quality.top1 > 0.5  # random tiny models have many near-ties
     # 8-bit everywhere is close to lossless

@@ -104,6 +104,13 @@ def recipe_options(command):
         click.option("--symmetric/--asymmetric", default=None, help="Zero points or not [default: the recipe's]."),
         click.option("--embedding-bits", default=None, type=int, help="Bits of the embedding / tied lm_head."),
         click.option(
+            "--edge-down-bits",
+            default=None,
+            type=int,
+            help="Bits of the MLP's down projection in the first and last eighth of the layers (4: as the rest) "
+            "[default: 8; the Raspberry Pi and Snapdragon profiles: 4].",
+        ),
+        click.option(
             "--calibration",
             default=None,
             type=click.Path(dir_okay=False),
@@ -122,6 +129,7 @@ def _recipe(
     group_size: int | None,
     symmetric: bool | None,
     embedding_bits: int | None,
+    edge_down_bits: int | None,
 ):
     from dataclasses import replace
 
@@ -131,6 +139,7 @@ def _recipe(
         "group_size": group_size,
         "symmetric": symmetric,
         "embedding_bits": embedding_bits,
+        "edge_down_bits": edge_down_bits,
     }
     return replace(base, **{k: v for k, v in changes.items() if v is not None})
 
@@ -235,6 +244,7 @@ def export(
     group_size: int | None,
     symmetric: bool | None,
     embedding_bits: int | None,
+    edge_down_bits: int | None,
     calibration: str | None,
     max_context: int | None,
     accuracy_level: int | None,
@@ -254,7 +264,7 @@ def export(
 
     chosen = load_profile(profile) if profile else None
     base = profile_recipe(chosen.export) if chosen else DEFAULT_RECIPE
-    recipe = _recipe(base, algorithm, bits, group_size, symmetric, embedding_bits)
+    recipe = _recipe(base, algorithm, bits, group_size, symmetric, embedding_bits, edge_down_bits)
     qad = None
     if qad_steps:
         from ..distill.qad import qad_config
@@ -341,6 +351,7 @@ def eval_command(
     group_size: int | None,
     symmetric: bool | None,
     embedding_bits: int | None,
+    edge_down_bits: int | None,
     calibration: str | None,
     window: int,
     max_windows: int,
@@ -358,7 +369,8 @@ def eval_command(
     from ..reference import ReferenceModel
     from ..sources import open_checkpoint
 
-    recipe_given = any(v is not None for v in (algorithm, bits, group_size, symmetric, embedding_bits, calibration))
+    options = (algorithm, bits, group_size, symmetric, embedding_bits, edge_down_bits, calibration)
+    recipe_given = any(v is not None for v in options)
     if is_artifact(Path(source)):
         if recipe_given or source_only:
             raise EdgekitError(
@@ -372,7 +384,11 @@ def eval_command(
         raise EdgekitError(f"--source names an artifact's checkpoint; {source} is not an artifact folder")
     checkpoint = open_checkpoint(source)
     windows = token_windows(checkpoint.tokenizer.load().encode(read_text(text_path)).ids, window, max_windows)
-    recipe = None if source_only else _recipe(DEFAULT_RECIPE, algorithm, bits, group_size, symmetric, embedding_bits)
+    recipe = (
+        None
+        if source_only
+        else _recipe(DEFAULT_RECIPE, algorithm, bits, group_size, symmetric, embedding_bits, edge_down_bits)
+    )
     click.echo(f"evaluating {checkpoint.name} on {sum(len(w) for w in windows)} tokens of {text_path}", err=True)
     reference = ReferenceModel.from_checkpoint(checkpoint)
     rows = [

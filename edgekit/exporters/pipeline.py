@@ -166,6 +166,7 @@ def profile_recipe(settings: ExportSettings) -> Recipe:
         symmetric=settings.symmetric,
         embedding_bits=settings.embedding_bits,
         lm_head_bits=settings.lm_head_bits,
+        edge_down_bits=settings.edge_down_bits or None,
     )
 
 

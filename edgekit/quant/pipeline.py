@@ -265,7 +265,7 @@ def quantize_checkpoint(
 
     def put(name: str, w: np.ndarray | None, hessian: np.ndarray | None) -> None:
         """Quantize w, or (None) the stored tensor `name` block of rows by block of rows."""
-        how = recipe.for_tensor(name)
+        how = recipe.for_tensor(name, spec.num_layers)
         qt = quantize_tensor(w, how, hessian) if w is not None else _quantize_by_rows(store, name, how, hessian)
         quantized[name] = qt
         sizes[name] = (qt.shape[0] * qt.shape[1], qt.nbytes)
@@ -298,8 +298,8 @@ def quantize_checkpoint(
             del layer
         for point, targets in points.items():
             hessian = hessians.get(point)
-            if hessian is not None and any(recipe.for_tensor(t).algorithm in SCALED for t in targets):
-                how = recipe.for_tensor(targets[0])
+            if hessian is not None and any(recipe.for_tensor(t, spec.num_layers).algorithm in SCALED for t in targets):
+                how = recipe.for_tensor(targets[0], spec.num_layers)
                 group = how.group_for(hessian.shape[0])
                 s = search_scales(
                     [w[t] for t in targets],
