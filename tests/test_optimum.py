@@ -201,7 +201,8 @@ def test_other_architectures_export_through_optimum_and_match_transformers(arch,
 
 @needs_optimum
 def test_llama_through_optimum_gives_the_native_paths_tokens(tiny_models, tmp_path):
-    recipe = Recipe(algorithm="rtn", lm_head_bits=8, embedding_bits=8)
+    # the optimum path quantizes every weight at the recipe's bits: no per-layer rules (edge_down_bits)
+    recipe = Recipe(algorithm="rtn", lm_head_bits=8, embedding_bits=8, edge_down_bits=None)
     native = edgekit.export(tiny_models["llama"], tmp_path / "native", recipe=recipe, accuracy_level=0)
     generic = edgekit.export(tiny_models["llama"], tmp_path / "optimum", recipe=recipe, accuracy_level=0, via="optimum")
     assert json.loads((generic.output / "edgekit.json").read_text())["graph"] == "optimum"
