@@ -101,14 +101,11 @@ def test_eval_edge_down_bits(runner, tiny_models, tmp_path):
     """The edge layers' down projections at 8 bits by default; --edge-down-bits 4 keeps them at 4."""
     text = tmp_path / "prose.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 20)
-    args = ["eval", str(tiny_models["llama"]), "--text", str(text), "--window", "32", "-a", "rtn", "--json"]
-    bits = {}
-    for edge in ("8", "4"):
-        result = runner.invoke(cli, [*args, "--edge-down-bits", edge])
-        assert result.exit_code == 0, result.output
-        bits[edge] = json.loads(result.output[result.output.index("[") :])[1]["bits_per_weight"]
-    default = runner.invoke(cli, args)
-    assert json.loads(default.output[default.output.index("[") :])[1]["bits_per_weight"] == bits["8"] > bits["4"]
+    bits = {
+        edge: _eval_rows(runner, tiny_models["llama"], text, "-a", "rtn", *edge)[1]["bits_per_weight"]
+        for edge in ((), ("--edge-down-bits", "8"), ("--edge-down-bits", "4"))
+    }
+    assert bits[()] == bits[("--edge-down-bits", "8")] > bits[("--edge-down-bits", "4")]
 
 
 @pytest.mark.parametrize(
@@ -137,8 +134,9 @@ def test_eval_empty_text(runner, tiny_models, tmp_path):
 PROSE = "The quick brown fox jumps over the lazy dog. Paris is the capital of France. " * 12
 
 
-def _artifact_rows(runner, artifact, text, *args):
-    result = runner.invoke(cli, ["eval", str(artifact), "--text", str(text), "--window", "32", "--json", *args])
+def _eval_rows(runner, source, text, *args):
+    """`edgekit eval SOURCE` (a checkpoint or an artifact) on 32-token windows: its JSON rows."""
+    result = runner.invoke(cli, ["eval", str(source), "--text", str(text), "--window", "32", "--json", *args])
     assert result.exit_code == 0, result.output
     return json.loads(result.output[result.output.index("[") :])
 
@@ -158,7 +156,7 @@ def test_eval_artifact_runs_it_as_deployed(runner, tiny_models, tmp_path):
     text.write_text(PROSE)
     recipe = Recipe(algorithm="rtn", group_size=32)
     exact = export(tiny_models["qwen2"], tmp_path / "f32", recipe=recipe, max_context=64, accuracy_level=0).output
-    source, deployed = _artifact_rows(runner, exact, text)
+    source, deployed = _eval_rows(runner, exact, text)
     assert source["model"] == "source" and deployed["model"] == "f32 (onnx)"
 
     checkpoint = open_checkpoint(tiny_models["qwen2"])
@@ -170,7 +168,7 @@ def test_eval_artifact_runs_it_as_deployed(runner, tiny_models, tmp_path):
     assert deployed["bits_per_weight"] < 8 and deployed["recipe"]["algorithm"] == "rtn"
 
     int8 = export(tiny_models["qwen2"], tmp_path / "int8", recipe=recipe, max_context=64, accuracy_level=4).output
-    _, on_int8 = _artifact_rows(runner, int8, text)
+    _, on_int8 = _eval_rows(runner, int8, text)
     assert on_int8["perplexity"] == pytest.approx(expected.perplexity, rel=0.05)
     assert on_int8["perplexity"] != deployed["perplexity"]
 
@@ -199,5 +197,5 @@ def test_eval_artifact_bad_input(runner, tiny_artifact, tiny_models, tmp_path):
     (moved / "edgekit.json").write_text(json.dumps(manifest))
     assert "pass the checkpoint it was exported from with --source" in fails(str(moved), "--text", str(text))
     assert "its spec differs" in fails(str(moved), "--text", str(text), "--source", str(tiny_models["qwen3"]))
-    rows = _artifact_rows(runner, moved, text, "--source", str(tiny_models["llama"]))
+    rows = _eval_rows(runner, moved, text, "--source", str(tiny_models["llama"]))
     assert rows[1]["kl"] > 0 and 0 < rows[1]["top1"] <= 1
