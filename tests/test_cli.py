@@ -114,7 +114,7 @@ def test_eval_edge_down_bits(runner, tiny_models, tmp_path):
         (["-a", "magic"], "unknown quantization algorithm 'magic'"),
         (["-g", "48"], "group size 48"),
         (["--bits", "3"], "bits=3"),
-        (["--edge-down-bits", "3"], "bits=3"),
+        (["--edge-down-bits", "3"], "edge_down_bits=3"),
     ],
 )
 def test_eval_bad_recipe(runner, tiny_models, tmp_path, args, match):

@@ -110,7 +110,7 @@ class Recipe:
         for key in ("embedding_bits", "lm_head_bits", "attention_bits", "mlp_bits", "edge_down_bits"):
             value = getattr(self, key)
             if value is not None:
-                check_bits_and_group(value, self.group_size)
+                check_bits_and_group(value, self.group_size, key)
         if self.embedding_group_size is not None:
             check_bits_and_group(self.bits, self.embedding_group_size)
         for pattern, values in self.overrides.items():

@@ -25,9 +25,10 @@ def fp16(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float32).astype(np.float16).astype(np.float32)
 
 
-def check_bits_and_group(bits: int, group_size: int) -> None:
+def check_bits_and_group(bits: int, group_size: int, field: str = "bits") -> None:
+    """field: the recipe field `bits` came from, named in the error."""
     if bits not in SUPPORTED_BITS:
-        raise EdgekitError(f"bits={bits} is not supported; use one of {', '.join(map(str, SUPPORTED_BITS))}")
+        raise EdgekitError(f"{field}={bits} is not supported; use one of {', '.join(map(str, SUPPORTED_BITS))}")
     if group_size not in SUPPORTED_GROUPS:
         raise EdgekitError(
             f"group size {group_size} is not supported; use one of {', '.join(map(str, SUPPORTED_GROUPS))}"
