@@ -97,15 +97,17 @@ def test_eval_self_generated_calibration_and_table(runner, tiny_models, tmp_path
     assert "| awq 4-bit g" in result.output
 
 
-def test_eval_edge_down_bits(runner, tiny_models, tmp_path):
-    """The edge layers' down projections at 8 bits by default; --edge-down-bits 4 keeps them at 4."""
+@pytest.mark.parametrize("option,default", [("--edge-down-bits", "8"), ("--key-bits", "4")])
+def test_eval_per_class_bits(runner, tiny_models, tmp_path, option, default):
+    """The edge layers' down projections at 8 bits by default, every k_proj at 4 (as the rest); the
+    option sets either."""
     text = tmp_path / "prose.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 20)
     bits = {
-        edge: _eval_rows(runner, tiny_models["llama"], text, "-a", "rtn", *edge)[1]["bits_per_weight"]
-        for edge in ((), ("--edge-down-bits", "8"), ("--edge-down-bits", "4"))
+        value: _eval_rows(runner, tiny_models["llama"], text, "-a", "rtn", *value)[1]["bits_per_weight"]
+        for value in ((), (option, "8"), (option, "4"))
     }
-    assert bits[()] == bits[("--edge-down-bits", "8")] > bits[("--edge-down-bits", "4")]
+    assert bits[(option, "8")] > bits[(option, "4")] and bits[()] == bits[(option, default)]
 
 
 @pytest.mark.parametrize(
@@ -115,6 +117,7 @@ def test_eval_edge_down_bits(runner, tiny_models, tmp_path):
         (["-g", "48"], "group size 48"),
         (["--bits", "3"], "bits=3"),
         (["--edge-down-bits", "3"], "edge_down_bits=3"),
+        (["--key-bits", "5"], "key_bits=5"),
     ],
 )
 def test_eval_bad_recipe(runner, tiny_models, tmp_path, args, match):

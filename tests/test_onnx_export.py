@@ -296,3 +296,32 @@ def test_runtime_path_imports_no_heavy_packages(artifact):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("case", sorted(FAMILY_CASES))
+def test_projections_quantized_apart_fuse_by_kind(tmp_path, case):
+    """k_proj at 8 bits among 4-bit q/v: q and v share one MatMulNBits, k gets its own, and the
+    graph still matches the reference (a fused qkv_proj stays one tensor at one width)."""
+    import onnx
+
+    family = case.split("-")[0]
+    checkpoint = open_checkpoint(write_tiny_checkpoint(tmp_path / "hf", family, **FAMILY_CASES[case]))
+    recipe = Recipe(algorithm="rtn", group_size=32, key_bits=8)
+    qm = quantize_checkpoint(checkpoint, recipe)
+    write_onnx(tmp_path, checkpoint, qm, OnnxOptions(max_context=64, accuracy_level=0))
+    graph = onnx.load(tmp_path / MODEL_FILE, load_external_data=False).graph
+    qkv = sorted(
+        (n.name, next(a.i for a in n.attribute if a.name == "bits"))
+        for n in graph.node
+        if n.op_type == "MatMulNBits" and n.name.startswith("/model/layers.0/attn/qkv_proj/")
+    )
+    if "model.layers.0.self_attn.k_proj.weight" in qm.quantized:
+        assert qkv == [
+            ("/model/layers.0/attn/qkv_proj/k_proj/MatMul/MatMulNBits", 8),
+            ("/model/layers.0/attn/qkv_proj/q_proj+v_proj/MatMul/MatMulNBits", 4),
+        ]
+    else:
+        assert qkv == [("/model/layers.0/attn/qkv_proj/MatMul/MatMulNBits", 4)]
+    runtime = OnnxRuntime(tmp_path / MODEL_FILE, checkpoint.spec, 64)
+    ids, got = run_greedy(runtime, PROMPT, 8)
+    assert rel_err(got, ReferenceModel(checkpoint.spec, qm.weights()).forward(ids)[len(PROMPT) - 1 :]) < 1e-3

@@ -145,6 +145,24 @@ def test_edge_layers_down_projection_bits():
     assert Recipe.from_record(before).edge_down_bits is None
 
 
+def test_key_projection_bits():
+    key = "model.layers.{}.self_attn.k_proj.weight"
+    assert Recipe().for_tensor(key.format(0), 30).bits == 4  # opt-in
+    r = Recipe(key_bits=8)
+    assert [r.for_tensor(key.format(n), 30).bits for n in (0, 15, 29)] == [8, 8, 8]
+    assert r.for_tensor(key.format(15)).bits == 8  # every layer: no layer count needed
+    assert r.for_tensor("model.layers.0.self_attn.q_proj.weight", 30).bits == 4
+    assert r.for_tensor("model.layers.0.self_attn.v_proj.weight", 30).bits == 4
+    assert r.for_tensor("model.layers.0.self_attn.qkv_proj.weight", 30).bits == 4  # fused: one width
+    assert Recipe(key_bits=None).for_tensor(key.format(0), 30).bits == 4
+    assert Recipe(attention_bits=8, key_bits=4).for_tensor(key.format(0)).bits == 4
+    assert Recipe(overrides={"*.k_proj": {"bits": 4}}).for_tensor(key.format(0)).bits == 4  # overrides win
+    before = {k: v for k, v in r.to_dict().items() if k != "key_bits"}  # a manifest from before the field
+    assert Recipe.from_record(before).key_bits is None
+    with pytest.raises(EdgekitError, match="key_bits=3"):
+        Recipe(key_bits=3)
+
+
 def test_embedding_group_follows_the_recipe_up_to_64():
     group = lambda recipe: recipe.for_tensor("model.embed_tokens.weight").group_size  # noqa: E731
     assert group(Recipe()) == 64 and Recipe().for_tensor("model.layers.0.mlp.up_proj.weight").group_size == 128

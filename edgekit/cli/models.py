@@ -111,6 +111,13 @@ def recipe_options(command):
             "[default: 8; the Raspberry Pi and Snapdragon profiles: 4].",
         ),
         click.option(
+            "--key-bits",
+            default=None,
+            type=int,
+            help="Bits of the attention's key projection (k_proj) in every layer [default: as the rest]; "
+            "8 keeps more of the model and costs decode speed (README, Quantization).",
+        ),
+        click.option(
             "--calibration",
             default=None,
             type=click.Path(dir_okay=False),
@@ -130,6 +137,7 @@ def _recipe(
     symmetric: bool | None,
     embedding_bits: int | None,
     edge_down_bits: int | None,
+    key_bits: int | None,
 ):
     from dataclasses import replace
 
@@ -140,6 +148,7 @@ def _recipe(
         "symmetric": symmetric,
         "embedding_bits": embedding_bits,
         "edge_down_bits": edge_down_bits,
+        "key_bits": key_bits,
     }
     return replace(base, **{k: v for k, v in changes.items() if v is not None})
 
@@ -245,6 +254,7 @@ def export(
     symmetric: bool | None,
     embedding_bits: int | None,
     edge_down_bits: int | None,
+    key_bits: int | None,
     calibration: str | None,
     max_context: int | None,
     accuracy_level: int | None,
@@ -264,7 +274,7 @@ def export(
 
     chosen = load_profile(profile) if profile else None
     base = profile_recipe(chosen.export) if chosen else DEFAULT_RECIPE
-    recipe = _recipe(base, algorithm, bits, group_size, symmetric, embedding_bits, edge_down_bits)
+    recipe = _recipe(base, algorithm, bits, group_size, symmetric, embedding_bits, edge_down_bits, key_bits)
     qad = None
     if qad_steps:
         from ..distill.qad import qad_config
@@ -352,6 +362,7 @@ def eval_command(
     symmetric: bool | None,
     embedding_bits: int | None,
     edge_down_bits: int | None,
+    key_bits: int | None,
     calibration: str | None,
     window: int,
     max_windows: int,
@@ -369,7 +380,7 @@ def eval_command(
     from ..reference import ReferenceModel
     from ..sources import open_checkpoint
 
-    options = (algorithm, bits, group_size, symmetric, embedding_bits, edge_down_bits, calibration)
+    options = (algorithm, bits, group_size, symmetric, embedding_bits, edge_down_bits, key_bits, calibration)
     recipe_given = any(v is not None for v in options)
     if is_artifact(Path(source)):
         if recipe_given or source_only:
@@ -387,7 +398,7 @@ def eval_command(
     recipe = (
         None
         if source_only
-        else _recipe(DEFAULT_RECIPE, algorithm, bits, group_size, symmetric, embedding_bits, edge_down_bits)
+        else _recipe(DEFAULT_RECIPE, algorithm, bits, group_size, symmetric, embedding_bits, edge_down_bits, key_bits)
     )
     click.echo(f"evaluating {checkpoint.name} on {sum(len(w) for w in windows)} tokens of {text_path}", err=True)
     reference = ReferenceModel.from_checkpoint(checkpoint)

@@ -51,6 +51,7 @@ class ExportSettings:
     embedding_bits: int = 4
     lm_head_bits: int = 8
     edge_down_bits: int = 8  # the down projection of the first and last eighth of the layers; 0 = as the MLP
+    key_bits: int = 0  # the attention's key projection in every layer; 0 = as the attention (the recipe's None)
     accuracy_level: int = 4
     max_context: int = 4096
     kv_bits: int = 0  # ONNX cpu/cuda and MLX: 8 = an int8 KV cache, 0 = float
@@ -115,6 +116,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "embedding_bits": (4, 8),
     "lm_head_bits": (4, 8),
     "edge_down_bits": (0, 4, 8),
+    "key_bits": (0, 4, 8),
     "accuracy_level": (0, 1, 2, 3, 4),
     "kv_bits": (0, 8),
 }

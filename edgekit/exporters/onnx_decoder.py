@@ -31,7 +31,7 @@ from ..errors import EdgekitError
 from ..families import EMBED, FINAL_NORM, bias_of, embedding_scale, head_weight, layer_weights
 from ..quant.packing import MatMulNBitsWeights, to_matmulnbits
 from ..quant.pipeline import QuantizedModel
-from ..quant.tensor import QuantizedTensor, concat_rows
+from ..quant.tensor import QuantizedTensor, alike_groups, concat_rows
 from ..rope import rope_tables
 from .onnx_graph import MS_DOMAIN, Graph
 
@@ -247,31 +247,39 @@ class DecoderBuilder:
         return cast
 
     def projection(self, x: str, names: list[str] | tuple[str, ...], scope: str, split: bool = True) -> list[str]:
-        """Outputs of the projections `names` (weights) applied to x: fused into one MatMulNBits when
-        they were quantized alike (the outputs then come back split, or as one with split=False)."""
+        """Outputs of the projections `names` (weights) applied to x, one MatMulNBits per set of them
+        quantized alike (alike_groups): all of them fused into one, whose output comes back split or,
+        with split=False, whole; else one per set, every output split apart."""
         q = self.qm.quantized
-        biases = [bias_of(n) for n in names]
-        has_bias = [b in self.qm.dense for b in biases]
-        fused = concat_rows([q[n] for n in names]) if len(names) > 1 else q[names[0]]
-        if fused is not None:
-            key = names[0] if len(names) == 1 else scope + "/fused.weight"
-            bias = None
-            if any(has_bias):
-                parts = [
-                    self.qm.dense[b] if h else np.zeros(q[n].shape[0], np.float32)
-                    for n, b, h in zip(names, biases, has_bias, strict=True)
-                ]
-                bias = self.g.const(key.removesuffix(".weight") + ".bias", np.concatenate(parts).astype(self.float))
-            y = self.matmul(x, key, fused, scope + "/MatMul", bias)
-            if len(names) == 1 or not split:
-                return [y]
-            sizes = self.g.const(scope + "/split_sizes", np.array([q[n].shape[0] for n in names], np.int64))
-            return self.g.op("Split", [y, sizes], scope, outputs=len(names), axis=-1)
-        outs = []
-        for n, b, h in zip(names, biases, has_bias, strict=True):
-            part = n.split(".")[-2]
-            outs.append(self.matmul(x, n, q[n], f"{scope}/{part}/MatMul", self.dense(b) if h else None))
+        groups = alike_groups([q[n] for n in names])
+        if len(groups) == 1:
+            return self.fused_projection(x, list(names), scope, split)
+        outs = [""] * len(names)
+        for group in groups:
+            members = [names[i] for i in group]
+            part = "+".join(n.split(".")[-2] for n in members)
+            for i, y in zip(group, self.fused_projection(x, members, f"{scope}/{part}", True), strict=True):
+                outs[i] = y
         return outs
+
+    def fused_projection(self, x: str, names: list[str], scope: str, split: bool) -> list[str]:
+        """One MatMulNBits over the stacked rows of `names`, quantized alike."""
+        q = self.qm.quantized
+        fused = concat_rows([q[n] for n in names])
+        assert fused is not None, names
+        key = names[0] if len(names) == 1 else scope + "/fused.weight"
+        bias = None
+        if any(bias_of(n) in self.qm.dense for n in names):
+            parts = [
+                self.qm.dense[bias_of(n)] if bias_of(n) in self.qm.dense else np.zeros(q[n].shape[0], np.float32)
+                for n in names
+            ]
+            bias = self.g.const(key.removesuffix(".weight") + ".bias", np.concatenate(parts).astype(self.float))
+        y = self.matmul(x, key, fused, scope + "/MatMul", bias)
+        if len(names) == 1 or not split:
+            return [y]
+        sizes = self.g.const(scope + "/split_sizes", np.array([q[n].shape[0] for n in names], np.int64))
+        return self.g.op("Split", [y, sizes], scope, outputs=len(names), axis=-1)
 
     def norm(self, x: str, weight: str, scope: str, skip: str | None = None) -> tuple[str, str]:
         """(normed, residual): SkipSimplifiedLayerNormalization adds the residual in the same op."""

@@ -167,6 +167,7 @@ def profile_recipe(settings: ExportSettings) -> Recipe:
         embedding_bits=settings.embedding_bits,
         lm_head_bits=settings.lm_head_bits,
         edge_down_bits=settings.edge_down_bits or None,
+        key_bits=settings.key_bits or None,
     )
 
 

@@ -31,6 +31,11 @@ def _edge_down(name: str, num_layers: int) -> bool:
     return int(match.group(1)) in edge_layers(num_layers)
 
 
+def _key(name: str) -> bool:
+    match = LAYER_NAME.match(name)
+    return match is not None and match.group(2) == "self_attn.k_proj.weight"
+
+
 def tensor_class(name: str) -> str:
     if name == EMBED:
         return "embedding"
@@ -83,6 +88,11 @@ class Recipe:
     # on SmolLM2, the KL to the source fell 6-15% on every held-out text of both copies, with
     # prefill and decode within 1% at 135M and at the 1B shape (README, Quantization)
     edge_down_bits: int | None = 8
+    # the attention's key projection (k_proj; not a fused qkv_proj) in every layer at these bits;
+    # None: as the other attention weights. Opt-in: at 8 bits (+2.5% bytes on SmolLM2) the KL to the
+    # source fell 4-16% on every held-out text of both copies, but k then needs a MatMulNBits of its
+    # own beside the fused q/v, which cost 6% of SmolLM2's decode speed (README, Quantization)
+    key_bits: int | None = None
     embedding_symmetric: bool = False
     # None: GPTQ under a calibrated recipe, on the lm_head's inputs, which a tied embedding serves
     # too (an untied embedding, a lookup table with no input activations, then gets HQQ); else the
@@ -107,7 +117,7 @@ class Recipe:
         if self.algorithm not in ALGORITHMS:
             raise EdgekitError(f"unknown quantization algorithm '{self.algorithm}'; use one of {', '.join(ALGORITHMS)}")
         check_bits_and_group(self.bits, self.group_size)
-        for key in ("embedding_bits", "lm_head_bits", "attention_bits", "mlp_bits", "edge_down_bits"):
+        for key in ("embedding_bits", "lm_head_bits", "attention_bits", "mlp_bits", "edge_down_bits", "key_bits"):
             value = getattr(self, key)
             if value is not None:
                 check_bits_and_group(value, self.group_size, key)
@@ -140,6 +150,8 @@ class Recipe:
         }[cls] or self.bits
         if self.edge_down_bits and num_layers and _edge_down(name, num_layers):
             bits = self.edge_down_bits
+        if self.key_bits and _key(name):
+            bits = self.key_bits
         group, algorithm = self.group_size, self.algorithm
         if cls == "embedding":
             group = self.embedding_group_size or min(group, MAX_EMBEDDING_GROUP)
@@ -163,6 +175,7 @@ class Recipe:
         known = {f.name for f in fields(cls)}
         recorded = {k: v for k, v in record.items() if k in known}
         recorded.setdefault("edge_down_bits", None)  # an artifact from before edge_down_bits
+        recorded.setdefault("key_bits", None)  # ... or before key_bits
         return cls(**recorded)
 
 

@@ -108,18 +108,34 @@ class QuantizedTensor:
         )
 
 
+def quantized_alike(a: QuantizedTensor, b: QuantizedTensor) -> bool:
+    """Whether the rows of a and b can stack into one tensor (one kernel call)."""
+    return (
+        a.bits == b.bits
+        and a.group_size == b.group_size
+        and a.symmetric == b.symmetric
+        and a.shape[1] == b.shape[1]
+        and a.integer_zeros == b.integer_zeros
+    )
+
+
+def alike_groups(parts: list[QuantizedTensor]) -> list[list[int]]:
+    """The indices of `parts` gathered by quantized_alike, each group in order, the groups in the
+    order of their first member: [[0, 2], [1]] for q/k/v with only k at other bits."""
+    groups: list[list[int]] = []
+    for i, part in enumerate(parts):
+        group = next((g for g in groups if quantized_alike(parts[g[0]], part)), None)
+        if group is None:
+            groups.append([i])
+        else:
+            group.append(i)
+    return groups
+
+
 def concat_rows(parts: list[QuantizedTensor]) -> QuantizedTensor | None:
     """One quantized tensor stacking the output rows of several, when they were quantized alike."""
     first = parts[0]
-    same = all(
-        p.bits == first.bits
-        and p.group_size == first.group_size
-        and p.symmetric == first.symmetric
-        and p.shape[1] == first.shape[1]
-        and p.integer_zeros == first.integer_zeros
-        for p in parts
-    )
-    if not same:
+    if not all(quantized_alike(first, p) for p in parts):
         return None
     zeros = None if first.zeros is None else np.concatenate([p.zeros for p in parts])
     return QuantizedTensor(
