@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .families import EMBED, FINAL_NORM, LayerWeights, embedding_scale, head_weight, layer_weights
+from .families import EMBED, FINAL_NORM, FINAL_ROTATION, LayerWeights, embedding_scale, head_weight, layer_weights
 from .rope import apply_rotary, rope_tables
 from .spec import ModelSpec
 
@@ -109,6 +109,7 @@ class ReferenceModel:
         if head:
             self.embed = _f32(weights[EMBED])
             self.norm = _f32(weights[FINAL_NORM])
+            self.final_rotation = _f32(weights[FINAL_ROTATION]) if FINAL_ROTATION in weights else None
             self.lm_head = self.embed if spec.tie_word_embeddings else _f32(weights[head_weight(spec)])
         self.layers = [self.build_layer(weights, i) for i in range(spec.num_layers)] if layers else []
         self._cos, self._sin = rope_tables(spec, 256)
@@ -187,6 +188,8 @@ class ReferenceModel:
 
     def logits(self, h: np.ndarray, observe: Observer | None = None) -> np.ndarray:
         x = rms_norm(h, self.norm, self.spec.rms_norm_eps)
+        if self.final_rotation is not None:
+            x = x @ self.final_rotation
         if observe is not None:
             observe("lm_head", x)
         return x @ self.lm_head.T
@@ -287,6 +290,8 @@ class ReferenceModel:
             for c in cache:
                 c.length += 1
         x = rms_norm(h, _f32(weights[FINAL_NORM]), s.rms_norm_eps)
+        if FINAL_ROTATION in weights:
+            x = x @ _f32(weights[FINAL_ROTATION])
         head = head_weight(s)
         out = np.empty((len(ids), s.vocab_size), np.float32)
         for start in range(0, s.vocab_size, block):

@@ -325,3 +325,23 @@ def test_projections_quantized_apart_fuse_by_kind(tmp_path, case):
     runtime = OnnxRuntime(tmp_path / MODEL_FILE, checkpoint.spec, 64)
     ids, got = run_greedy(runtime, PROMPT, 8)
     assert rel_err(got, ReferenceModel(checkpoint.spec, qm.weights()).forward(ids)[len(PROMPT) - 1 :]) < 1e-3
+
+
+@pytest.mark.parametrize("family", ["gemma", "qwen2"])
+def test_rotated_residual_exports_and_verifies(tmp_path, family):
+    """Recipe.rotate_residual: the tied model's graph multiplies by the final matrix after its norm;
+    both verify against the reference; the kinds that cannot carry it say so before any work."""
+    import onnx
+
+    folder = write_tiny_checkpoint(tmp_path / "hf", family)
+    recipe = Recipe(algorithm="rtn", group_size=32, rotate_residual=True)
+    result = export(folder, tmp_path / "out", recipe=recipe, max_context=64, accuracy_level=0)
+    assert result.verify["checked"] and result.verify["top1_agreement"] == 1.0
+    graph = onnx.load(tmp_path / "out" / MODEL_FILE, load_external_data=False).graph
+    rotations = [n.name for n in graph.node if n.name == "/model/norm/rotation/MatMul"]
+    assert rotations == (["/model/norm/rotation/MatMul"] if family == "gemma" else [])  # gemma's tiny model is tied
+    manifest = json.loads((tmp_path / "out" / "edgekit.json").read_text())
+    assert manifest["quantization"]["recipe"]["rotate_residual"] is True
+    with pytest.raises(EdgekitError, match="rotate_residual: a mlx artifact cannot carry"):
+        export(folder, tmp_path / "mlx", format="mlx", recipe=recipe)
+    assert not (tmp_path / "mlx").exists()

@@ -8,6 +8,7 @@ from helpers import ALL_FAMILIES, rel_err
 
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import evaluate
+from edgekit.families import EMBED, FINAL_NORM, FINAL_ROTATION
 from edgekit.quant.awq import output_error, quantize_clipped, search_scales
 from edgekit.quant.calibration import read_text, token_windows
 from edgekit.quant.gptq import _inverse_cholesky_upper, quantize_gptq
@@ -15,10 +16,12 @@ from edgekit.quant.hqq import quantize_hqq
 from edgekit.quant.pipeline import _fold_awq, _points, quantize_checkpoint
 from edgekit.quant.recipe import Recipe, edge_layers
 from edgekit.quant.reorder import ReorderedResidual, intermediate_order, reorder_intermediate, residual_order
+from edgekit.quant.rotate import RotatedResidual, random_rotation
 from edgekit.quant.rtn import quantize_rtn
 from edgekit.quant.tensor import layer_group
 from edgekit.reference import KVCache, ReferenceModel
 from edgekit.sources import open_checkpoint
+from edgekit.testing import write_tiny_checkpoint
 from edgekit.testing.offgrid import DictStore, off_grid_copy
 
 RNG = np.random.default_rng(0)
@@ -265,6 +268,43 @@ def test_pipeline_reorders_channels_without_changing_the_function(tiny_models, f
     moved = embedding[:, order]
     assert rel_err(qm.weights()["model.embed_tokens.weight"], moved) < 1e-2 < rel_err(moved, embedding)
     assert rel_err(ReferenceModel(checkpoint.spec, qm.weights()).forward(PROMPT), source) < 3e-2
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_rotated_residual_computes_the_same_function(tmp_path, family, tied):
+    checkpoint = open_checkpoint(write_tiny_checkpoint(tmp_path / "hf", family, tie_word_embeddings=tied))
+    spec = checkpoint.spec
+    assert spec.tie_word_embeddings == tied
+    rotation = random_rotation(spec.hidden_size)
+    assert rel_err(rotation @ rotation.T, np.eye(spec.hidden_size, dtype=np.float32)) < 1e-5
+    store = RotatedResidual(spec, checkpoint.tensors, rotation)
+    embedding = np.asarray(checkpoint.tensors.get(EMBED))
+    assert rel_err(store.rows(EMBED, 3, 9), embedding[3:9] @ rotation) < 1e-6
+    assert rel_err(store.take(EMBED, np.array([5, 1])), embedding[[5, 1]] @ rotation) < 1e-6
+    assert np.array_equal(store.get(FINAL_NORM), np.ones(spec.hidden_size, np.float32))
+    tensors = {name: np.array(store.get(name)) for name in store}
+    final = store.final_rotation()
+    assert (final is not None) == tied
+    if final is not None:
+        tensors[FINAL_ROTATION] = final
+    source = ReferenceModel.from_checkpoint(checkpoint).forward(PROMPT)
+    assert rel_err(ReferenceModel(spec, tensors).forward(PROMPT), source) < 1e-4
+    down = "model.layers.0.mlp.down_proj.weight"
+    assert rel_err(tensors[down], np.asarray(checkpoint.tensors.get(down))) > 0.5  # the weights did move
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_pipeline_rotates_without_changing_the_function(tmp_path, family):
+    """8 bits: what is left of the difference is rounding; a tied model's final matrix is kept dense."""
+    checkpoint = open_checkpoint(write_tiny_checkpoint(tmp_path / "hf", family, tie_word_embeddings=True))
+    source = ReferenceModel.from_checkpoint(checkpoint).forward(PROMPT)
+    recipe = Recipe(algorithm="awq-gptq", bits=8, group_size=32, embedding_bits=8, rotate_residual=True)
+    qm = quantize_checkpoint(checkpoint, recipe, [PROMPT[:32], PROMPT[16:]])
+    assert qm.dense[FINAL_ROTATION].shape == (checkpoint.spec.hidden_size,) * 2
+    assert rel_err(ReferenceModel(checkpoint.spec, qm.weights()).forward(PROMPT), source) < 3e-2
+    with pytest.raises(EdgekitError, match="rotate_residual and reorder_residual"):
+        Recipe(rotate_residual=True, reorder_residual=True)
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..artifact import BATCH_METADATA, LOGITS_TO_KEEP
 from ..errors import EdgekitError
-from ..families import EMBED, FINAL_NORM, bias_of, embedding_scale, head_weight, layer_weights
+from ..families import EMBED, FINAL_NORM, FINAL_ROTATION, bias_of, embedding_scale, head_weight, layer_weights
 from ..quant.packing import MatMulNBitsWeights, to_matmulnbits
 from ..quant.pipeline import QuantizedModel
 from ..quant.tensor import QuantizedTensor, alike_groups, concat_rows
@@ -410,6 +410,8 @@ class DecoderBuilder:
             (prod,) = g.op("Mul", [self.activation(gate, scope + "/mlp/act"), up], scope + "/mlp/Mul")
             (delta,) = self.projection(prod, [lw.down], scope + "/mlp/down_proj")
         normed, _ = self.norm(delta, FINAL_NORM, "/model/norm", residual)
+        if FINAL_ROTATION in self.qm.dense:
+            (normed,) = g.op("MatMul", [normed, self.dense(FINAL_ROTATION)], "/model/norm/rotation")
         if not opt.all_logits:
             # the last `logits_to_keep` positions: 1 to decode and prefill, every position it runs
             # for a speculative verify step

@@ -70,13 +70,15 @@ class Writer:
     before the checkpoint is open); `whole_groups`: its kernels need quantization groups that tile
     every row; `write` writes and verifies the files; `kv_bits`: the KV cache bits it can be made
     with (0: float); `kv_scales`: an int8 cache's scales are measured on calibration text at export
-    (ONNX's static scales; MLX quantizes each position as it is stored)."""
+    (ONNX's static scales; MLX quantizes each position as it is stored); `rotation`: its graph
+    applies a rotated residual stream's final matrix (Recipe.rotate_residual)."""
 
     require: Callable[[str | None], None]
     whole_groups: bool
     write: Callable[[WriteJob], Written]
     kv_bits: tuple[int, ...] = (0,)
     kv_scales: bool = False
+    rotation: bool = False
 
 
 def _nothing_required(family: str | None) -> None:
@@ -146,8 +148,12 @@ def _write_mlx(job: WriteJob) -> Written:
 # MLX's groups must tile the row; padded blocks are only known to run in ONNX Runtime's CPU kernels,
 # and the cuda flavor has not run on a GPU here yet.
 WRITERS: dict[tuple[str, str | None], Writer] = {
-    ("onnx", "cpu"): Writer(_nothing_required, whole_groups=False, write=_write_onnx, kv_bits=(0, 8), kv_scales=True),
-    ("onnx", "cuda"): Writer(_nothing_required, whole_groups=True, write=_write_onnx, kv_bits=(0, 8), kv_scales=True),
+    ("onnx", "cpu"): Writer(
+        _nothing_required, whole_groups=False, write=_write_onnx, kv_bits=(0, 8), kv_scales=True, rotation=True
+    ),
+    ("onnx", "cuda"): Writer(
+        _nothing_required, whole_groups=True, write=_write_onnx, kv_bits=(0, 8), kv_scales=True, rotation=True
+    ),
     ("onnx", "npu"): Writer(_require_npu, whole_groups=False, write=_write_npu),
     ("mlx", None): Writer(_require_mlx, whole_groups=True, write=_write_mlx, kv_bits=(0, 8)),
 }
@@ -199,6 +205,12 @@ def plan_export(
     recipe = recipe or (profile_recipe(settings) if profile else DEFAULT_RECIPE)
     if writer.whole_groups:
         recipe = replace(recipe, whole_groups=True)
+    if recipe.rotate_residual and not writer.rotation:
+        kind = f"{artifact_format} {flavor}" if flavor else artifact_format
+        raise EdgekitError(
+            f"rotate_residual: a {kind} artifact cannot carry a rotated residual stream yet; "
+            "export it to onnx cpu or cuda, or leave rotate_residual off"
+        )
     accuracy_level = settings.accuracy_level if accuracy_level is None else accuracy_level
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise EdgekitError(f"accuracy level {accuracy_level} is not one of 0-4")
@@ -267,6 +279,10 @@ def export(
     writer.require(checkpoint.spec.family)
     if qad is not None:
         require("torch", "distill")
+        if plan.recipe.rotate_residual:
+            raise EdgekitError(
+                "rotate_residual: quantization-aware distillation does not rotate yet; leave one of them off"
+            )
     limit = checkpoint.spec.max_position_embeddings
     context = min(plan.max_context or limit, limit)
     sequences = None

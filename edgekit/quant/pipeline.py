@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgekitError
-from ..families import EMBED, FINAL_NORM, LM_HEAD, bias_of, layer_prefix, layer_weights
+from ..families import EMBED, FINAL_NORM, FINAL_ROTATION, LM_HEAD, bias_of, layer_prefix, layer_weights
 from ..reference import KVCache, ReferenceModel, rms_norm
 from ..sources.checkpoint import Checkpoint
 from ..spec import ModelSpec, weight_shapes
@@ -25,6 +25,7 @@ from .gptq import GptqFactor, gptq_factor, quantize_gptq
 from .hqq import quantize_hqq
 from .recipe import CALIBRATED, GPTQ_ROUNDED, SCALED, Recipe, TensorRecipe
 from .reorder import ReorderedResidual, intermediate_order, reorder_intermediate, residual_order
+from .rotate import RotatedResidual, random_rotation
 from .rtn import quantize_rtn
 from .tensor import QuantizedTensor
 
@@ -247,6 +248,10 @@ def quantize_checkpoint(
     start = time.perf_counter()
     if recipe.reorder_residual:
         store = ReorderedResidual(spec, store, residual_order(spec, store))
+    final_rotation = None
+    if recipe.rotate_residual:
+        rotated = RotatedResidual(spec, store, random_rotation(spec.hidden_size))
+        store, final_rotation = rotated, rotated.final_rotation()
     names = weight_shapes(spec)
     calibrate = recipe.needs_calibration
     if calibrate and not calibration:
@@ -336,12 +341,15 @@ def quantize_checkpoint(
     if calibrate:
         hs = _Hessians()
         for h in hidden:
-            hs("lm_head", rms_norm(h, norm, spec.rms_norm_eps))
+            x = rms_norm(h, norm, spec.rms_norm_eps)
+            hs("lm_head", x if final_rotation is None else x @ final_rotation)
         head_hessian = hs.get("lm_head")
         hidden.clear()
     if not spec.tie_word_embeddings:
         put(LM_HEAD, None, head_hessian)
     dense[FINAL_NORM] = norm
+    if final_rotation is not None:
+        dense[FINAL_ROTATION] = final_rotation
     put(EMBED, None, head_hessian if spec.tie_word_embeddings else None)
     if progress:
         progress(steps, steps, "done")

@@ -112,6 +112,10 @@ class Recipe:
     # prose and on the MLX default, with a larger int8-compute error (README, Quantization)
     reorder_residual: bool = False
     reorder_intermediate: bool = False
+    # an exact random rotation of the residual stream, norm weights folded in (quant/rotate.py):
+    # spreads outlier channels over every block. Opt-in until measured through the runtimes and for
+    # speed (a [hidden, hidden] matrix after the final norm of a tied model); not with reorder_residual
+    rotate_residual: bool = False
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -123,6 +127,8 @@ class Recipe:
                 check_bits_and_group(value, self.group_size, key)
         if self.embedding_group_size is not None:
             check_bits_and_group(self.bits, self.embedding_group_size)
+        if self.rotate_residual and self.reorder_residual:
+            raise EdgekitError("rotate_residual and reorder_residual both move the residual stream; choose one")
         for pattern, values in self.overrides.items():
             unknown = set(values) - {"bits", "group_size", "algorithm", "symmetric"}
             if unknown:
