@@ -78,9 +78,9 @@ for _family in FAMILIES.values():
 EMBED = "model.embed_tokens.weight"
 FINAL_NORM = "model.norm.weight"
 LM_HEAD = "lm_head.weight"
-# a dense [hidden, hidden] matrix after the final norm, in artifacts with a rotated residual stream and a
-# tied lm_head (quant/rotate.py)
-FINAL_ROTATION = "model.norm.rotation"
+# a [hidden, hidden] projection after the final norm, in artifacts with a rotated residual stream and
+# a tied lm_head (quant/rotate.py)
+FINAL_ROTATION = "model.final_rotation.weight"
 
 LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 

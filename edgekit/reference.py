@@ -109,7 +109,7 @@ class ReferenceModel:
         if head:
             self.embed = _f32(weights[EMBED])
             self.norm = _f32(weights[FINAL_NORM])
-            self.final_rotation = _f32(weights[FINAL_ROTATION]) if FINAL_ROTATION in weights else None
+            self.final_rotation = _f32(weights[FINAL_ROTATION]).T if FINAL_ROTATION in weights else None
             self.lm_head = self.embed if spec.tie_word_embeddings else _f32(weights[head_weight(spec)])
         self.layers = [self.build_layer(weights, i) for i in range(spec.num_layers)] if layers else []
         self._cos, self._sin = rope_tables(spec, 256)
@@ -291,7 +291,7 @@ class ReferenceModel:
                 c.length += 1
         x = rms_norm(h, _f32(weights[FINAL_NORM]), s.rms_norm_eps)
         if FINAL_ROTATION in weights:
-            x = x @ _f32(weights[FINAL_ROTATION])
+            x = x @ _f32(weights[FINAL_ROTATION]).T
         head = head_weight(s)
         out = np.empty((len(ids), s.vocab_size), np.float32)
         for start in range(0, s.vocab_size, block):

@@ -301,7 +301,8 @@ def test_pipeline_rotates_without_changing_the_function(tmp_path, family):
     source = ReferenceModel.from_checkpoint(checkpoint).forward(PROMPT)
     recipe = Recipe(algorithm="awq-gptq", bits=8, group_size=32, embedding_bits=8, rotate_residual=True)
     qm = quantize_checkpoint(checkpoint, recipe, [PROMPT[:32], PROMPT[16:]])
-    assert qm.dense[FINAL_ROTATION].shape == (checkpoint.spec.hidden_size,) * 2
+    rotation = qm.quantized[FINAL_ROTATION]
+    assert rotation.shape == (checkpoint.spec.hidden_size,) * 2 and rotation.bits == 8
     assert rel_err(ReferenceModel(checkpoint.spec, qm.weights()).forward(PROMPT), source) < 3e-2
     with pytest.raises(EdgekitError, match="rotate_residual and reorder_residual"):
         Recipe(rotate_residual=True, reorder_residual=True)

@@ -410,8 +410,9 @@ class DecoderBuilder:
             (prod,) = g.op("Mul", [self.activation(gate, scope + "/mlp/act"), up], scope + "/mlp/Mul")
             (delta,) = self.projection(prod, [lw.down], scope + "/mlp/down_proj")
         normed, _ = self.norm(delta, FINAL_NORM, "/model/norm", residual)
-        if FINAL_ROTATION in self.qm.dense:
-            (normed,) = g.op("MatMul", [normed, self.dense(FINAL_ROTATION)], "/model/norm/rotation")
+        if FINAL_ROTATION in self.qm.quantized:
+            rotation = self.qm.quantized[FINAL_ROTATION]
+            normed = self.matmul(normed, FINAL_ROTATION, rotation, "/model/final_rotation/MatMul")
         if not opt.all_logits:
             # the last `logits_to_keep` positions: 1 to decode and prefill, every position it runs
             # for a speculative verify step

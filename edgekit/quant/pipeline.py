@@ -248,10 +248,13 @@ def quantize_checkpoint(
     start = time.perf_counter()
     if recipe.reorder_residual:
         store = ReorderedResidual(spec, store, residual_order(spec, store))
-    final_rotation = None
+    final_rotation = None  # its quantized form, and the matrix the lm_head's inputs go through
     if recipe.rotate_residual:
         rotated = RotatedResidual(spec, store, random_rotation(spec.hidden_size))
-        store, final_rotation = rotated, rotated.final_rotation()
+        store, matrix = rotated, rotated.final_rotation()
+        if matrix is not None:  # at 8 bits: read every token, and near exact (a tied lm_head's input)
+            how = TensorRecipe(8, recipe.group_size, "rtn", False, recipe.whole_groups)
+            final_rotation = quantize_tensor(matrix, how, None)
     names = weight_shapes(spec)
     calibrate = recipe.needs_calibration
     if calibrate and not calibration:
@@ -342,14 +345,21 @@ def quantize_checkpoint(
         hs = _Hessians()
         for h in hidden:
             x = rms_norm(h, norm, spec.rms_norm_eps)
-            hs("lm_head", x if final_rotation is None else x @ final_rotation)
+            hs("lm_head", x if final_rotation is None else x @ final_rotation.dequantize().T)
         head_hessian = hs.get("lm_head")
         hidden.clear()
     if not spec.tie_word_embeddings:
         put(LM_HEAD, None, head_hessian)
     dense[FINAL_NORM] = norm
     if final_rotation is not None:
-        dense[FINAL_ROTATION] = final_rotation
+        quantized[FINAL_ROTATION] = final_rotation
+        sizes[FINAL_ROTATION] = (final_rotation.shape[0] * final_rotation.shape[1], final_rotation.nbytes)
+        records[FINAL_ROTATION] = {
+            "bits": 8,
+            "group_size": final_rotation.group_size,
+            "algorithm": "rtn",
+            "symmetric": False,
+        }
     put(EMBED, None, head_hessian if spec.tie_word_embeddings else None)
     if progress:
         progress(steps, steps, "done")

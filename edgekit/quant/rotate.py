@@ -8,15 +8,16 @@ the model computes the same function on the rotated stream x R:
 - the projections that read the stream (q/k/v, gate/up): W diag(norm) R;
 - the projections that write it (o, down) and their biases: R^T W, b R;
 - an untied lm_head: W diag(final norm) R. A tied one is the rotated embedding, so the final norm's
-  weight cannot fold into it: the rotated stream's final norm is followed by the dense matrix
-  R^T diag(final norm) R (FINAL_ROTATION), which every backend applies before the lm_head.
+  weight cannot fold into it: the rotated stream's final norm is followed by the projection
+  R^T diag(final norm) R (FINAL_ROTATION, stored at 8 bits), which the backends apply before the
+  lm_head.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..families import EMBED, FINAL_NORM, FINAL_ROTATION, LM_HEAD, bias_of, layer_weights
+from ..families import EMBED, FINAL_NORM, LM_HEAD, bias_of, layer_weights
 from ..sources.checkpoint import TensorInfo, TensorStore
 from ..spec import ModelSpec
 
@@ -80,7 +81,3 @@ class RotatedResidual(TensorStore):
         norm = np.asarray(self.store.get(FINAL_NORM), dtype=np.float32)
         return ((self.r.T * norm[None, :]) @ self.r).astype(np.float32)
 
-
-def apply_final_rotation(x: np.ndarray, weights) -> np.ndarray:
-    """x after the final norm, times FINAL_ROTATION when the weights carry one."""
-    return x @ np.asarray(weights[FINAL_ROTATION], dtype=np.float32) if FINAL_ROTATION in weights else x
