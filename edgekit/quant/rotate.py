@@ -80,4 +80,3 @@ class RotatedResidual(TensorStore):
             return None
         norm = np.asarray(self.store.get(FINAL_NORM), dtype=np.float32)
         return ((self.r.T * norm[None, :]) @ self.r).astype(np.float32)
-
