@@ -137,6 +137,21 @@ def test_eval_empty_text(runner, tiny_models, tmp_path):
 PROSE = "The quick brown fox jumps over the lazy dog. Paris is the capital of France. " * 12
 
 
+def test_rotate_residual_from_the_cli(runner, tiny_models, tmp_path):
+    """--rotate-residual: the tied model gains its 8-bit final matrix; an MLX export refuses it."""
+    text = tmp_path / "prose.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 20)
+    plain, rotated = (
+        _eval_rows(runner, tiny_models["gemma"], text, "-a", "rtn", *flag)[1] for flag in ((), ("--rotate-residual",))
+    )
+    assert rotated["bits_per_weight"] > plain["bits_per_weight"] and rotated["kl"] != plain["kl"]
+    result = runner.invoke(
+        cli, ["export", str(tiny_models["gemma"]), "-o", str(tmp_path / "mlx"), "--format", "mlx", "--rotate-residual"]
+    )
+    assert result.exit_code == 2 and "rotate_residual: a mlx artifact cannot carry" in result.output
+    assert not (tmp_path / "mlx").exists()
+
+
 def _eval_rows(runner, source, text, *args):
     """`edgekit eval SOURCE` (a checkpoint or an artifact) on 32-token windows: its JSON rows."""
     result = runner.invoke(cli, ["eval", str(source), "--text", str(text), "--window", "32", "--json", *args])

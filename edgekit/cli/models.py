@@ -118,6 +118,11 @@ def recipe_options(command):
             "8 keeps more of the model and costs decode speed (README, Quantization).",
         ),
         click.option(
+            "--rotate-residual/--no-rotate-residual",
+            default=None,
+            help="Rotate the residual stream before quantizing (exact; ONNX cpu/cuda) [default: off].",
+        ),
+        click.option(
             "--calibration",
             default=None,
             type=click.Path(dir_okay=False),
@@ -138,6 +143,7 @@ def _recipe(
     embedding_bits: int | None,
     edge_down_bits: int | None,
     key_bits: int | None,
+    rotate_residual: bool | None,
 ):
     from dataclasses import replace
 
@@ -149,6 +155,7 @@ def _recipe(
         "embedding_bits": embedding_bits,
         "edge_down_bits": edge_down_bits,
         "key_bits": key_bits,
+        "rotate_residual": rotate_residual,
     }
     return replace(base, **{k: v for k, v in changes.items() if v is not None})
 
@@ -255,6 +262,7 @@ def export(
     embedding_bits: int | None,
     edge_down_bits: int | None,
     key_bits: int | None,
+    rotate_residual: bool | None,
     calibration: str | None,
     max_context: int | None,
     accuracy_level: int | None,
@@ -274,7 +282,9 @@ def export(
 
     chosen = load_profile(profile) if profile else None
     base = profile_recipe(chosen.export) if chosen else DEFAULT_RECIPE
-    recipe = _recipe(base, algorithm, bits, group_size, symmetric, embedding_bits, edge_down_bits, key_bits)
+    recipe = _recipe(
+        base, algorithm, bits, group_size, symmetric, embedding_bits, edge_down_bits, key_bits, rotate_residual
+    )
     qad = None
     if qad_steps:
         from ..distill.qad import qad_config
@@ -363,6 +373,7 @@ def eval_command(
     embedding_bits: int | None,
     edge_down_bits: int | None,
     key_bits: int | None,
+    rotate_residual: bool | None,
     calibration: str | None,
     window: int,
     max_windows: int,
@@ -380,7 +391,17 @@ def eval_command(
     from ..reference import ReferenceModel
     from ..sources import open_checkpoint
 
-    options = (algorithm, bits, group_size, symmetric, embedding_bits, edge_down_bits, key_bits, calibration)
+    options = (
+        algorithm,
+        bits,
+        group_size,
+        symmetric,
+        embedding_bits,
+        edge_down_bits,
+        key_bits,
+        rotate_residual,
+        calibration,
+    )
     recipe_given = any(v is not None for v in options)
     if is_artifact(Path(source)):
         if recipe_given or source_only:
@@ -398,7 +419,17 @@ def eval_command(
     recipe = (
         None
         if source_only
-        else _recipe(DEFAULT_RECIPE, algorithm, bits, group_size, symmetric, embedding_bits, edge_down_bits, key_bits)
+        else _recipe(
+            DEFAULT_RECIPE,
+            algorithm,
+            bits,
+            group_size,
+            symmetric,
+            embedding_bits,
+            edge_down_bits,
+            key_bits,
+            rotate_residual,
+        )
     )
     click.echo(f"evaluating {checkpoint.name} on {sum(len(w) for w in windows)} tokens of {text_path}", err=True)
     reference = ReferenceModel.from_checkpoint(checkpoint)

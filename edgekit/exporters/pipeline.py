@@ -201,7 +201,6 @@ def plan_export(
     writer = WRITERS.get((artifact_format, flavor))
     if writer is None:
         raise EdgekitError(f"flavor '{flavor}' is not supported; supported: {', '.join(ONNX_FLAVORS)}")
-    writer.require(None)
     recipe = recipe or (profile_recipe(settings) if profile else DEFAULT_RECIPE)
     if writer.whole_groups:
         recipe = replace(recipe, whole_groups=True)
@@ -211,6 +210,7 @@ def plan_export(
             f"rotate_residual: a {kind} artifact cannot carry a rotated residual stream yet; "
             "export it to onnx cpu or cuda, or leave rotate_residual off"
         )
+    writer.require(None)
     accuracy_level = settings.accuracy_level if accuracy_level is None else accuracy_level
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise EdgekitError(f"accuracy level {accuracy_level} is not one of 0-4")
