@@ -391,18 +391,8 @@ def eval_command(
     from ..reference import ReferenceModel
     from ..sources import open_checkpoint
 
-    options = (
-        algorithm,
-        bits,
-        group_size,
-        symmetric,
-        embedding_bits,
-        edge_down_bits,
-        key_bits,
-        rotate_residual,
-        calibration,
-    )
-    recipe_given = any(v is not None for v in options)
+    quantization = (algorithm, bits, group_size, symmetric, embedding_bits, edge_down_bits, key_bits, rotate_residual)
+    recipe_given = any(v is not None for v in (*quantization, calibration))
     if is_artifact(Path(source)):
         if recipe_given or source_only:
             raise EdgekitError(
@@ -416,21 +406,7 @@ def eval_command(
         raise EdgekitError(f"--source names an artifact's checkpoint; {source} is not an artifact folder")
     checkpoint = open_checkpoint(source)
     windows = token_windows(checkpoint.tokenizer.load().encode(read_text(text_path)).ids, window, max_windows)
-    recipe = (
-        None
-        if source_only
-        else _recipe(
-            DEFAULT_RECIPE,
-            algorithm,
-            bits,
-            group_size,
-            symmetric,
-            embedding_bits,
-            edge_down_bits,
-            key_bits,
-            rotate_residual,
-        )
-    )
+    recipe = None if source_only else _recipe(DEFAULT_RECIPE, *quantization)
     click.echo(f"evaluating {checkpoint.name} on {sum(len(w) for w in windows)} tokens of {text_path}", err=True)
     reference = ReferenceModel.from_checkpoint(checkpoint)
     rows = [
