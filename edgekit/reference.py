@@ -23,6 +23,13 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return (x / np.sqrt(variance + np.float32(eps))) * weight
 
 
+def lm_head_input(h: np.ndarray, norm: np.ndarray, rotation: np.ndarray | None, eps: float) -> np.ndarray:
+    """The final norm of h, then a rotated stream's final projection (FINAL_ROTATION, [out, in];
+    None: the stream is not rotated)."""
+    x = rms_norm(h, norm, eps)
+    return x if rotation is None else x @ rotation.T
+
+
 def silu(x: np.ndarray) -> np.ndarray:
     return x / (np.float32(1.0) + np.exp(-x))
 
@@ -109,7 +116,7 @@ class ReferenceModel:
         if head:
             self.embed = _f32(weights[EMBED])
             self.norm = _f32(weights[FINAL_NORM])
-            self.final_rotation = _f32(weights[FINAL_ROTATION]).T if FINAL_ROTATION in weights else None
+            self.final_rotation = _f32(weights[FINAL_ROTATION]) if FINAL_ROTATION in weights else None
             self.lm_head = self.embed if spec.tie_word_embeddings else _f32(weights[head_weight(spec)])
         self.layers = [self.build_layer(weights, i) for i in range(spec.num_layers)] if layers else []
         self._cos, self._sin = rope_tables(spec, 256)
@@ -187,9 +194,7 @@ class ReferenceModel:
         return self.logits(h if all_logits else h[-1:], observe)
 
     def logits(self, h: np.ndarray, observe: Observer | None = None) -> np.ndarray:
-        x = rms_norm(h, self.norm, self.spec.rms_norm_eps)
-        if self.final_rotation is not None:
-            x = x @ self.final_rotation
+        x = lm_head_input(h, self.norm, self.final_rotation, self.spec.rms_norm_eps)
         if observe is not None:
             observe("lm_head", x)
         return x @ self.lm_head.T
@@ -289,9 +294,8 @@ class ReferenceModel:
         else:
             for c in cache:
                 c.length += 1
-        x = rms_norm(h, _f32(weights[FINAL_NORM]), s.rms_norm_eps)
-        if FINAL_ROTATION in weights:
-            x = x @ _f32(weights[FINAL_ROTATION]).T
+        rotation = _f32(weights[FINAL_ROTATION]) if FINAL_ROTATION in weights else None
+        x = lm_head_input(h, _f32(weights[FINAL_NORM]), rotation, s.rms_norm_eps)
         head = head_weight(s)
         out = np.empty((len(ids), s.vocab_size), np.float32)
         for start in range(0, s.vocab_size, block):

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import EdgekitError
 from ..families import EMBED, FINAL_NORM, FINAL_ROTATION, LM_HEAD, bias_of, layer_prefix, layer_weights
-from ..reference import KVCache, ReferenceModel, rms_norm
+from ..reference import KVCache, ReferenceModel, lm_head_input
 from ..sources.checkpoint import Checkpoint
 from ..spec import ModelSpec, weight_shapes
 from .awq import quantize_clipped, search_scales
@@ -248,13 +248,10 @@ def quantize_checkpoint(
     start = time.perf_counter()
     if recipe.reorder_residual:
         store = ReorderedResidual(spec, store, residual_order(spec, store))
-    final_rotation = None  # its quantized form, and the matrix the lm_head's inputs go through
+    final_rotation = None  # a tied model's projection after the final norm, when the stream is rotated
     if recipe.rotate_residual:
         rotated = RotatedResidual(spec, store, random_rotation(spec.hidden_size))
-        store, matrix = rotated, rotated.final_rotation()
-        if matrix is not None:  # at 8 bits: read every token, and near exact (a tied lm_head's input)
-            how = TensorRecipe(8, recipe.group_size, "rtn", False, recipe.whole_groups)
-            final_rotation = quantize_tensor(matrix, how, None)
+        store, final_rotation = rotated, rotated.final_rotation()
     names = weight_shapes(spec)
     calibrate = recipe.needs_calibration
     if calibrate and not calibration:
@@ -271,9 +268,10 @@ def quantize_checkpoint(
     records: dict[str, dict[str, Any]] = {}
     sizes: dict[str, tuple[int, int]] = {}
 
-    def put(name: str, w: np.ndarray | None, hessian: np.ndarray | None) -> None:
-        """Quantize w, or (None) the stored tensor `name` block of rows by block of rows."""
-        how = recipe.for_tensor(name, spec.num_layers)
+    def put(name: str, w: np.ndarray | None, hessian: np.ndarray | None, how: TensorRecipe | None = None) -> None:
+        """Quantize w, or (None) the stored tensor `name` block of rows by block of rows; `how`: the
+        recipe's for_tensor unless given."""
+        how = how or recipe.for_tensor(name, spec.num_layers)
         qt = quantize_tensor(w, how, hessian) if w is not None else _quantize_by_rows(store, name, how, hessian)
         quantized[name] = qt
         sizes[name] = (qt.shape[0] * qt.shape[1], qt.nbytes)
@@ -340,26 +338,19 @@ def quantize_checkpoint(
     if progress:
         progress(spec.num_layers, steps, "embedding / lm_head")
     norm = np.array(store.get(FINAL_NORM), dtype=np.float32)
+    if final_rotation is not None:  # at 8 bits: read every token, and near exact (a tied lm_head's input)
+        put(FINAL_ROTATION, final_rotation, None, TensorRecipe(8, recipe.group_size, "rtn", False, recipe.whole_groups))
+        final_rotation = quantized[FINAL_ROTATION].dequantize()
     head_hessian = None  # the lm_head's input: the final norm of the calibration states
     if calibrate:
         hs = _Hessians()
         for h in hidden:
-            x = rms_norm(h, norm, spec.rms_norm_eps)
-            hs("lm_head", x if final_rotation is None else x @ final_rotation.dequantize().T)
+            hs("lm_head", lm_head_input(h, norm, final_rotation, spec.rms_norm_eps))
         head_hessian = hs.get("lm_head")
         hidden.clear()
     if not spec.tie_word_embeddings:
         put(LM_HEAD, None, head_hessian)
     dense[FINAL_NORM] = norm
-    if final_rotation is not None:
-        quantized[FINAL_ROTATION] = final_rotation
-        sizes[FINAL_ROTATION] = (final_rotation.shape[0] * final_rotation.shape[1], final_rotation.nbytes)
-        records[FINAL_ROTATION] = {
-            "bits": 8,
-            "group_size": final_rotation.group_size,
-            "algorithm": "rtn",
-            "symmetric": False,
-        }
     put(EMBED, None, head_hessian if spec.tie_word_embeddings else None)
     if progress:
         progress(steps, steps, "done")

@@ -24,16 +24,20 @@ def edge_layers(num_layers: int) -> list[int]:
     return [n for n in range(num_layers) if n < num_layers / 8 or n >= 7 * num_layers / 8]
 
 
-def _edge_down(name: str, num_layers: int) -> bool:
+def _layer_part(name: str) -> tuple[int, str] | None:
+    """(layer, the name within it) of a decoder layer's weight: (3, 'mlp.down_proj.weight')."""
     match = LAYER_NAME.match(name)
-    if match is None or match.group(2) != "mlp.down_proj.weight":
-        return False
-    return int(match.group(1)) in edge_layers(num_layers)
+    return None if match is None else (int(match.group(1)), match.group(2))
+
+
+def _edge_down(name: str, num_layers: int) -> bool:
+    found = _layer_part(name)
+    return found is not None and found[1] == "mlp.down_proj.weight" and found[0] in edge_layers(num_layers)
 
 
 def _key(name: str) -> bool:
-    match = LAYER_NAME.match(name)
-    return match is not None and match.group(2) == "self_attn.k_proj.weight"
+    found = _layer_part(name)
+    return found is not None and found[1] == "self_attn.k_proj.weight"
 
 
 def tensor_class(name: str) -> str:
