@@ -175,7 +175,8 @@ def main() -> None:
         memo = Memo(reference.forward)
         base = {t: evaluate(ws, memo) for t, ws in texts.items()}
         for label, changes in table.items():
-            recipe = replace(DEFAULT_RECIPE, **changes)
+            # as the default export (ONNX cpu) decides it: rotated unless the changes say otherwise
+            recipe = replace(DEFAULT_RECIPE, **changes).with_rotation(True)
             calibration = None
             if recipe.needs_calibration:
                 if args.calibration:

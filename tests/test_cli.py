@@ -138,12 +138,14 @@ PROSE = "The quick brown fox jumps over the lazy dog. Paris is the capital of Fr
 
 
 def test_rotate_residual_from_the_cli(runner, tiny_models, tmp_path):
-    """--rotate-residual: the tied model gains its 8-bit final matrix; an MLX export refuses it."""
+    """The residual stream rotated by default (the tied model gains its 8-bit final matrix),
+    --no-rotate-residual turns it off; an MLX export refuses --rotate-residual."""
     text = tmp_path / "prose.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 20)
     plain, rotated = (
-        _eval_rows(runner, tiny_models["gemma"], text, "-a", "rtn", *flag)[1] for flag in ((), ("--rotate-residual",))
+        _eval_rows(runner, tiny_models["gemma"], text, "-a", "gptq", *flag)[1] for flag in (("--no-rotate-residual",), ())
     )
+    assert rotated["recipe"]["rotate_residual"] is True and plain["recipe"]["rotate_residual"] is False
     assert rotated["bits_per_weight"] > plain["bits_per_weight"] and rotated["kl"] != plain["kl"]
     result = runner.invoke(
         cli, ["export", str(tiny_models["gemma"]), "-o", str(tmp_path / "mlx"), "--format", "mlx", "--rotate-residual"]

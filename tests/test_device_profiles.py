@@ -118,6 +118,7 @@ def test_a_profiles_defaults_are_the_recipes_and_the_runtimes():
     for key in ("algorithm", "bits", "group_size", "symmetric", "embedding_bits", "lm_head_bits", "edge_down_bits"):
         assert getattr(export, key) == getattr(DEFAULT_RECIPE, key), key
     assert (export.key_bits or None) == DEFAULT_RECIPE.key_bits
+    assert export.rotate_residual is DEFAULT_RECIPE.rotate_residual is None  # decided by the artifact's runtime
     assert ALGORITHMS == RECIPE_ALGORITHMS
     assert RuntimeSettings().prefill_chunk == DEFAULT_PREFILL_CHUNK
 

@@ -116,7 +116,9 @@ def test_quantization_aware_distillation_trains_scales_and_norms(tmp_path):
     plain = edgekit.export(source, tmp_path / "plain", recipe=Recipe(algorithm="rtn"))
     config = TrainConfig(steps=12, batch_size=16, learning_rate=1e-3, warmup=1)
     qad = edgekit.export(source, tmp_path / "qad", recipe=Recipe(algorithm="rtn"), qad=config)
-    record = json.loads((qad.output / "edgekit.json").read_text())["quantization"]["recipe"]["qad"]
+    recipe = json.loads((qad.output / "edgekit.json").read_text())["quantization"]["recipe"]
+    record = recipe["qad"]
+    assert recipe["rotate_residual"] is False  # QAD's torch model does not rotate: the default is off
     assert record["loss_last"] < record["loss_first"]
     assert qad.verify["checked"] and plain.verify["checked"]
     layers = json.loads((plain.output / "edgekit.json").read_text())["quantization"]["layers"]

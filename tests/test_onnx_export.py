@@ -3,7 +3,10 @@ folder and its manifest, and bad input."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from dataclasses import replace
+from importlib.resources import files
 
 import numpy as np
 import pytest
@@ -345,3 +348,28 @@ def test_rotated_residual_exports_and_verifies(tmp_path, family):
     with pytest.raises(EdgekitError, match="rotate_residual: a mlx artifact cannot carry"):
         export(folder, tmp_path / "mlx", format="mlx", recipe=recipe)
     assert not (tmp_path / "mlx").exists()
+
+
+def test_the_default_rotates_where_the_runtime_applies_it(tmp_path):
+    """rotate_residual left at None: on for a GPTQ-rounded ONNX cpu export; off where a profile says
+    so, for MLX, for round-to-nearest, and for an artifact recorded before the switch existed."""
+    folder = write_tiny_checkpoint(tmp_path / "hf", "gemma")
+    recipe = Recipe(algorithm="gptq", group_size=32)
+    assert recipe.rotate_residual is None and recipe.with_rotation(True).rotate_residual is True
+    assert replace(recipe, reorder_residual=True).with_rotation(True).rotate_residual is False
+    assert replace(recipe, algorithm="rtn").with_rotation(True).rotate_residual is False
+
+    def recorded(output, **options):
+        export(folder, tmp_path / output, max_context=64, accuracy_level=0, **options)
+        return json.loads((tmp_path / output / "edgekit.json").read_text())["quantization"]["recipe"]
+
+    assert recorded("cpu", recipe=recipe)["rotate_residual"] is True
+    board = (files("edgekit.device_profiles") / "generic-x86-64-cpu.toml").read_text()
+    profile = tmp_path / "board.toml"
+    profile.write_text(board.replace("[export]", "[export]\nrotate_residual = false"))
+    assert recorded("profile", profile=profile)["rotate_residual"] is False
+    if importlib.util.find_spec("mlx") is not None:
+        assert recorded("mlx", recipe=recipe, format="mlx")["rotate_residual"] is False
+    old = Recipe().to_dict()
+    del old["rotate_residual"]
+    assert Recipe.from_record(old).rotate_residual is False

@@ -120,7 +120,8 @@ def recipe_options(command):
         click.option(
             "--rotate-residual/--no-rotate-residual",
             default=None,
-            help="Rotate the residual stream before quantizing (exact; ONNX cpu/cuda) [default: off].",
+            help="Rotate the residual stream before quantizing (exact) [default: on where GPTQ rounds an ONNX "
+            "cpu/cuda export; off for rtn/hqq/awq, MLX, npu and --qad-steps].",
         ),
         click.option(
             "--calibration",
@@ -406,7 +407,8 @@ def eval_command(
         raise EdgekitError(f"--source names an artifact's checkpoint; {source} is not an artifact folder")
     checkpoint = open_checkpoint(source)
     windows = token_windows(checkpoint.tokenizer.load().encode(read_text(text_path)).ids, window, max_windows)
-    recipe = None if source_only else _recipe(DEFAULT_RECIPE, *quantization)
+    # as the default export (ONNX cpu) quantizes: its runtime applies a rotated residual stream
+    recipe = None if source_only else _recipe(DEFAULT_RECIPE, *quantization).with_rotation(True)
     click.echo(f"evaluating {checkpoint.name} on {sum(len(w) for w in windows)} tokens of {text_path}", err=True)
     reference = ReferenceModel.from_checkpoint(checkpoint)
     rows = [

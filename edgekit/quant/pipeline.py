@@ -243,7 +243,9 @@ def quantize_checkpoint(
     progress: Progress | None = None,
     into: MutableMapping[str, QuantizedTensor] | None = None,
 ) -> QuantizedModel:
-    """into: where the quantized tensors go (default a dict; SpilledTensors keeps them on disk)."""
+    """into: where the quantized tensors go (default a dict; SpilledTensors keeps them on disk).
+    The recipe is taken as it is: a rotate_residual left at None rotates nothing here (export and
+    eval decide it by the runtime, Recipe.with_rotation)."""
     spec, store = checkpoint.spec, checkpoint.tensors
     start = time.perf_counter()
     if recipe.reorder_residual:

@@ -118,9 +118,10 @@ class Recipe:
     reorder_intermediate: bool = False
     # an exact random rotation of the residual stream, norm weights folded in (quant/rotate.py):
     # spreads outlier channels over every block (the off-grid copy's KL to the source -30%, SmolLM2's
-    # prose -7%, speed within 1%; README, Quantization). Opt-in: ONNX cpu/cuda only until the MLX
-    # runtime and the NPU graphs apply a tied model's final projection; not with reorder_residual
-    rotate_residual: bool = False
+    # prose -7%, speed within 1%; README, Quantization). None, the default: on where the artifact's
+    # runtime applies a tied model's final projection (ONNX cpu/cuda, the numpy reference) and GPTQ
+    # rounds; off for MLX, npu, QAD, the optimum path and round-to-nearest (with_rotation decides it)
+    rotate_residual: bool | None = None
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -177,6 +178,16 @@ class Recipe:
             raise EdgekitError(f"unknown quantization algorithm '{chosen.algorithm}' for {name}")
         return chosen
 
+    def with_rotation(self, applies: bool) -> Recipe:
+        """The recipe with rotate_residual decided: the default (None) becomes `applies`, whether the
+        runtime the weights go to applies a rotated stream's final projection, for a GPTQ-rounded
+        recipe; off with reorder_residual. Rounded to nearest, the rotated SmolLM2 lost more (x1.26 ->
+        x1.78 in blocks of 128, x1.22 -> x1.53 in blocks of 32; README, Quantization)."""
+        if self.rotate_residual is not None:
+            return self
+        rounded = self.algorithm in GPTQ_ROUNDED and not self.reorder_residual
+        return replace(self, rotate_residual=applies and rounded)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -187,6 +198,7 @@ class Recipe:
         recorded = {k: v for k, v in record.items() if k in known}
         recorded.setdefault("edge_down_bits", None)  # an artifact from before edge_down_bits
         recorded.setdefault("key_bits", None)  # ... or before key_bits
+        recorded.setdefault("rotate_residual", False)  # ... or before rotate_residual
         return cls(**recorded)
 
 
