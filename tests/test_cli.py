@@ -143,7 +143,8 @@ def test_rotate_residual_from_the_cli(runner, tiny_models, tmp_path):
     text = tmp_path / "prose.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 20)
     plain, rotated = (
-        _eval_rows(runner, tiny_models["gemma"], text, "-a", "gptq", *flag)[1] for flag in (("--no-rotate-residual",), ())
+        _eval_rows(runner, tiny_models["gemma"], text, "-a", "gptq", *flag)[1]
+        for flag in (("--no-rotate-residual",), ())
     )
     assert rotated["recipe"]["rotate_residual"] is True and plain["recipe"]["rotate_residual"] is False
     assert rotated["bits_per_weight"] > plain["bits_per_weight"] and rotated["kl"] != plain["kl"]
