@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from helpers import ALL_FAMILIES, rel_err
@@ -304,6 +306,9 @@ def test_pipeline_rotates_without_changing_the_function(tmp_path, family):
     rotation = qm.quantized[FINAL_ROTATION]
     assert rotation.shape == (checkpoint.spec.hidden_size,) * 2 and rotation.bits == 8
     assert rel_err(ReferenceModel(checkpoint.spec, qm.weights()).forward(PROMPT), source) < 3e-2
+    reseeded = quantize_checkpoint(checkpoint, replace(recipe, rotation_seed=1), [PROMPT[:32], PROMPT[16:]])
+    assert not np.array_equal(reseeded.quantized[FINAL_ROTATION].codes, rotation.codes)
+    assert rel_err(ReferenceModel(checkpoint.spec, reseeded.weights()).forward(PROMPT), source) < 3e-2
     with pytest.raises(EdgekitError, match="rotate_residual and reorder_residual"):
         Recipe(rotate_residual=True, reorder_residual=True)
 

@@ -252,7 +252,7 @@ def quantize_checkpoint(
         store = ReorderedResidual(spec, store, residual_order(spec, store))
     final_rotation = None  # a tied model's projection after the final norm, when the stream is rotated
     if recipe.rotate_residual:
-        rotated = RotatedResidual(spec, store, random_rotation(spec.hidden_size))
+        rotated = RotatedResidual(spec, store, random_rotation(spec.hidden_size, recipe.rotation_seed))
         store, final_rotation = rotated, rotated.final_rotation()
     names = weight_shapes(spec)
     calibrate = recipe.needs_calibration
