@@ -370,6 +370,9 @@ def test_the_default_rotates_where_the_runtime_applies_it(tmp_path):
     assert recorded("profile", profile=profile)["rotate_residual"] is False
     if importlib.util.find_spec("mlx") is not None:
         assert recorded("mlx", recipe=recipe, format="mlx")["rotate_residual"] is False
+    with pytest.raises(EdgekitError, match="the optimum path cannot rotate the residual stream"):
+        export(folder, tmp_path / "optimum", via="optimum", recipe=replace(recipe, rotate_residual=True))
+    assert not (tmp_path / "optimum").exists()
     old = Recipe().to_dict()
     del old["rotate_residual"]
     assert Recipe.from_record(old).rotate_residual is False
