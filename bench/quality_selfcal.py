@@ -20,6 +20,7 @@ Self-generated calibration is cached per model under out/cache/ (it is determini
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -31,7 +32,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's edgekit, not an installed one
 
 from edgekit.evaluate import evaluate
-from edgekit.quant.calibration import calibration_sequences, read_text, token_windows
+from edgekit.generation.tokenizer import TextTokenizer
+from edgekit.quant.calibration import calibration_sequences, read_text, seed_prompts, token_windows
 from edgekit.quant.pipeline import quantize_checkpoint
 from edgekit.quant.recipe import DEFAULT_RECIPE
 from edgekit.reference import ReferenceModel
@@ -80,7 +82,10 @@ SENSITIVITY: dict[str, dict[str, Any]] = {
 
 
 def self_calibration(checkpoint, name: str, recipe, reference) -> list[list[int]]:
-    path = CACHE / f"selfcal-{name}-{recipe.calibration_samples}x{recipe.calibration_window}.json"
+    """Cached per model, size and the sequences' starts (a change to seed_prompts makes a new file)."""
+    starts = seed_prompts(TextTokenizer(checkpoint.tokenizer), recipe.calibration_samples)
+    key = hashlib.sha256(json.dumps(starts).encode()).hexdigest()[:8]
+    path = CACHE / f"selfcal-{name}-{recipe.calibration_samples}x{recipe.calibration_window}-{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
     sequences = calibration_sequences(

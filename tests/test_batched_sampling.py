@@ -1,11 +1,14 @@
 """The reference's batched decode step and the self-generated calibration text built on it."""
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from helpers import ALL_FAMILIES
 
 from edgekit.generation.tokenizer import TextTokenizer
-from edgekit.quant.calibration import CHAT_SEEDS, SEEDS, seed_prompts, self_generated
+from edgekit.quant.calibration import CHAT_SEEDS, SEEDS, document_start, seed_prompts, self_generated
 from edgekit.reference import ReferenceModel
 from edgekit.sources import open_checkpoint
 
@@ -36,13 +39,36 @@ def test_self_generated_sequences_follow_the_model(tiny_models):
     tokenizer = TextTokenizer(checkpoint.tokenizer)
     assert tokenizer.chat_template is not None  # a chat model: every other seed is a user turn
     seeds = seed_prompts(tokenizer, 5)
-    assert seeds[0] == tokenizer.encode(SEEDS[0]) and seeds[2] == tokenizer.encode(SEEDS[1])
+    assert seeds[0] == seeds[2] == [tokenizer.special_id("<|endoftext|>")]  # unconditional samples
     assert seeds[1] == tokenizer.apply_chat_template([{"role": "user", "content": CHAT_SEEDS[0]}])
     for seed, ids in zip(seeds, sequences, strict=True):  # top_k=1 is greedy: each continues its seed
         assert ids[: len(seed)] == seed
         assert len(seed) < 80 and ids[len(seed) :] == model.greedy(seed, 80 - len(seed))
     assert sequences == self_generated(model, TextTokenizer(checkpoint.tokenizer), samples=5, length=80, top_k=1)
     assert all(len(s) == 8 for s in self_generated(model, tokenizer, samples=2, length=8, top_k=1))  # seeds cut
+
+
+def test_calibration_starts_where_documents_start(tiny_models):
+    """The BOS a tokenizer adds, else GPT-2-style vocabularies' separator, else the text openings."""
+    files = open_checkpoint(tiny_models["llama"]).tokenizer
+    separator = TextTokenizer(files).special_id("<|endoftext|>")
+    assert document_start(TextTokenizer(files)) == [separator]
+    spec = json.loads(files.tokenizer_json)
+    start = next(t for t in spec["added_tokens"] if t["content"] == "<|im_start|>")
+    spec["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<|im_start|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<|im_start|>": {"id": "<|im_start|>", "ids": [start["id"]], "tokens": ["<|im_start|>"]}},
+    }
+    with_bos = TextTokenizer(replace(files, tokenizer_json=json.dumps(spec)))
+    assert document_start(with_bos) == [start["id"]] == seed_prompts(with_bos, 3)[2][:1]
+    spec.pop("post_processor")
+    for token in spec["added_tokens"]:
+        token["special"] = token["content"] != "<|endoftext|>"
+    plain = TextTokenizer(replace(files, tokenizer_json=json.dumps(spec), chat_template=None))
+    assert document_start(plain) is None
+    assert seed_prompts(plain, 3) == [plain.encode(SEEDS[i]) for i in range(3)]
 
 
 @pytest.mark.parametrize("family", [*ALL_FAMILIES, "llama-gguf-q8"])

@@ -10,7 +10,7 @@ from helpers import ALL_FAMILIES, rel_err
 
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import evaluate
-from edgekit.families import EMBED, FINAL_NORM, FINAL_ROTATION
+from edgekit.families import EMBED, FINAL_NORM, FINAL_ROTATION, layer_weights
 from edgekit.quant.awq import output_error, quantize_clipped, search_scales
 from edgekit.quant.calibration import read_text, token_windows
 from edgekit.quant.gptq import _inverse_cholesky_upper, quantize_gptq
@@ -305,6 +305,10 @@ def test_pipeline_rotates_without_changing_the_function(tmp_path, family):
     qm = quantize_checkpoint(checkpoint, recipe, [PROMPT[:32], PROMPT[16:]])
     rotation = qm.quantized[FINAL_ROTATION]
     assert rotation.shape == (checkpoint.spec.hidden_size,) * 2 and rotation.bits == 8
+    for n in range(checkpoint.spec.num_layers):  # AWQ leaves the rotated stream's readers unscaled
+        lw = layer_weights(checkpoint.spec, n)
+        for norm in (lw.input_norm, lw.post_norm):
+            assert np.array_equal(qm.dense[norm], np.ones(checkpoint.spec.hidden_size, np.float32))
     assert rel_err(ReferenceModel(checkpoint.spec, qm.weights()).forward(PROMPT), source) < 3e-2
     reseeded = quantize_checkpoint(checkpoint, replace(recipe, rotation_seed=1), [PROMPT[:32], PROMPT[16:]])
     assert not np.array_equal(reseeded.quantized[FINAL_ROTATION].codes, rotation.codes)

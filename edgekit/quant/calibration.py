@@ -35,6 +35,8 @@ def token_windows(ids: list[int], window: int, count: int | None = None) -> list
     return windows
 
 
+# Text openings for a tokenizer with no document start (document_start): the sequences then begin
+# from these instead of from the model's own choice of a first token.
 SEEDS = ("The", "In", "Once upon a time", "def ", "The history of", "Scientists", "# ", "When", "A", "It")
 # Every other sequence of a model with a chat template starts from a user turn: calibration then
 # sees the template's tokens and the answers the model gives in a chat, which is how it is used.
@@ -48,18 +50,33 @@ CHAT_SEEDS = (
     "What should I pack for a weekend hike?",
     "Summarize the causes of the First World War.",
 )
+# GPT-2-style vocabularies (SmolLM, Qwen, GPT-NeoX, Phi) separate pretraining documents with this
+DOCUMENT_SEPARATOR = "<|endoftext|>"
+
+
+def document_start(tokenizer) -> list[int] | None:
+    """The tokens a pretraining document begins with: the BOS the tokenizer adds to any text (Llama,
+    Mistral, Gemma), else the separator of GPT-2-style vocabularies; None when it has neither."""
+    ids = list(tokenizer.encode(""))
+    if ids:
+        return ids
+    separator = tokenizer.special_id(DOCUMENT_SEPARATOR)
+    return None if separator is None else [separator]
 
 
 def seed_prompts(tokenizer, samples: int) -> list[list[int]]:
-    """The starts of the self-generated sequences: text openings, and for a chat model every other
-    one a user turn in its chat template."""
+    """The starts of the self-generated sequences: a document start, so that the model writes
+    whatever kind of text it holds likeliest (unconditional samples: the text its weights were fitted
+    to), and for a chat model every other one a user turn in its chat template. Without a document
+    start, text openings (SEEDS) instead. Calibrated on unconditional samples, the default export of
+    SmolLM2 and of its off-grid copy lost 3% less KL to the source on two held-out texts than from
+    the openings, for each of two rotations (README, Quality without a calibration file)."""
+    start = document_start(tokenizer)
+    opening = lambda i: start if start else tokenizer.encode(SEEDS[i % len(SEEDS)])  # noqa: E731
     if tokenizer.chat_template is None:
-        return [tokenizer.encode(SEEDS[i % len(SEEDS)]) for i in range(samples)]
+        return [opening(i) for i in range(samples)]
     turn = lambda q: tokenizer.apply_chat_template([{"role": "user", "content": q}])  # noqa: E731
-    return [
-        turn(CHAT_SEEDS[i // 2 % len(CHAT_SEEDS)]) if i % 2 else tokenizer.encode(SEEDS[i // 2 % len(SEEDS)])
-        for i in range(samples)
-    ]
+    return [turn(CHAT_SEEDS[i // 2 % len(CHAT_SEEDS)]) if i % 2 else opening(i // 2) for i in range(samples)]
 
 
 def self_generated(

@@ -298,6 +298,11 @@ def quantize_checkpoint(
         for k in w:
             store.release(k)
         points = _points(spec, n)
+        # On a rotated stream AWQ scales only the inputs the rotation does not reach (o_proj's and
+        # down_proj's): scales on the stream's readers, fitted to the calibration text, cost GPTQ
+        # held-out quality (README, Quality without a calibration file)
+        lw = layer_weights(spec, n)
+        rotated_inputs = {lw.qkv_input, lw.gate_up_input} if recipe.rotate_residual else set()
         hessians = _Hessians()
         if calibrate:
             layer = runner.build_layer(w, n)
@@ -306,6 +311,8 @@ def quantize_checkpoint(
             del layer
         for point, targets in points.items():
             hessian = hessians.get(point)
+            if point in rotated_inputs:
+                continue
             if hessian is not None and any(recipe.for_tensor(t, spec.num_layers).algorithm in SCALED for t in targets):
                 how = recipe.for_tensor(targets[0], spec.num_layers)
                 group = how.group_for(hessian.shape[0])
@@ -318,7 +325,6 @@ def quantize_checkpoint(
                 _fold_awq(spec, n, w, point, s)
                 hessians.rescale(point, s)
         if recipe.reorder_intermediate:
-            lw = layer_weights(spec, n)
             order = intermediate_order(w[lw.down])
             reorder_intermediate(spec, n, w, order)
             if lw.down_input in hessians.sums:
