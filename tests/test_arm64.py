@@ -46,7 +46,10 @@ PROMPT_TOKENS = 8  # the rest of TEXT's tokens are fed as cached decode steps
 # SmolLM2 3.6%), on x86-64's VNNI kernels and arm64's dot-product ones alike; the README's
 # deployment section has the numbers. A wrong block, scale or zero point moves them by over 50%.
 INT8_TOLERANCE = 5e-2
-WORSE_THAN_X86 = 1.25  # arm64's error may exceed x86-64's on the same run by a quarter (+ 1e-3)
+# arm64's root mean square error may exceed x86-64's on the same run by a quarter (+ 1e-4). Not the
+# max over every logit: two roundings of one run put their largest miss on different logits, and
+# that ratio moved from 1.0 to 1.45 with the same kernels when the weights changed
+WORSE_THAN_X86 = 1.25
 MIN_TOP1 = 0.9
 # The Pi 4's Cortex-A72 has no dot product: ONNX Runtime's MatMulNBits takes its float32 kernels
 # there whatever the accuracy level, so its logits are the reference's within the export verify's
@@ -153,10 +156,13 @@ def device_logits(root: Path, core: str, python: str, checks: dict[str, dict]) -
         return {name: out[name] for name in checks}
 
 
-def agreement(got: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
-    """(max |difference| over the largest |logit|, top-1 agreement): the export verify's measures."""
-    error = float(np.abs(got - expected).max() / np.abs(expected).max())
-    return error, float(np.mean(got.argmax(-1) == expected.argmax(-1)))
+def agreement(got: np.ndarray, expected: np.ndarray) -> tuple[float, float, float]:
+    """(max |difference| over the largest |logit|, top-1 agreement): the export verify's measures;
+    and the root mean square difference over the same largest |logit|."""
+    scale = np.abs(expected).max()
+    error = float(np.abs(got - expected).max() / scale)
+    rms = float(np.sqrt(np.mean(np.square(got - expected))) / scale)
+    return error, float(np.mean(got.argmax(-1) == expected.argmax(-1))), rms
 
 
 def free_port() -> int:
@@ -214,14 +220,15 @@ def record(measured: dict) -> None:
 def check_logits(got: dict[str, np.ndarray], checks: dict[str, dict], core: str) -> dict:
     measured = {}
     for name, check in checks.items():
-        error, top1 = agreement(got[name], check["expected"])
-        host_error, host_top1 = agreement(host_logits(check), check["expected"])
-        measured[name] = {"core": core, "max_rel_error": error, "top1": top1,
-                          "x86_64_max_rel_error": host_error, "x86_64_top1": host_top1}  # fmt: skip
+        error, top1, rms = agreement(got[name], check["expected"])
+        host_error, host_top1, host_rms = agreement(host_logits(check), check["expected"])
+        measured[name] = {"core": core, "max_rel_error": error, "top1": top1, "rms_rel_error": rms,
+                          "x86_64_max_rel_error": host_error, "x86_64_top1": host_top1,
+                          "x86_64_rms_rel_error": host_rms}  # fmt: skip
     record({f"{core} {name}": values for name, values in measured.items()})
     for name, m in measured.items():
         assert m["max_rel_error"] < INT8_TOLERANCE and m["top1"] >= MIN_TOP1, (name, m)
-        assert m["max_rel_error"] <= WORSE_THAN_X86 * m["x86_64_max_rel_error"] + 1e-3, (name, m)
+        assert m["rms_rel_error"] <= WORSE_THAN_X86 * m["x86_64_rms_rel_error"] + 1e-4, (name, m)
         assert (m["max_rel_error"] > TOLERANCE) == INT8_COMPUTE[core], (name, m)
     return measured
 
