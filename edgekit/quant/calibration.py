@@ -57,7 +57,7 @@ DOCUMENT_SEPARATOR = "<|endoftext|>"
 def document_start(tokenizer) -> list[int] | None:
     """The tokens a pretraining document begins with: the BOS the tokenizer adds to any text (Llama,
     Mistral, Gemma), else the separator of GPT-2-style vocabularies; None when it has neither."""
-    ids = list(tokenizer.encode(""))
+    ids = tokenizer.encode("")
     if ids:
         return ids
     separator = tokenizer.special_id(DOCUMENT_SEPARATOR)
