@@ -13,14 +13,14 @@ from edgekit.evaluate import evaluate
 from edgekit.families import EMBED, FINAL_NORM, FINAL_ROTATION, layer_weights
 from edgekit.quant.awq import output_error, quantize_clipped, search_scales
 from edgekit.quant.calibration import read_text, token_windows
-from edgekit.quant.gptq import _inverse_cholesky_upper, quantize_gptq
+from edgekit.quant.gptq import _inverse_cholesky_upper, gptq_factor, quantize_gptq
 from edgekit.quant.hqq import quantize_hqq
 from edgekit.quant.pipeline import _fold_awq, _points, quantize_checkpoint
 from edgekit.quant.recipe import Recipe, edge_layers
 from edgekit.quant.reorder import ReorderedResidual, intermediate_order, reorder_intermediate, residual_order
 from edgekit.quant.rotate import RotatedResidual, random_rotation
 from edgekit.quant.rtn import quantize_rtn
-from edgekit.quant.tensor import layer_group
+from edgekit.quant.tensor import grouped, layer_group, minmax_params, searched_params
 from edgekit.reference import KVCache, ReferenceModel
 from edgekit.sources import open_checkpoint
 from edgekit.testing import write_tiny_checkpoint
@@ -82,6 +82,44 @@ def test_gptq_weighted_grid_lowers_the_output_error(layer_problem, group, symmet
     weighted = quantize_gptq(w, h, 4, group, symmetric)
     assert weighted.shape == plain.shape and weighted.codes.shape == plain.codes.shape
     assert output_error(w, weighted.dequantize(), h) < 0.95 * output_error(w, plain.dequantize(), h)
+
+
+@pytest.mark.parametrize("group", [32, 128])
+def test_gptq_lazy_updates_match_one_input_at_a_time(layer_problem, group):
+    """quantize_gptq pushes each input's rounding error on in slices, blocks and the rest; GPTQ's
+    definition pushes it onto every input not yet rounded at once. Same static groups, same codes
+    (float rounding may move a code on a tie)."""
+    w, h = layer_problem
+    qt = quantize_gptq(w, h, 4, group)
+    factor = gptq_factor(h, group)
+    rest = w[:, factor.order].astype(np.float64)  # the factor's order (k is a multiple of the group)
+    u = factor.hinv.astype(np.float64)
+    scales, zeros = qt.scales[:, factor.order // group], qt.zeros[:, factor.order // group]
+    codes = np.zeros(w.shape, np.uint8)
+    for i in range(w.shape[1]):
+        q = np.clip(np.rint(rest[:, i] / scales[:, i] + zeros[:, i]), 0, 15)
+        codes[:, factor.order[i]] = q
+        err = (rest[:, i] - (q - zeros[:, i]) * scales[:, i]) / u[i, i]
+        rest[:, i + 1 :] -= np.outer(err, u[i, i + 1 :])
+    assert np.mean(codes != qt.codes) < 1e-3
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("norm", [2.0, 2.4])
+def test_range_search_finds_each_groups_best_shrink(symmetric, norm):
+    """searched_params against trying every shrink factor on every group, one at a time."""
+    rng = np.random.default_rng(4)
+    wg = grouped(rng.standard_t(3, (40, 96)).astype(np.float32), 32)
+    importance = rng.uniform(0.1, 2.0, (1, 3, 32)).astype(np.float32)
+    scales, zeros = searched_params(wg, 4, symmetric, importance, norm, grid=6, max_shrink=0.3, rows=16)
+    for r, g in np.ndindex(wg.shape[:2]):
+        errors = []
+        for shrink in np.linspace(1.0, 0.7, 6):
+            s, z = minmax_params(wg[r : r + 1, g : g + 1] * np.float32(shrink), 4, symmetric)
+            z = np.full(s.shape, 8, np.float32) if z is None else z
+            q = np.clip(np.rint(wg[r, g] / s[0, 0] + z[0, 0]), 0, 15)
+            errors.append((np.sum(np.abs((q - z[0, 0]) * s[0, 0] - wg[r, g]) ** norm * importance[0, g]), s[0, 0]))
+        assert scales[r, g] == min(errors, key=lambda e: e[0])[1]
 
 
 @pytest.mark.parametrize("group", [32, 64, 128])

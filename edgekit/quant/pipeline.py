@@ -96,7 +96,7 @@ class DequantizedWeights(Mapping[str, np.ndarray]):
 def quantize_tensor(
     w: np.ndarray, how: TensorRecipe, hessian: np.ndarray | None, factor: GptqFactor | None = None
 ) -> QuantizedTensor:
-    """factor: GPTQ's factor of `hessian` (gptq_factor), when several blocks of rows share it."""
+    """factor: GPTQ's factor of `hessian` (gptq_factor), when several weights or blocks of rows share it."""
     group = how.group_for(w.shape[1])
     if how.algorithm in GPTQ_ROUNDED and hessian is not None:
         qt = quantize_gptq(w, hessian, how.bits, group, how.symmetric, factor=factor)
@@ -202,6 +202,15 @@ def _awq_rms(spec: ModelSpec, point: str, hessian: np.ndarray) -> np.ndarray | N
     return np.repeat(d[:, None, :], spec.num_heads // spec.num_kv_heads, axis=1).reshape(-1)
 
 
+def _shared_factor(hows: list[TensorRecipe], hessian: np.ndarray | None) -> GptqFactor | None:
+    """GPTQ's factor of the Hessian that several weights (q/k/v, gate/up) read, computed once for
+    all of them when each is GPTQ-rounded in the same group size; else None (each computes its own)."""
+    if hessian is None or len(hows) < 2 or any(how.algorithm not in GPTQ_ROUNDED for how in hows):
+        return None
+    groups = {how.group_for(hessian.shape[0]) for how in hows}
+    return gptq_factor(hessian, groups.pop()) if len(groups) == 1 else None
+
+
 ROW_BLOCK = 2048  # output rows quantized at a time for the big matrices (embedding, lm_head)
 
 
@@ -270,11 +279,17 @@ def quantize_checkpoint(
     records: dict[str, dict[str, Any]] = {}
     sizes: dict[str, tuple[int, int]] = {}
 
-    def put(name: str, w: np.ndarray | None, hessian: np.ndarray | None, how: TensorRecipe | None = None) -> None:
+    def put(
+        name: str,
+        w: np.ndarray | None,
+        hessian: np.ndarray | None,
+        how: TensorRecipe | None = None,
+        factor: GptqFactor | None = None,
+    ) -> None:
         """Quantize w, or (None) the stored tensor `name` block of rows by block of rows; `how`: the
-        recipe's for_tensor unless given."""
+        recipe's for_tensor unless given; factor: GPTQ's factor of `hessian`, when shared."""
         how = how or recipe.for_tensor(name, spec.num_layers)
-        qt = quantize_tensor(w, how, hessian) if w is not None else _quantize_by_rows(store, name, how, hessian)
+        qt = quantize_tensor(w, how, hessian, factor) if w is not None else _quantize_by_rows(store, name, how, hessian)
         quantized[name] = qt
         sizes[name] = (qt.shape[0] * qt.shape[1], qt.nbytes)
         w_shape = qt.shape
@@ -330,8 +345,10 @@ def quantize_checkpoint(
             if lw.down_input in hessians.sums:
                 hessians.reorder(lw.down_input, order)
         for point, targets in points.items():
+            hessian = hessians.get(point)
+            factor = _shared_factor([recipe.for_tensor(t, spec.num_layers) for t in targets], hessian)
             for t in targets:
-                put(t, w.pop(t), hessians.get(point))
+                put(t, w.pop(t), hessian, factor=factor)
             hessians.drop(point)
         dense.update(w)  # what is left: norms, biases
         # Loop variables outlive an iteration: without these dels the float layers and Hessians of

@@ -175,8 +175,11 @@ def minmax_params(wg: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndarra
         extreme = np.take_along_axis(wg, idx, axis=-1)[..., 0]
         scales = fp16(extreme / -(2 ** (bits - 1)))  # may be negative: llama.cpp's Q4_0 does the same
         return np.where(scales == 0, fp16(np.float32(1e-4)), scales), None
-    lo = np.minimum(wg.min(axis=-1), 0)
-    hi = np.maximum(wg.max(axis=-1), 0)
+    return _range_params(np.minimum(wg.min(axis=-1), 0), np.maximum(wg.max(axis=-1), 0), qmax)
+
+
+def _range_params(lo: np.ndarray, hi: np.ndarray, qmax) -> tuple[np.ndarray, np.ndarray]:
+    """Scales and zero points mapping [lo, hi] (lo <= 0 <= hi) onto the codes 0..qmax."""
     scales = fp16((hi - lo) / qmax)
     scales = np.where(scales == 0, fp16(np.float32(1e-4)), scales)
     zeros = np.clip(np.rint(-lo / scales), 0, qmax).astype(np.float32)
@@ -206,18 +209,36 @@ def searched_params(
     that minimizes sum importance * |w - q(w)|^norm over each group of grouped weights [N, G, g].
     `rows` output rows at a time, which bounds the temporaries of the search."""
     mid = np.float32(2 ** (bits - 1))
+    qmax = np.float32(2**bits - 1)
     best_s = np.zeros(wg.shape[:2], np.float32)
     best_z = np.full(wg.shape[:2], mid, np.float32)
     for r0 in range(0, wg.shape[0], rows):
         part = wg[r0 : r0 + rows]
         weight = importance if importance is None or importance.shape[0] == 1 else importance[r0 : r0 + rows]
         best_err = np.full(part.shape[:2], np.inf, np.float32)
+        # Rounding is monotonic, so the extremes of the shrunk weights are the shrunk extremes:
+        # taken once here instead of once per shrink factor.
+        lo = np.minimum(part.min(axis=-1), 0)
+        hi = np.maximum(part.max(axis=-1), 0)
+        diff = np.empty_like(part)  # one buffer for every step's error terms
         for shrink in np.linspace(1.0, 1.0 - max_shrink, grid):
-            s, z = minmax_params(part * np.float32(shrink), bits, symmetric)
+            if symmetric:
+                s, z = minmax_params(part * np.float32(shrink), bits, symmetric)
+            else:
+                s, z = _range_params(lo * np.float32(shrink), hi * np.float32(shrink), qmax)
             z_full = np.full(s.shape, mid, np.float32) if z is None else z
-            q = encode(part, s, z_full, bits).astype(np.float32)
-            diff = np.abs((q - z_full[..., None]) * s[..., None] - part) ** norm
-            err = np.sum(diff * weight if weight is not None else diff, axis=-1)
+            np.divide(part, np.where(s == 0, 1.0, s)[..., None], out=diff)  # encode(), unrolled in place
+            diff += z_full[..., None]
+            np.rint(diff, out=diff)
+            np.clip(diff, 0, qmax, out=diff)
+            diff -= z_full[..., None]
+            diff *= s[..., None]
+            diff -= part
+            np.abs(diff, out=diff)
+            np.power(diff, norm, out=diff)
+            if weight is not None:
+                diff *= weight
+            err = diff.sum(axis=-1)
             better = err < best_err
             best_err = np.where(better, err, best_err)
             best_s[r0 : r0 + rows] = np.where(better, s, best_s[r0 : r0 + rows])
