@@ -152,7 +152,7 @@ def quantize_gptq(
     if zeros is None:
         zeros = np.full(scales.shape, 2 ** (bits - 1), np.float32)
     # visiting order, one input per row: a column of the weights is a contiguous row here
-    weights = np.ascontiguousarray((padded if padded is not None else np.asarray(w, dtype=np.float32))[:, order].T)
+    weights = (padded if padded is not None else np.asarray(w, dtype=np.float32)).T[order]  # one copy, C order
     del padded
 
     codes = np.zeros((kp, n), np.uint8)
