@@ -192,8 +192,8 @@ def test_stop_strings_eos_budget_and_streaming_keep_working(tiny_artifact):
     assert "".join(c.text for c in chunks) == plain.text and chunks[-1].stats.accepted_tokens > 0
 
 
-def test_the_kv_prefix_cache_between_calls_holds_the_accepted_tokens(tiny_artifact):
-    engine = edgekit.load(tiny_artifact, profile=None)
+def test_the_kv_prefix_cache_between_calls_holds_the_accepted_tokens(tiny_artifact_float32):
+    engine = edgekit.load(tiny_artifact_float32, profile=None)
     prompt = copy_prompt(engine)
     first = engine.generate(prompt, speculation="lookup", **GREEDY)
     follow = [*prompt, *first.token_ids, 11, 12]
