@@ -240,6 +240,23 @@ def test_failed_verification_leaves_nothing(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no output, no temporary folder
 
 
+def test_export_measures_the_deployed_graph_on_this_cpu(tmp_path, monkeypatch):
+    """The float32-compute graph is checked exactly; model.onnx as deployed (int8 compute on this
+    CPU's kernels) is measured on the same tokens and recorded, with a warning past 0.1."""
+    folder = write_tiny_checkpoint(tmp_path / "hf", "llama")
+    verify = export(folder, tmp_path / "int8", recipe=Recipe(algorithm="rtn"), max_context=64).verify
+    deployed = verify["int8_compute"]
+    assert deployed["positions"] == verify["positions"] and deployed["tolerance"] == 0.1
+    assert verify["max_rel_error"] < deployed["max_rel_error"] < 5e-2  # int8 rounds; not by much
+    exact = export(folder, tmp_path / "f32", recipe=Recipe(algorithm="rtn"), max_context=64, accuracy_level=0)
+    assert "int8_compute" not in exact.verify  # nothing but the float32 graph to run
+    monkeypatch.setattr("edgekit.exporters.onnx.INT8_COMPUTE_WARNING", 1e-9)
+    args = ["export", str(folder), "-o", str(tmp_path / "warned"), "-a", "rtn", "--max-context", "64"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "warning: ONNX Runtime's int8 kernels on this CPU move this artifact's logits" in result.output
+
+
 def test_existing_output_needs_overwrite(artifact, tmp_path):
     folder = write_tiny_checkpoint(tmp_path / "hf", "llama")
     with pytest.raises(EdgekitError, match="already exists"):
@@ -254,6 +271,8 @@ def test_cli_export_and_run(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "verify: logits within" in result.output
+    assert "as deployed, int8 compute on this CPU: logits within" in result.output
+    assert "warning" not in result.output
     result = runner.invoke(cli, ["run", str(tmp_path / "art"), "-p", "Hello", "-n", "4"])
     assert result.exit_code == 0, result.output
     assert "tokens/s" in result.output and "(onnx, profile generic-" in result.output

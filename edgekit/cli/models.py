@@ -340,6 +340,16 @@ def export(
     )
     if "int8_kv_cache" in verify:
         click.echo(f"verify, int8 KV cache: {agreement(verify['int8_kv_cache'])}")
+    deployed = verify.get("int8_compute")
+    if deployed:
+        click.echo(f"as deployed, int8 compute on this CPU: {agreement(deployed)}")
+        if deployed["max_rel_error"] > deployed["tolerance"]:
+            click.echo(
+                "warning: ONNX Runtime's int8 kernels on this CPU move this artifact's logits "
+                f"{deployed['max_rel_error']:.1e} of the largest from its weights' own; a calibrated "
+                "recipe (the default awq-gptq) or --accuracy-level 0 (float32 compute) keeps them closer",
+                err=True,
+            )
 
 
 @cli.command("eval")

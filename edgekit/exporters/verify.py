@@ -16,6 +16,11 @@ from ..spec import ModelSpec
 TOLERANCE = 1e-3  # max |logit difference| over the largest |logit|
 FLOAT16_TOLERANCE = 1e-2  # the same for a graph with float16 activations, KV cache and scales
 KV8_TOLERANCE = 5e-2  # the same for a graph whose KV cache is int8 (per head and channel scales)
+# the graph as deployed, int8 compute on this CPU's kernels: past this the export warns. On an
+# AVX2-only host SmolLM2's default export measured 4.3e-2 here and answers well; round-to-nearest
+# with every down projection at 4 bits 6.6e-2 here, 12.7e-2 at a chat prompt's last position, and
+# answered nonsense. A max over a few positions is a coarse judge, so the bound is generous.
+INT8_COMPUTE_WARNING = 1e-1
 
 
 def run_greedy(runtime: Runtime, prompt: list[int], steps: int) -> tuple[list[int], np.ndarray]:
@@ -44,13 +49,19 @@ def reference_logits(
     return reference.forward_streamed(weights, ids)[prompt_length - 1 :]
 
 
-def compare(got: np.ndarray, expected: np.ndarray, what: str, tolerance: float = TOLERANCE) -> dict[str, Any]:
-    """Raises when got's logits are not expected's within tolerance x the largest |logit|."""
+def measure(got: np.ndarray, expected: np.ndarray, tolerance: float) -> dict[str, Any]:
+    """How far got's logits are from expected's: the largest |difference| over the largest |logit|."""
     error = float(np.abs(got - expected).max() / np.abs(expected).max())
     agree = float(np.mean(got.argmax(-1) == expected.argmax(-1)))
-    if error > tolerance:
-        raise EdgekitError(
-            f"verification failed: {what} logits differ from the reference by {error:.2e} "
-            f"(tolerance {tolerance:.2g}), top-1 agreement {agree:.0%}; nothing was written"
-        )
     return {"max_rel_error": error, "tolerance": tolerance, "top1_agreement": agree, "positions": len(got)}
+
+
+def compare(got: np.ndarray, expected: np.ndarray, what: str, tolerance: float = TOLERANCE) -> dict[str, Any]:
+    """Raises when got's logits are not expected's within tolerance x the largest |logit|."""
+    result = measure(got, expected, tolerance)
+    if result["max_rel_error"] > tolerance:
+        raise EdgekitError(
+            f"verification failed: {what} logits differ from the reference by {result['max_rel_error']:.2e} "
+            f"(tolerance {tolerance:.2g}), top-1 agreement {result['top1_agreement']:.0%}; nothing was written"
+        )
+    return result
