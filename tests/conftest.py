@@ -29,27 +29,27 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {family: write_tiny_checkpoint(root / family, family) for family in ALL_FAMILIES}
 
 
-@pytest.fixture(scope="session")
-def tiny_artifact(tiny_models, tmp_path_factory) -> Path:
-    """A tiny llama exported to ONNX (round-to-nearest: no calibration, so it takes a second)."""
+def _tiny_onnx(tiny_models, tmp_path_factory, name: str, **options) -> Path:
+    """The tiny llama exported to ONNX with round-to-nearest (no calibration, so it takes a second)."""
     from edgekit import export
     from edgekit.quant.recipe import Recipe
 
-    out = tmp_path_factory.mktemp("artifact") / "tiny-llama-onnx"
-    export(tiny_models["llama"], out, recipe=Recipe(algorithm="rtn"), max_context=128)
+    out = tmp_path_factory.mktemp("artifact") / name
+    export(tiny_models["llama"], out, recipe=Recipe(algorithm="rtn"), max_context=128, **options)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny_models, tmp_path_factory) -> Path:
+    """A tiny llama exported to ONNX, int8 compute as deployed."""
+    return _tiny_onnx(tiny_models, tmp_path_factory, "tiny-llama-onnx")
 
 
 @pytest.fixture(scope="session")
 def tiny_artifact_float32(tiny_models, tmp_path_factory) -> Path:
     """tiny_artifact with float32 compute (accuracy level 0): for tests that compare two ways of
     running the same tokens (cached or not, verified or stepped), which int8 compute rounds apart."""
-    from edgekit import export
-    from edgekit.quant.recipe import Recipe
-
-    out = tmp_path_factory.mktemp("artifact") / "tiny-llama-onnx-float32"
-    export(tiny_models["llama"], out, recipe=Recipe(algorithm="rtn"), max_context=128, accuracy_level=0)
-    return out
+    return _tiny_onnx(tiny_models, tmp_path_factory, "tiny-llama-onnx-float32", accuracy_level=0)
 
 
 @pytest.fixture(scope="session")

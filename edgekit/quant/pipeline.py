@@ -203,9 +203,9 @@ def _awq_rms(spec: ModelSpec, point: str, hessian: np.ndarray) -> np.ndarray | N
 
 
 def _shared_factor(hows: list[TensorRecipe], hessian: np.ndarray | None) -> GptqFactor | None:
-    """GPTQ's factor of the Hessian that several weights (q/k/v, gate/up) read, computed once for
-    all of them when each is GPTQ-rounded in the same group size; else None (each computes its own)."""
-    if hessian is None or len(hows) < 2 or any(how.algorithm not in GPTQ_ROUNDED for how in hows):
+    """GPTQ's factor of the Hessian that several weights (q/k/v, gate/up) or blocks of rows read,
+    computed once for all of them when each is GPTQ-rounded in the same group size; else None."""
+    if hessian is None or any(how.algorithm not in GPTQ_ROUNDED for how in hows):
         return None
     groups = {how.group_for(hessian.shape[0]) for how in hows}
     return gptq_factor(hessian, groups.pop()) if len(groups) == 1 else None
@@ -218,10 +218,8 @@ def _quantize_by_rows(store, name: str, how: TensorRecipe, hessian: np.ndarray |
     """Every algorithm used here treats output rows independently (AWQ's scales, which do not, are
     folded before), so a vocabulary-sized matrix is quantized a block of rows at a time, into
     arrays allocated once."""
-    n, k = store.infos()[name].shape
-    factor = None
-    if how.algorithm in GPTQ_ROUNDED and hessian is not None:  # factored once, not per block
-        factor = gptq_factor(hessian, how.group_for(k))
+    n = store.infos()[name].shape[0]
+    factor = _shared_factor([how], hessian)  # factored once, not per block
     whole: QuantizedTensor | None = None
     for start in range(0, n, ROW_BLOCK):
         stop = min(n, start + ROW_BLOCK)

@@ -218,8 +218,9 @@ def searched_params(
         best_err = np.full(part.shape[:2], np.inf, np.float32)
         # Rounding is monotonic, so the extremes of the shrunk weights are the shrunk extremes:
         # taken once here instead of once per shrink factor.
-        lo = np.minimum(part.min(axis=-1), 0)
-        hi = np.maximum(part.max(axis=-1), 0)
+        if not symmetric:
+            lo = np.minimum(part.min(axis=-1), 0)
+            hi = np.maximum(part.max(axis=-1), 0)
         diff = np.empty_like(part)  # one buffer for every step's error terms
         for shrink in np.linspace(1.0, 1.0 - max_shrink, grid):
             if symmetric:
