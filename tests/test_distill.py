@@ -118,11 +118,36 @@ def test_quantization_aware_distillation_trains_scales_and_norms(tmp_path):
     qad = edgekit.export(source, tmp_path / "qad", recipe=Recipe(algorithm="rtn"), qad=config)
     recipe = json.loads((qad.output / "edgekit.json").read_text())["quantization"]["recipe"]
     record = recipe["qad"]
-    assert recipe["rotate_residual"] is False  # QAD's torch model does not rotate: the default is off
+    assert recipe["rotate_residual"] is False  # rounded to nearest: the default does not rotate
     assert record["loss_last"] < record["loss_first"]
     assert qad.verify["checked"] and plain.verify["checked"]
     layers = json.loads((plain.output / "edgekit.json").read_text())["quantization"]["layers"]
     assert layers == json.loads((qad.output / "edgekit.json").read_text())["quantization"]["layers"]
+
+
+@pytest.mark.parametrize("family", ["gemma", "qwen2"])  # a tied lm_head (the final matrix) and an untied one
+def test_qad_trains_a_rotated_residual_stream(family, tmp_path):
+    """The default rotates the stream where GPTQ rounds; QAD's student computes the rotated model's
+    function (a tied model's final matrix included) and trains it; the artifact verifies."""
+    from edgekit.families import FINAL_ROTATION
+    from edgekit.quant.pipeline import quantize_checkpoint
+
+    source = write_tiny_checkpoint(tmp_path / family, family)
+    checkpoint = open_checkpoint(source)
+    recipe = Recipe(algorithm="gptq", group_size=32, rotate_residual=True)
+    ids = list(range(3, 40))
+    qm = quantize_checkpoint(checkpoint, recipe, [ids])
+    assert (FINAL_ROTATION in qm.quantized) == checkpoint.spec.tie_word_embeddings
+    want = edgekit.ReferenceModel(checkpoint.spec, qm.weights()).forward(ids)
+    student = Decoder(checkpoint.spec, Weights(qm.dense, dict(qm.quantized.items()), trainable=False))
+    got = student(torch.tensor([ids])).detach().numpy()[0]
+    assert np.abs(got - want).max() / np.abs(want).max() < 1e-5
+    config = TrainConfig(steps=12, batch_size=16, learning_rate=1e-3, warmup=1)
+    qad = edgekit.export(source, tmp_path / "qad", recipe=Recipe(algorithm="gptq", group_size=32), qad=config)
+    recipe_record = json.loads((qad.output / "edgekit.json").read_text())["quantization"]["recipe"]
+    assert recipe_record["rotate_residual"] is True  # the default for a GPTQ-rounded ONNX cpu export
+    assert recipe_record["qad"]["loss_last"] < recipe_record["qad"]["loss_first"]
+    assert qad.verify["checked"] and qad.verify["top1_agreement"] == 1.0
 
 
 def test_quantized_weight_round_trip_keeps_codes_and_integer_zero_points():

@@ -121,7 +121,7 @@ def recipe_options(command):
             "--rotate-residual/--no-rotate-residual",
             default=None,
             help="Rotate the residual stream before quantizing (exact) [default: on where GPTQ rounds an ONNX "
-            "cpu/cuda export; off for rtn/hqq/awq, MLX, npu and --qad-steps].",
+            "cpu/cuda export; off for rtn/hqq/awq, MLX and npu].",
         ),
         click.option(
             "--calibration",

@@ -12,7 +12,15 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from ..families import EMBED, FINAL_NORM, LayerWeights, embedding_scale, head_weight, layer_weights
+from ..families import (
+    EMBED,
+    FINAL_NORM,
+    FINAL_ROTATION,
+    LayerWeights,
+    embedding_scale,
+    head_weight,
+    layer_weights,
+)
 from ..quant.tensor import QuantizedTensor
 from ..rope import rope_tables
 from ..spec import ModelSpec
@@ -198,6 +206,8 @@ class Decoder(nn.Module):
         for n in range(s.num_layers):
             h = self.layer(n, h, mask)
         x = rms_norm(h, w[FINAL_NORM], s.rms_norm_eps)
+        if FINAL_ROTATION in w:  # a rotated stream's final projection (quant/rotate.py)
+            x = F.linear(x, w[FINAL_ROTATION])
         head = embed if s.tie_word_embeddings else w[head_weight(s)]
         return F.linear(x, head)
 

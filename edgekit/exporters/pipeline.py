@@ -280,11 +280,7 @@ def export(
     writer.require(checkpoint.spec.family)
     if qad is not None:
         require("torch", "distill")
-        if plan.recipe.rotate_residual:
-            raise EdgekitError(
-                "rotate_residual: quantization-aware distillation does not rotate yet; leave one of them off"
-            )
-    recipe = plan.recipe.with_rotation(writer.rotation and qad is None)
+    recipe = plan.recipe.with_rotation(writer.rotation)
     limit = checkpoint.spec.max_position_embeddings
     context = min(plan.max_context or limit, limit)
     sequences = None

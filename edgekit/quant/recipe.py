@@ -120,7 +120,7 @@ class Recipe:
     # spreads outlier channels over every block (the off-grid copy's KL to the source -30%, SmolLM2's
     # prose -7%, speed within 1%; README, Quantization). None, the default: on where the artifact's
     # runtime applies a tied model's final projection (ONNX cpu/cuda, the numpy reference) and GPTQ
-    # rounds; off for MLX, npu, QAD, the optimum path and round-to-nearest (with_rotation decides it)
+    # rounds; off for MLX, npu, the optimum path and round-to-nearest (with_rotation decides it)
     rotate_residual: bool | None = None
     # the rotation's seed (quant/rotate.random_rotation): the self-calibrated quality moves with it
     # by several percent (SmolLM2's prose x1.23-1.35 over two seeds; README, Quantization)
