@@ -12,6 +12,7 @@ recipe, model and text, so runs add up into one table.
     python bench/quality_selfcal.py default awq-gptq-g32          # recipes named in RECIPES
     python bench/quality_selfcal.py default --calibration FILE   # calibrated on a file instead
     python bench/quality_selfcal.py --sensitivity                # which tensors lose the most
+    python bench/quality_selfcal.py default --qad-steps 40       # then quantization-aware distillation
 
 The edgekit measured is this checkout's (the script puts its root first on sys.path).
 Self-generated calibration is cached per model under out/cache/ (it is deterministic: seed 0).
@@ -96,6 +97,34 @@ def self_calibration(checkpoint, name: str, recipe, reference) -> list[list[int]
     return sequences
 
 
+def qad_record(args, checkpoint, name: str, qm, calibration, reference) -> dict[str, Any]:
+    """QAD of `qm` in place, as the export runs it (7/8 of its text trained on, 1/8 held out for early
+    stopping): on the calibration sequences, or on --qad-samples windows sampled from the model."""
+    from edgekit.distill.qad import qad_config, quantization_aware_distill
+
+    text = calibration or []
+    if args.qad_samples:
+        path = CACHE / f"qadtext-{name}-{args.qad_samples}x{args.qad_window}.json"
+        if not path.is_file():
+            started = time.perf_counter()
+            sequences = calibration_sequences(checkpoint, args.qad_window, args.qad_samples, None, reference)
+            path.write_text(json.dumps(sequences))
+            print(f"sampled {args.qad_samples} x {args.qad_window} tokens in {time.perf_counter() - started:.0f} s")
+        text = json.loads(path.read_text())
+    held = text[-max(1, len(text) // 8) :]
+    started = time.perf_counter()
+    record = quantization_aware_distill(
+        checkpoint,
+        qm,
+        text[: len(text) - len(held)],
+        qad_config(args.qad_steps),
+        held_out=held,
+        progress=lambda step, total, info: print(f"  QAD step {step}/{total}: loss {info['loss']:.4f}", flush=True),
+    )
+    keep = ("steps_run", "kept_step", "loss_first", "loss_last", "held_out_before", "held_out_after")
+    return {**{k: record.get(k) for k in keep}, "seconds": time.perf_counter() - started}
+
+
 def held_out_windows(tokenizer, names: list[str], window: int, count: int) -> dict[str, list[list[int]]]:
     """`count` windows of `window` token ids of each named text in TEXTS."""
     return {t: token_windows(tokenizer.encode(read_text(TEXTS[t])).ids, window, count) for t in names}
@@ -134,6 +163,15 @@ def main() -> None:
     parser.add_argument(
         "--gptq-plain-grid", action="store_true", help="GPTQ's static-group ranges searched unweighted (before)"
     )
+    parser.add_argument(
+        "--qad-steps", type=int, help="then QAD as `edgekit export --qad-steps` runs it (torch; on the calibration)"
+    )
+    parser.add_argument(
+        "--qad-samples",
+        type=int,
+        help="QAD on this many windows the model samples itself (cached), not on the calibration sequences",
+    )
+    parser.add_argument("--qad-window", type=int, default=128, help="their length in tokens")
     parser.add_argument("-o", "--output", default="bench/results/quality_selfcal.json")
     args = parser.parse_args()
 
@@ -152,6 +190,9 @@ def main() -> None:
         gptq.gptq_factor.__defaults__ = (args.gptq_damp, True)
         gptq.quantize_gptq.__kwdefaults__["damp"] = args.gptq_damp
         table = {f"{label} damp {args.gptq_damp}": changes for label, changes in table.items()}
+    if args.qad_steps:
+        qad_text = f"self-generated {args.qad_samples} x {args.qad_window}" if args.qad_samples else "the calibration"
+        table = {f"{label}, QAD {args.qad_steps} steps on {qad_text}": changes for label, changes in table.items()}
     if args.gptq_plain_grid:
         from edgekit.quant import gptq
 
@@ -190,6 +231,7 @@ def main() -> None:
                 else:
                     calibration = self_calibration(checkpoint, model_name, recipe, reference)
             qm = quantize_checkpoint(checkpoint, recipe, calibration)
+            qad = qad_record(args, checkpoint, model_name, qm, calibration, reference) if args.qad_steps else None
             model = ReferenceModel(checkpoint.spec, qm.weights())
             cells = []
             for t, ws in texts.items():
@@ -211,6 +253,7 @@ def main() -> None:
                     "quantize_seconds": qm.seconds,
                     "cores": os.cpu_count(),
                     "changes": changes,
+                    **({"qad": qad} if qad else {}),
                 }
                 results["rows"].append(row)
                 cells.append(f"{row['ratio']:.3f} | {q.kl:.4f}")

@@ -57,8 +57,8 @@ def speed_table(data: dict, model: str) -> list[str]:
         f"pp{plan['prompt']} / tg{plan['gen']}, {data['threads']} threads, {rounds_text(rows(data, 'speed', model))}:",
         "",
         "| engine | artifact | MB | bits/weight | prefill tok/s | decode tok/s | TTFT ms | peak RSS MB "
-        "| decode bound tok/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| decode bound tok/s | timed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows(data, "speed", model), key=lambda r: -r["tg"]):
         a = artifact(data, r)
@@ -66,15 +66,20 @@ def speed_table(data: dict, model: str) -> list[str]:
         bound = bandwidth * 1e3 / a["megabytes"]
         lines.append(
             f"| {name} | {r['variant']} | {a['megabytes']:.0f} | {a['bits_per_weight']:.2f} | {r['pp']:.0f} | "
-            f"{r['tg']:.1f} | {r['ttft_ms']:.0f} | {r['peak_rss_mb']:.0f} | {bound:.0f} |"
+            f"{r['tg']:.1f} | {r['ttft_ms']:.0f} | {r['peak_rss_mb']:.0f} | {bound:.0f} | {r.get('date', '')} |"
         )
     lines += ["", *ratio_lines(data, model)]
     return lines
 
 
-def best(data: dict, model: str, engine: str) -> dict | None:
-    candidates = [r for r in rows(data, "speed", model) if r["engine"] == engine]
-    return max(candidates, key=lambda r: r["tg"], default=None)
+def best(data: dict, model: str, engine: str, date: str | None = None) -> dict | None:
+    """The engine's default artifact, else its fastest to decode; with `date`, only rows timed that day
+    (rows timed on other days ran on the host in another state, or on another host)."""
+    candidates = [
+        r for r in rows(data, "speed", model) if r["engine"] == engine and date in (None, r.get("date"))
+    ]
+    default = [r for r in candidates if r["variant"] == "default"]
+    return max(default or candidates, key=lambda r: r["tg"], default=None)
 
 
 def per_round(a: dict, b: dict, metric: str) -> str:
@@ -94,7 +99,7 @@ def ratio_lines(data: dict, model: str) -> list[str]:
             continue
         parts = []
         for peer in peers:
-            b = best(data, model, peer)
+            b = best(data, model, peer, a.get("date"))
             if b is not None:
                 parts.append(
                     f"{peer} ({b['variant']}) prefill x{a['pp'] / b['pp']:.2f}{per_round(a, b, 'pp')}, "

@@ -161,7 +161,7 @@ def measure_speed(suite: Suite, jobs: list[SpeedJob], rounds: int, repeat: int) 
             continue
         per_round = {m: [statistics.median(r[m]) for r in job.rounds] for m in ("pp", "tg", "ttft")}
         suite.add("speed", {
-            **job.key, "version": job.version,
+            **job.key, "version": job.version, "date": time.strftime("%Y-%m-%d"),
             "pp": statistics.median(per_round["pp"]), "tg": statistics.median(per_round["tg"]),
             "ttft_ms": 1000 * statistics.median(per_round["ttft"]),
             "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in job.rounds),
