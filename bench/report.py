@@ -75,9 +75,7 @@ def speed_table(data: dict, model: str) -> list[str]:
 def best(data: dict, model: str, engine: str, date: str | None = None) -> dict | None:
     """The engine's default artifact, else its fastest to decode; with `date`, only rows timed that day
     (rows timed on other days ran on the host in another state, or on another host)."""
-    candidates = [
-        r for r in rows(data, "speed", model) if r["engine"] == engine and date in (None, r.get("date"))
-    ]
+    candidates = [r for r in rows(data, "speed", model) if r["engine"] == engine and date in (None, r.get("date"))]
     default = [r for r in candidates if r["variant"] == "default"]
     return max(default or candidates, key=lambda r: r["tg"], default=None)
 
