@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -79,12 +80,30 @@ def seed_prompts(tokenizer, samples: int) -> list[list[int]]:
     return [turn(CHAT_SEEDS[i // 2 % len(CHAT_SEEDS)]) if i % 2 else opening(i // 2) for i in range(samples)]
 
 
+# sequences sampled together at most: their KV caches bound the memory (SmolLM2: 6 MB per 128 tokens)
+SAMPLE_BATCH = 64
+
+
 def self_generated(
-    model, tokenizer, samples: int, length: int, seed: int = 0, temperature: float = 1.0, top_k: int = 50
+    model,
+    tokenizer,
+    samples: int,
+    length: int,
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_k: int = 50,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[list[int]]:
     """Token sequences sampled from the model (the fp32 reference) after short seed prompts, so
-    quantization can be calibrated without any dataset."""
-    return sample_continuations(model, seed_prompts(tokenizer, samples), length, seed, temperature, top_k)
+    quantization can be calibrated without any dataset; SAMPLE_BATCH at a time, `progress(done, samples)`
+    after each batch."""
+    starts, sequences = seed_prompts(tokenizer, samples), []
+    for first in range(0, samples, SAMPLE_BATCH):
+        batch = starts[first : first + SAMPLE_BATCH]
+        sequences += sample_continuations(model, batch, length, seed + first, temperature, top_k)
+        if progress:
+            progress(len(sequences), samples)
+    return sequences
 
 
 def sample_continuations(
@@ -113,10 +132,16 @@ def sample_continuations(
 
 
 def calibration_sequences(
-    checkpoint, window: int, samples: int, path: str | Path | None = None, model=None
+    checkpoint,
+    window: int,
+    samples: int,
+    path: str | Path | None = None,
+    model=None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[list[int]]:
-    """Calibration token windows from a text file, or sampled from the model when no file is given.
-    `model` (a ReferenceModel of the checkpoint) is built when needed and not passed."""
+    """Calibration token windows from a text file, or sampled from the model when no file is given
+    (`progress` as self_generated's). `model` (a ReferenceModel of the checkpoint) is built when
+    needed and not passed."""
     tokenizer = checkpoint.tokenizer.load()
     if path is not None:
         ids = tokenizer.encode(read_text(path)).ids
@@ -131,7 +156,7 @@ def calibration_sequences(
         float32_bytes = 4 * sum(int(np.prod(shape)) for shape in weight_shapes(checkpoint.spec).values())
         in_memory = float32_bytes <= IN_MEMORY_LIMIT
         model = ReferenceModel.from_checkpoint(checkpoint) if in_memory else StreamedReference(checkpoint)
-    return self_generated(model, TextTokenizer(checkpoint.tokenizer), samples, window)
+    return self_generated(model, TextTokenizer(checkpoint.tokenizer), samples, window, progress=progress)
 
 
 # Above this, sampling reads the source one layer at a time on every step instead of holding it in
