@@ -60,7 +60,9 @@ def speed_table(data: dict, model: str) -> list[str]:
         "| decode bound tok/s | timed |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(rows(data, "speed", model), key=lambda r: -r["tg"]):
+    # the latest day's rows first: rows timed on different days are not to be compared
+    by_decode = sorted(rows(data, "speed", model), key=lambda r: -r["tg"])
+    for r in sorted(by_decode, key=lambda r: r.get("date", ""), reverse=True):
         a = artifact(data, r)
         name = f"**{r['engine']}**" if r["engine"] in OURS else r["engine"]
         bound = bandwidth * 1e3 / a["megabytes"]
