@@ -98,9 +98,12 @@ def self_calibration(checkpoint, name: str, recipe, reference) -> list[list[int]
 
 
 def qad_record(args, checkpoint, name: str, qm, calibration, reference) -> dict[str, Any]:
-    """QAD of `qm` in place, as the export runs it (7/8 of its text trained on, 1/8 held out for early
-    stopping): on the calibration sequences, or on --qad-samples windows sampled from the model."""
-    from edgekit.distill.qad import qad_config, quantization_aware_distill
+    """QAD of `qm` in place by the export's own step (exporters.pipeline._distill: 7/8 of the text
+    trained on, 1/8 held out for early stopping), on --qad-samples windows sampled from the model
+    (cached; what `edgekit export --qad-steps` trains on without a file), else on the calibration
+    sequences (what it trained on before)."""
+    from edgekit.distill.qad import qad_config
+    from edgekit.exporters.pipeline import _distill
 
     text = calibration or []
     if args.qad_samples:
@@ -111,16 +114,9 @@ def qad_record(args, checkpoint, name: str, qm, calibration, reference) -> dict[
             path.write_text(json.dumps(sequences))
             print(f"sampled {args.qad_samples} x {args.qad_window} tokens in {time.perf_counter() - started:.0f} s")
         text = json.loads(path.read_text())
-    held = text[-max(1, len(text) // 8) :]
     started = time.perf_counter()
-    record = quantization_aware_distill(
-        checkpoint,
-        qm,
-        text[: len(text) - len(held)],
-        qad_config(args.qad_steps),
-        held_out=held,
-        progress=lambda step, total, info: print(f"  QAD step {step}/{total}: loss {info['loss']:.4f}", flush=True),
-    )
+    shown = lambda step, total, what: print(f"  step {step}/{total}: {what}", flush=True)  # noqa: E731
+    record = _distill(checkpoint, qm, text, qad_config(args.qad_steps), shown, print)
     keep = ("steps_run", "kept_step", "loss_first", "loss_last", "held_out_before", "held_out_after")
     return {**{k: record.get(k) for k in keep}, "seconds": time.perf_counter() - started}
 
@@ -164,12 +160,12 @@ def main() -> None:
         "--gptq-plain-grid", action="store_true", help="GPTQ's static-group ranges searched unweighted (before)"
     )
     parser.add_argument(
-        "--qad-steps", type=int, help="then QAD as `edgekit export --qad-steps` runs it (torch; on the calibration)"
+        "--qad-steps", type=int, help="then QAD as `edgekit export --qad-steps` runs it (torch; see --qad-samples)"
     )
     parser.add_argument(
         "--qad-samples",
         type=int,
-        help="QAD on this many windows the model samples itself (cached), not on the calibration sequences",
+        help="QAD on this many windows the model samples itself (cached; the export's way), else on the calibration",
     )
     parser.add_argument("--qad-window", type=int, default=128, help="their length in tokens")
     parser.add_argument("-o", "--output", default="bench/results/quality_selfcal.json")

@@ -383,7 +383,7 @@ def _distill(
     if held_out:
         before, after = record["held_out_before"], record["held_out_after"]
         note(
-            f"QAD on {len(held_out)} held-out calibration sequences: perplexity {before['perplexity']:.2f} -> "
+            f"QAD on {len(held_out)} held-out windows of its text: perplexity {before['perplexity']:.2f} -> "
             f"{after['perplexity']:.2f}, KL to the unquantized model {before['kl']:.4f} -> {after['kl']:.4f}"
         )
     return record
