@@ -178,6 +178,11 @@ def test_bad_input_is_one_line_and_exit_2(teacher, tmp_path, monkeypatch):
         assert result.exit_code == 2, result.output
         assert message in result.output and result.output.strip().splitlines()[-1].startswith("error: ")
         assert not out.exists()
+    # QAD reads its text from the file after quantizing; a missing file is refused before any work
+    missing = ["--qad-steps", "2", "-a", "rtn", "--calibration", str(tmp_path / "none.txt")]
+    result = CliRunner().invoke(cli, ["export", str(teacher), "-o", str(out), *missing])
+    assert result.exit_code == 2 and "calibration/evaluation text not found" in result.output
+    assert "quantizing" not in result.output and not out.exists()
     monkeypatch.setitem(sys.modules, "torch", None)
     result = CliRunner().invoke(cli, ["distill", str(teacher), "-o", str(out), "--layers", "2"])
     assert result.exit_code == 2 and "pip install 'edgekit[distill]'" in result.output

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..artifact import ExportResult, Manifest, QuantizationRecord, SourceRecord, folder_megabytes, staging
 from ..device_profiles import DeviceProfile, ExportSettings, load_profile
 from ..errors import EdgekitError, UnsupportedArchitectureError, require
-from ..quant.calibration import calibration_sequences
+from ..quant.calibration import calibration_sequences, read_text
 from ..quant.pipeline import Progress, QuantizedModel, quantize_checkpoint
 from ..quant.recipe import DEFAULT_RECIPE, Recipe
 from ..quant.spill import SpilledTensors
@@ -280,6 +280,8 @@ def export(
     writer.require(checkpoint.spec.family)
     if qad is not None:
         require("torch", "distill")
+    if calibration is not None:
+        read_text(calibration)  # a bad file is one line before any work, whichever step reads it later
     recipe = plan.recipe.with_rotation(writer.rotation)
     limit = checkpoint.spec.max_position_embeddings
     context = min(plan.max_context or limit, limit)
