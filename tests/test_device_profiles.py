@@ -24,6 +24,7 @@ REQUIRED = {
     "nvidia-cuda",
     "nvidia-jetson-orin",
     "generic-x86-64-cpu",
+    "x86-64-avx512",
     "generic-arm64-cpu",
 }
 
@@ -45,6 +46,9 @@ FACTS = {
         "linux", "aarch64", "NVIDIA Jetson Orin Nano Developer Kit", "", frozenset({"asimd"}), CUDA
     ),
     "generic-x86-64-cpu": HostFacts("windows", "x86_64", "", "Intel(R) Core(TM) i7-1185G7", frozenset(), CPU),
+    "x86-64-avx512": HostFacts(
+        "linux", "x86_64", "", "AMD EPYC 9654", frozenset({"avx2", "avx512f", "avx512bw", "avx512_vnni"}), CPU
+    ),
     "generic-arm64-cpu": HostFacts("linux", "aarch64", "Pine64 RockPro64", "", frozenset({"asimd"}), CPU),
 }
 
@@ -65,6 +69,19 @@ def test_detection_on_faked_facts(expected):
 def test_windows_on_x86_with_cuda_is_not_a_jetson():
     facts = HostFacts("windows", "x86_64", "", "Intel", frozenset(), CUDA)
     assert detect(facts).profile.name == "nvidia-cuda"
+
+
+def test_avx512_vnni_keeps_padded_blocks_and_avx2_takes_whole_ones():
+    """The one recipe difference between the two x86 profiles (README, Quantization: which blocks ran
+    faster on which kernels); a CUDA machine with AVX-512 is still a CUDA machine."""
+    avx512 = FACTS["x86-64-avx512"]
+    assert not load_profile(detect(avx512).profile.name).export.whole_groups
+    avx2 = HostFacts("linux", "x86_64", "", "AMD EPYC 7B13", frozenset({"avx2", "fma"}), CPU)
+    assert detect(avx2).profile.name == "generic-x86-64-cpu" and load_profile("generic-x86-64-cpu").export.whole_groups
+    avx512_without_vnni = HostFacts("linux", "x86_64", "", "Intel Xeon Gold 6148", frozenset({"avx2", "avx512f"}), CPU)
+    assert detect(avx512_without_vnni).profile.name == "generic-x86-64-cpu"
+    zen4_with_cuda = HostFacts("linux", "x86_64", "", "AMD Ryzen 9 7950X", avx512.cpu_features, CUDA)
+    assert detect(zen4_with_cuda).profile.name == "nvidia-cuda"
 
 
 def test_mlx_cpu_matches_where_mlx_is_installed_but_is_used_only_by_name():
@@ -115,7 +132,8 @@ def test_a_profiles_defaults_are_the_recipes_and_the_runtimes():
     from edgekit.runtimes.onnx import DEFAULT_PREFILL_CHUNK
 
     export = ExportSettings()
-    for key in ("algorithm", "bits", "group_size", "symmetric", "embedding_bits", "lm_head_bits", "edge_down_bits"):
+    keys = ("algorithm", "bits", "group_size", "symmetric", "embedding_bits", "lm_head_bits", "edge_down_bits")
+    for key in (*keys, "whole_groups"):
         assert getattr(export, key) == getattr(DEFAULT_RECIPE, key), key
     assert (export.key_bits or None) == DEFAULT_RECIPE.key_bits
     assert export.rotate_residual is DEFAULT_RECIPE.rotate_residual is None  # decided by the artifact's runtime

@@ -100,7 +100,8 @@ def test_export_takes_groups_that_divide_the_rows(tmp_path, tiny_models):
     # ONNX keeps a group that does not divide K and pads the last block; MLX's groups must tile the
     # row, so the export falls back to a smaller group instead of leaving the layer unquantized
     out = tmp_path / "g128"
-    export(tiny_models["llama"], out, format="mlx", recipe=Recipe(algorithm="rtn", group_size=128), max_context=64)
+    padded = Recipe(algorithm="rtn", group_size=128, whole_groups=False)
+    export(tiny_models["llama"], out, format="mlx", recipe=padded, max_context=64)
     config = json.loads((out / "config.json").read_text())
     hidden = config["hidden_size"]
     assert hidden % 128 and config["quantization"]["model.layers.0.self_attn.q_proj"]["group_size"] < 128

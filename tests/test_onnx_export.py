@@ -71,7 +71,7 @@ def test_padded_last_blocks_match_reference(tmp_path):
         tmp_path / "hf", "llama", hidden_size=96, intermediate_size=160, num_attention_heads=3, num_key_value_heads=1
     )
     checkpoint = open_checkpoint(folder)
-    qm = quantize_checkpoint(checkpoint, Recipe(algorithm="rtn", group_size=64))
+    qm = quantize_checkpoint(checkpoint, Recipe(algorithm="rtn", group_size=64, whole_groups=False))
     assert all(qm.quantized[n].codes.shape[1] % 64 == 0 and qm.quantized[n].shape[1] % 64 for n in qm.quantized)
     write_onnx(tmp_path, checkpoint, qm, OnnxOptions(max_context=64, accuracy_level=0))
     runtime = OnnxRuntime(tmp_path / MODEL_FILE, checkpoint.spec, 64)
@@ -82,7 +82,8 @@ def test_padded_last_blocks_match_reference(tmp_path):
 def test_cuda_flavor_takes_whole_groups(tmp_path):
     # padded blocks have run in ONNX Runtime's CPU kernels only: the cuda flavor falls back instead
     folder = write_tiny_checkpoint(tmp_path / "hf", "llama")  # hidden 64: 128 does not divide it
-    export(folder, tmp_path / "out", flavor="cuda", recipe=Recipe(algorithm="rtn", group_size=128), max_context=64)
+    padded = Recipe(algorithm="rtn", group_size=128, whole_groups=False)
+    export(folder, tmp_path / "out", flavor="cuda", recipe=padded, max_context=64)
     quantization = json.loads((tmp_path / "out" / "edgekit.json").read_text())["quantization"]
     assert quantization["recipe"]["whole_groups"] is True
     assert quantization["layers"]["model.layers.0.self_attn.q_proj.weight"]["group_size"] == 64

@@ -53,6 +53,7 @@ class ExportSettings:
     edge_down_bits: int = 8  # the down projection of the first and last eighth of the layers; 0 = as the MLP
     key_bits: int = 0  # the attention's key projection in every layer; 0 = as the attention (the recipe's None)
     rotate_residual: bool | None = None  # the residual stream rotated; unset: the export decides (Recipe.with_rotation)
+    whole_groups: bool = True  # False: a row the group does not divide keeps a padded last block (Recipe)
     accuracy_level: int = 4
     max_context: int = 4096
     kv_bits: int = 0  # ONNX cpu/cuda and MLX: 8 = an int8 KV cache, 0 = float

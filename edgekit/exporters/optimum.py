@@ -167,7 +167,7 @@ def _is_lm_head(weight: ConstantWeight) -> bool:
 
 def _tensor_recipe(recipe: Recipe, lm_head: bool) -> TensorRecipe:
     bits = (recipe.lm_head_bits or recipe.bits) if lm_head else recipe.bits
-    return TensorRecipe(bits, recipe.group_size, recipe.algorithm, recipe.symmetric)
+    return TensorRecipe(bits, recipe.group_size, recipe.algorithm, recipe.symmetric, recipe.whole_groups)
 
 
 def quantize_graph(

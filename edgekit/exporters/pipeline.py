@@ -175,6 +175,7 @@ def profile_recipe(settings: ExportSettings) -> Recipe:
         edge_down_bits=settings.edge_down_bits or None,
         key_bits=settings.key_bits or None,
         rotate_residual=settings.rotate_residual,
+        whole_groups=settings.whole_groups,
     )
 
 

@@ -73,9 +73,11 @@ class Recipe:
     Blocks of 128 because ONNX Runtime's int8-compute kernels ran them 30-35% faster than blocks of
     64 on 0.5B-1B shapes (a float32 scale and block sum per block, converted and scaled per block):
     SmolLM2 prefill +19%, decode +4% (README, Results), at perplexity 44.6 instead of 42.4 on the
-    suite's text (llama.cpp's Q4_0: 47.8); a row the block does not divide (SmolLM2's 576) gets a
-    padded last block, which still ran faster than blocks of 64. The embedding takes blocks of at most
-    64: at 128 it cost perplexity (44.9) for no measurable speed."""
+    suite's text (llama.cpp's Q4_0: 47.8). A row the block does not divide (SmolLM2's 576) takes the
+    largest smaller block that tiles it (whole_groups): on an AVX2 host that ran faster than a padded
+    last block, in fewer bytes, and lost 6-11% less of the model; only AVX-512 VNNI kernels ran the
+    padded blocks faster (the x86-64-avx512 profile keeps them). The embedding takes blocks of at
+    most 64: at 128 it cost perplexity (44.9) for no measurable speed."""
 
     algorithm: str = "awq-gptq"
     bits: int = 4
@@ -106,10 +108,10 @@ class Recipe:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     calibration_samples: int = 16
     calibration_window: int = 256
-    # an input size the group does not divide: False keeps the group with the last block padded
-    # (ONNX cpu/npu); True falls back to a smaller group that divides it (MLX, whose groups tile
-    # the row, and the cuda flavor, not yet run on a GPU)
-    whole_groups: bool = False
+    # an input size the group does not divide: True falls back to the largest smaller group that
+    # divides it (MLX's and the cuda flavor's kernels need it); False keeps the group with its last
+    # block zero-padded (ONNX cpu/npu only)
+    whole_groups: bool = True
     # exact reorderings of channels that put inputs of like magnitude into the same block
     # (quant/reorder.py): the residual stream's, once for the model, and each MLP's intermediate.
     # Opt-in: measured better on three of four held-out model/text pairs but worse on the off-grid
@@ -202,6 +204,7 @@ class Recipe:
         recorded.setdefault("edge_down_bits", None)  # an artifact from before edge_down_bits
         recorded.setdefault("key_bits", None)  # ... or before key_bits
         recorded.setdefault("rotate_residual", False)  # ... or before rotate_residual
+        recorded.setdefault("whole_groups", False)  # ... or before whole_groups
         return cls(**recorded)
 
 
