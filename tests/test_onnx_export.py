@@ -79,6 +79,19 @@ def test_padded_last_blocks_match_reference(tmp_path):
     assert rel_err(got, ReferenceModel(checkpoint.spec, qm.weights()).forward(ids)[len(PROMPT) - 1 :]) < 1e-3
 
 
+def test_the_progress_line_says_which_rows_take_other_blocks(tmp_path):
+    from edgekit.exporters.pipeline import _groups_said
+
+    folder = write_tiny_checkpoint(
+        tmp_path / "hf", "llama", hidden_size=96, intermediate_size=160, num_attention_heads=3, num_key_value_heads=1
+    )
+    spec = open_checkpoint(folder).spec
+    assert _groups_said(Recipe(group_size=64), spec) == "g64 (g32 on 96-wide inputs, g32 on 160-wide inputs)"
+    padded = Recipe(group_size=64, whole_groups=False)
+    assert _groups_said(padded, spec) == "g64 (96-wide inputs padded, 160-wide inputs padded)"
+    assert _groups_said(Recipe(group_size=32), spec) == "g32"
+
+
 def test_cuda_flavor_takes_whole_groups(tmp_path):
     # padded blocks have run in ONNX Runtime's CPU kernels only: the cuda flavor falls back instead
     folder = write_tiny_checkpoint(tmp_path / "hf", "llama")  # hidden 64: 128 does not divide it

@@ -16,7 +16,9 @@ from ..quant.calibration import calibration_sequences, read_text
 from ..quant.pipeline import Progress, QuantizedModel, quantize_checkpoint
 from ..quant.recipe import DEFAULT_RECIPE, Recipe
 from ..quant.spill import SpilledTensors
+from ..quant.tensor import layer_group
 from ..sources import Checkpoint, open_checkpoint
+from ..spec import ModelSpec
 from .mlx import verify_mlx, write_mlx
 from .onnx import verify_onnx, write_onnx
 from .onnx_decoder import OnnxOptions
@@ -162,6 +164,20 @@ ONNX_FLAVORS = tuple(flavor for f, flavor in WRITERS if f == "onnx")
 KV_SAMPLES, KV_WINDOW = 8, 256  # calibration windows an int8 KV cache's scales are measured on
 
 
+def _groups_said(recipe: Recipe, spec: ModelSpec) -> str:
+    """The decoder layers' blocks for the progress line: "g128", "g128 (g64 on 576-wide inputs)" or
+    "g128 (576-wide inputs padded)"."""
+    widths = sorted({spec.hidden_size, spec.intermediate_size, spec.num_heads * spec.head_dim})
+    said = []
+    for k in widths:
+        group = layer_group(k, recipe.group_size, recipe.whole_groups)
+        if group != recipe.group_size:
+            said.append(f"g{group} on {k}-wide inputs")
+        elif k % group:
+            said.append(f"{k}-wide inputs padded")
+    return f"g{recipe.group_size}" + (f" ({', '.join(said)})" if said else "")
+
+
 def profile_recipe(settings: ExportSettings) -> Recipe:
     """The quantization recipe a device profile's [export] table asks for."""
     return replace(
@@ -301,7 +317,8 @@ def export(
     output.parent.mkdir(parents=True, exist_ok=True)
     with SpilledTensors(output.parent) as spilled, staging(output, overwrite) as folder:
         rotated = ", the residual stream rotated" if recipe.rotate_residual else ""
-        note(f"quantizing {checkpoint.name}: {recipe.algorithm} {recipe.bits}-bit g{recipe.group_size}{rotated}")
+        groups = _groups_said(recipe, checkpoint.spec)
+        note(f"quantizing {checkpoint.name}: {recipe.algorithm} {recipe.bits}-bit {groups}{rotated}")
         qm = quantize_checkpoint(checkpoint, recipe, sequences, progress, into=spilled)
         release_freed_memory()
         qad_record = None
