@@ -56,7 +56,9 @@ def tiny_artifact_float32(tiny_models, tmp_path_factory) -> Path:
 def smollm2_onnx(smollm2_gguf, tmp_path_factory):
     """SmolLM2 exported to ONNX for this machine's profile, with round-to-nearest (no calibration:
     seconds instead of minutes; the default recipe is measured in bench/). One export for every test file.
-    Every down projection at 4 bits, as the answers these tests pin were first given, and float32
+    Every down projection at 4 bits and the 576-wide rows in padded blocks of 128 (in blocks of 64, the
+    default since 2026-12-06, this round-to-nearest artifact calls "I love this phone!" negative), as
+    the answers these tests pin were first given, and float32
     compute (accuracy level 0), so the runtime gives the reference's logits within 1e-5 on any x86
     CPU: ONNX Runtime's int8 compute rounds by the CPU's kernels, and with it this artifact answered
     "Paris" on an AVX-512 host but "Bien estant, ..." on an AVX2-only one (its last prompt position's
@@ -65,7 +67,7 @@ def smollm2_onnx(smollm2_gguf, tmp_path_factory):
     from edgekit.quant.recipe import Recipe
 
     out = tmp_path_factory.mktemp("smollm2") / "onnx"
-    recipe = Recipe(algorithm="rtn", edge_down_bits=None)
+    recipe = Recipe(algorithm="rtn", edge_down_bits=None, whole_groups=False)
     result = edgekit.export(smollm2_gguf, out, profile="auto", recipe=recipe, max_context=1024, accuracy_level=0)
     assert result.verify["checked"] and result.verify["top1_agreement"] >= 0.8
     return out

@@ -103,30 +103,33 @@ def test_readme_has_three_commands_to_run_it(bundle):
     assert "/opt/tiny-pi" in readme and "requirements.txt" in readme and "model/" in readme
 
 
-def _initializer_bytes(model: Path) -> dict[str, int]:
+def _weight_file_bytes(model: Path) -> dict[str, int]:
+    """The bytes of each initializer model.onnx keeps in its weight file (the few it holds inline,
+    under ONNX's size threshold, are left out: 602 bytes of SmolLM2's 78 MB, 6% of the tiny model's)."""
     import onnx
 
     graph = onnx.load(model, load_external_data=False).graph
     sizes = {}
     for tensor in graph.initializer:
         external = {entry.key: entry.value for entry in tensor.external_data}
-        sizes[tensor.name] = int(external["length"]) if external else len(tensor.raw_data)
+        if external:
+            sizes[tensor.name] = int(external["length"])
     return sizes
 
 
 def test_readme_estimates_decode_speed_from_the_bytes_each_token_reads(bundle, tiny_artifact):
-    """Bytes per token against model.onnx's own initializers: all of them but the embedding
-    table's, of which one row; the README's tokens/s is the Pi 5's bandwidth over that."""
+    """Bytes per token against model.onnx's own weight-file initializers: all of them but the
+    embedding table's, of which one row; the README's tokens/s is the Pi 5's bandwidth over that."""
     from edgekit.artifact import read_manifest
     from edgekit.deploy.estimate import bytes_per_token
 
-    sizes = _initializer_bytes(tiny_artifact / "model.onnx")
+    sizes = _weight_file_bytes(tiny_artifact / "model.onnx")
     table = sum(n for name, n in sizes.items() if name.startswith("model.embed_tokens."))
     vocab = read_manifest(tiny_artifact).spec.vocab_size
     expected = sum(sizes.values()) - table + table // vocab
     manifest = read_manifest(tiny_artifact)
     got = bytes_per_token(manifest, (tiny_artifact / "model.onnx.data").stat().st_size)
-    assert abs(got - expected) / expected < 0.05, (got, expected)
+    assert abs(got - expected) / expected < 0.01, (got, expected)
     readme = (bundle / "README.md").read_text()
     speed = re.search(r"at most about \*\*(\d+) tokens/s\*\* on a Raspberry Pi 5, an estimate", readme)
     assert speed and int(speed.group(1)) == round(9.5e9 / got)
