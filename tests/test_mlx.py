@@ -97,8 +97,8 @@ def test_artifact_layout_and_manifest(mlx_artifact):
 
 
 def test_export_takes_groups_that_divide_the_rows(tmp_path, tiny_models):
-    # ONNX keeps a group that does not divide K and pads the last block; MLX's groups must tile the
-    # row, so the export falls back to a smaller group instead of leaving the layer unquantized
+    # ONNX can keep a group that does not divide K and pad the last block (whole_groups=False); MLX's
+    # groups must tile the row, so its export falls back to a smaller group even when asked to pad
     out = tmp_path / "g128"
     padded = Recipe(algorithm="rtn", group_size=128, whole_groups=False)
     export(tiny_models["llama"], out, format="mlx", recipe=padded, max_context=64)

@@ -74,9 +74,9 @@ class Recipe:
     64 on 0.5B-1B shapes (a float32 scale and block sum per block, converted and scaled per block):
     SmolLM2 prefill +19%, decode +4% (README, Results), at perplexity 44.6 instead of 42.4 on the
     suite's text (llama.cpp's Q4_0: 47.8). A row the block does not divide (SmolLM2's 576) takes the
-    largest smaller block that tiles it (whole_groups): on an AVX2 host that ran faster than a padded
-    last block, in fewer bytes, and lost 6-11% less of the model; only AVX-512 VNNI kernels ran the
-    padded blocks faster (the x86-64-avx512 profile keeps them). The embedding takes blocks of at
+    largest smaller block that tiles it (whole_groups): on an AVX2 host that ran level with a padded
+    last block, in fewer bytes, with 6-11% less held-out KL; AVX-512 VNNI kernels ran the padded
+    blocks faster (the x86-64-avx512 profile keeps them). The embedding takes blocks of at
     most 64: at 128 it cost perplexity (44.9) for no measurable speed."""
 
     algorithm: str = "awq-gptq"
