@@ -11,19 +11,16 @@ import argparse
 import datetime
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
-CHILD = Path(__file__).with_name("child.py")
+from run import child
 
 
 def speed(artifact: str, threads: int) -> dict[str, float]:
-    args = ["speed", "edgekit", artifact, "--threads", str(threads), "--prompt", "128", "--gen", "128", "--repeat", "3"]
-    done = subprocess.run([sys.executable, str(CHILD), *args], capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise SystemExit(f"{artifact}: {done.stderr.strip()[-2000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        result = child("edgekit", "speed", artifact, threads=threads, prompt=128, gen=128, repeat=3)
+    except RuntimeError as error:
+        raise SystemExit(f"{artifact}: {error}") from None
     return {"pp": statistics.median(result["pp"]), "tg": statistics.median(result["tg"])}
 
 
