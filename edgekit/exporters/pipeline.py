@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any
 from ..artifact import ExportResult, Manifest, QuantizationRecord, SourceRecord, folder_megabytes, staging
 from ..device_profiles import DeviceProfile, ExportSettings, load_profile
 from ..errors import EdgekitError, UnsupportedArchitectureError, require
+from ..families import EMBED
 from ..quant.calibration import calibration_sequences, read_text
 from ..quant.pipeline import Progress, QuantizedModel, quantize_checkpoint
 from ..quant.recipe import DEFAULT_RECIPE, Recipe
 from ..quant.spill import SpilledTensors
 from ..quant.tensor import layer_group
 from ..sources import Checkpoint, open_checkpoint
-from ..spec import ModelSpec
+from ..spec import ModelSpec, weight_shapes
 from .mlx import verify_mlx, write_mlx
 from .onnx import verify_onnx, write_onnx
 from .onnx_decoder import OnnxOptions
@@ -167,7 +168,7 @@ KV_SAMPLES, KV_WINDOW = 8, 256  # calibration windows an int8 KV cache's scales 
 def _groups_said(recipe: Recipe, spec: ModelSpec) -> str:
     """The decoder layers' blocks for the progress line: "g128", "g128 (g64 on 576-wide inputs)" or
     "g128 (576-wide inputs padded)"."""
-    widths = sorted({spec.hidden_size, spec.intermediate_size, spec.num_heads * spec.head_dim})
+    widths = sorted({shape[1] for name, shape in weight_shapes(spec).items() if len(shape) == 2 and name != EMBED})
     said = []
     for k in widths:
         group = layer_group(k, recipe.group_size, recipe.whole_groups)
