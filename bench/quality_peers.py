@@ -41,6 +41,7 @@ from edgekit.testing.offgrid import off_grid_copy
 ARTIFACTS = [
     ("edgekit", "default"),
     ("edgekit-mlx", "default"),
+    ("edgekit-mlx", "rotated"),
     ("llama.cpp", "Q4_0"),
     ("llama.cpp", "Q4_K_M"),
     ("onnxruntime-genai", "int4"),

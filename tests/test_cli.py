@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -139,7 +140,8 @@ PROSE = "The quick brown fox jumps over the lazy dog. Paris is the capital of Fr
 
 def test_rotate_residual_from_the_cli(runner, tiny_models, tmp_path):
     """The residual stream rotated by default (the tied model gains its 8-bit final matrix),
-    --no-rotate-residual turns it off; an MLX export refuses --rotate-residual."""
+    --no-rotate-residual turns it off; an MLX export of a tied model takes --rotate-residual and says
+    that mlx-lm will not load the folder; an npu export refuses it."""
     text = tmp_path / "prose.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 20)
     plain, rotated = (
@@ -148,11 +150,14 @@ def test_rotate_residual_from_the_cli(runner, tiny_models, tmp_path):
     )
     assert rotated["recipe"]["rotate_residual"] is True and plain["recipe"]["rotate_residual"] is False
     assert rotated["bits_per_weight"] > plain["bits_per_weight"] and rotated["kl"] != plain["kl"]
-    result = runner.invoke(
-        cli, ["export", str(tiny_models["gemma"]), "-o", str(tmp_path / "mlx"), "--format", "mlx", "--rotate-residual"]
-    )
-    assert result.exit_code == 2 and "rotate_residual: a mlx artifact cannot carry" in result.output
-    assert not (tmp_path / "mlx").exists()
+    if importlib.util.find_spec("mlx") is not None:
+        mlx = ["export", str(tiny_models["gemma"]), "-o", str(tmp_path / "mlx"), "--format", "mlx", "-g", "32"]
+        result = runner.invoke(cli, [*mlx, "-a", "gptq", "--rotate-residual"])
+        assert result.exit_code == 0 and "mlx_lm.load() will not load this folder" in result.output
+    npu = ["export", str(tiny_models["gemma"]), "-o", str(tmp_path / "npu"), "--flavor", "npu", "--rotate-residual"]
+    result = runner.invoke(cli, npu)
+    assert result.exit_code == 2 and "rotate_residual: a onnx npu artifact cannot carry" in result.output
+    assert not (tmp_path / "npu").exists()
 
 
 def _eval_rows(runner, source, text, *args):

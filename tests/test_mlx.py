@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -139,21 +140,56 @@ def test_sharded_weights_load_like_one_file(tmp_path, tiny_models):
 @pytest.mark.parametrize("case", sorted(c for c in FAMILY_CASES if "sliding" not in c))
 def test_mlx_lm_loads_the_artifact_and_generates_the_same_greedy_tokens(tmp_path, case):
     mlx_lm = pytest.importorskip("mlx_lm")
-    from mlx_lm.generate import generate_step
-
     source = write_tiny_checkpoint(tmp_path / "hf", case.split("-")[0], **FAMILY_CASES[case])
     mlx_artifact = tmp_path / "mlx"
     export(source, mlx_artifact, format="mlx", recipe=FAST, max_context=128)
-    model, _ = mlx_lm.load(str(mlx_artifact))
-    theirs = []
-    for token, _ in generate_step(mx.array(PROMPT), model, max_tokens=16):
-        theirs.append(int(token))
-    # mlx-lm computes in the artifact's float16; edgekit's runtime does the same when asked
-    runtime = MlxRuntime(mlx_artifact, 64, dtype="float16")
-    ours = [int(np.argmax(runtime.prefill(PROMPT)))]
-    while len(ours) < 16:
-        ours.append(int(np.argmax(runtime.decode(ours[-1]))))
+    theirs, ours = _greedy_mlx_lm_and_edgekit(mlx_lm, mlx_artifact)
     assert ours == theirs
+
+
+def _greedy_mlx_lm_and_edgekit(mlx_lm, folder, tokens: int = 16) -> tuple[list[int], list[int]]:
+    """Greedy tokens after PROMPT from mlx-lm and from edgekit's runtime, both in float16 (the
+    artifact's dtype, which mlx-lm computes in)."""
+    from mlx_lm.generate import generate_step
+
+    model, _ = mlx_lm.load(str(folder))
+    theirs = [int(token) for token, _ in generate_step(mx.array(PROMPT), model, max_tokens=tokens)]
+    runtime = MlxRuntime(folder, 64, dtype="float16")
+    ours = [int(np.argmax(runtime.prefill(PROMPT)))]
+    while len(ours) < tokens:
+        ours.append(int(np.argmax(runtime.decode(ours[-1]))))
+    return theirs, ours
+
+
+@pytest.mark.parametrize("family", ["gemma", "qwen2"])  # tied, untied
+def test_a_rotated_residual_stream_and_when_the_default_rotates(tmp_path, family):
+    """A GPTQ-rounded MLX export rotates the residual stream by default where the lm_head is untied
+    (only folded weights change: mlx-lm still loads the folder and generates edgekit's tokens); a
+    tied model is rotated only when asked, and its folder then carries the 8-bit final matrix, which
+    edgekit's runtime applies and mlx-lm refuses to load. Both verify against the reference."""
+    tied = family == "gemma"
+    source = write_tiny_checkpoint(tmp_path / "hf", family)
+    recipe = Recipe(algorithm="gptq", group_size=32)
+    export(source, tmp_path / "default", format="mlx", recipe=recipe, max_context=64)
+    manifest = json.loads((tmp_path / "default" / "edgekit.json").read_text())
+    assert manifest["quantization"]["recipe"]["rotate_residual"] is not tied
+
+    asked = tmp_path / "asked"
+    result = export(source, asked, format="mlx", recipe=replace(recipe, rotate_residual=True), max_context=64)
+    assert result.verify["checked"] and result.verify["top1_agreement"] == 1.0
+    quantization = json.loads((asked / "config.json").read_text())["quantization"]
+    assert quantization.get("model.final_rotation") == ({"group_size": 32, "bits": 8} if tied else None)
+    weights = MlxFolderWeights.open(asked)
+    assert ("model.final_rotation.weight" in list(weights)) is tied
+    reference = ReferenceModel(weights.spec, weights)
+    assert rel_err(MlxRuntime(asked, 64, dtype="float32").logits_all(PROMPT), reference.forward(PROMPT)) < 1e-3
+    mlx_lm = pytest.importorskip("mlx_lm")
+    if tied:
+        with pytest.raises(ValueError, match="final_rotation"):
+            mlx_lm.load(str(asked))
+    else:
+        theirs, ours = _greedy_mlx_lm_and_edgekit(mlx_lm, asked)
+        assert ours == theirs
 
 
 def test_edgekit_runs_an_mlx_lm_conversion(tmp_path, tiny_models):

@@ -378,14 +378,15 @@ def test_rotated_residual_exports_and_verifies(tmp_path, family):
     assert rotations == (["/model/final_rotation/MatMul/MatMulNBits"] if family == "gemma" else [])  # tied
     manifest = json.loads((tmp_path / "out" / "edgekit.json").read_text())
     assert manifest["quantization"]["recipe"]["rotate_residual"] is True
-    with pytest.raises(EdgekitError, match="rotate_residual: a mlx artifact cannot carry"):
-        export(folder, tmp_path / "mlx", format="mlx", recipe=recipe)
-    assert not (tmp_path / "mlx").exists()
+    with pytest.raises(EdgekitError, match="rotate_residual: a onnx npu artifact cannot carry"):
+        export(folder, tmp_path / "npu", flavor="npu", recipe=recipe)
+    assert not (tmp_path / "npu").exists()
 
 
 def test_the_default_rotates_where_the_runtime_applies_it(tmp_path):
     """rotate_residual left at None: on for a GPTQ-rounded ONNX cpu export; off where a profile says
-    so, for MLX, for round-to-nearest, and for an artifact recorded before the switch existed."""
+    so, for a tied model's MLX export (test_mlx: an untied one rotates), for round-to-nearest, and for
+    an artifact recorded before the switch existed."""
     folder = write_tiny_checkpoint(tmp_path / "hf", "gemma")
     recipe = Recipe(algorithm="gptq", group_size=32)
     assert recipe.rotate_residual is None and recipe.with_rotation(True).rotate_residual is True

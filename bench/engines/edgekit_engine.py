@@ -28,6 +28,8 @@ ONNX_VARIANTS = {
     "gptq-g32": ["-a", "gptq", "-g", "32", "--asymmetric"],
     "rtn-8bit": ["-a", "rtn", "--bits", "8", "--embedding-bits", "8"],
 }
+# the MLX default leaves a tied model's stream unrotated (mlx-lm loads the folder); "rotated" asks for it
+MLX_VARIANTS = {"default": [], "rotated": ["--rotate-residual"]}
 
 
 class _RuntimeSession:
@@ -72,7 +74,8 @@ class EdgekitEngine:
 
     def export(self, source: Source, variant: str, out: Path) -> None:
         command = [sys.executable, "-m", "edgekit", "export", str(source.gguf or source.hf), "-o", str(out)]
-        command += ["--format", self.format, "--max-context", "2048", "--overwrite", "--json", *ONNX_VARIANTS[variant]]
+        options = (ONNX_VARIANTS if self.format == "onnx" else MLX_VARIANTS)[variant]
+        command += ["--format", self.format, "--max-context", "2048", "--overwrite", "--json", *options]
         if source.calibration:
             command += ["--calibration", str(source.calibration)]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgekitError
-from ..families import norm_names, norm_offset
+from ..families import FINAL_ROTATION, norm_names, norm_offset
 from ..quant.packing import MLXWeights, to_mlx
 from ..quant.pipeline import QuantizedModel
 from ..runtimes.mlx import INDEX_FILE, module_settings, weight_files
@@ -70,10 +70,17 @@ class _Tensors:
         return getattr(self._mlx(name), part)
 
 
+def artifact_shapes(spec: ModelSpec, rotated_tied: bool) -> dict[str, tuple[int, ...]]:
+    """The weights an MLX folder holds: the family's, and a rotated stream's final matrix when the
+    lm_head is tied (quant/rotate.py)."""
+    shapes = weight_shapes(spec)
+    return {**shapes, FINAL_ROTATION: (spec.hidden_size, spec.hidden_size)} if rotated_tied else shapes
+
+
 def plan(qm: QuantizedModel) -> tuple[list[Planned], dict[str, bool], dict[str, Any]]:
     """Tensors in file order; which weights stay quantized; mlx-lm's per-module entries of the
     `quantization` key for the ones that differ from the recipe's bits and group size."""
-    shapes = weight_shapes(qm.spec)
+    shapes = artifact_shapes(qm.spec, FINAL_ROTATION in qm.quantized)
     planned: list[Planned] = []
     quantize: dict[str, bool] = {}
     per_module: dict[str, Any] = {}
@@ -225,7 +232,7 @@ class MlxFolderWeights(Mapping[str, np.ndarray]):
         return (codes * scales[:, :, None] + biases[:, :, None]).reshape(scales.shape[0], -1)
 
     def __iter__(self) -> Iterator[str]:
-        return (n for n in weight_shapes(self.spec) if n in self.where)
+        return (n for n in artifact_shapes(self.spec, FINAL_ROTATION in self.where) if n in self.where)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)

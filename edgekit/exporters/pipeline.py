@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..artifact import ExportResult, Manifest, QuantizationRecord, SourceRecord, folder_megabytes, staging
 from ..device_profiles import DeviceProfile, ExportSettings, load_profile
 from ..errors import EdgekitError, UnsupportedArchitectureError, require
-from ..families import EMBED
+from ..families import EMBED, FINAL_ROTATION, module
 from ..quant.calibration import calibration_sequences, read_text
 from ..quant.pipeline import Progress, QuantizedModel, quantize_checkpoint
 from ..quant.recipe import DEFAULT_RECIPE, Recipe
@@ -73,8 +73,9 @@ class Writer:
     before the checkpoint is open); `whole_groups`: its kernels need quantization groups that tile
     every row; `write` writes and verifies the files; `kv_bits`: the KV cache bits it can be made
     with (0: float); `kv_scales`: an int8 cache's scales are measured on calibration text at export
-    (ONNX's static scales; MLX quantizes each position as it is stored); `rotation`: its graph
-    applies a rotated residual stream's final matrix (Recipe.rotate_residual)."""
+    (ONNX's static scales; MLX quantizes each position as it is stored); `rotation`: its runtime
+    applies a rotated residual stream's final matrix (Recipe.rotate_residual); `rotates_tied`: the
+    default rotates a tied model too, whose artifact then carries that matrix as a tensor of its own."""
 
     require: Callable[[str | None], None]
     whole_groups: bool
@@ -82,6 +83,7 @@ class Writer:
     kv_bits: tuple[int, ...] = (0,)
     kv_scales: bool = False
     rotation: bool = False
+    rotates_tied: bool = True
 
 
 def _nothing_required(family: str | None) -> None:
@@ -143,6 +145,11 @@ def _write_npu(job: WriteJob) -> Written:
 
 def _write_mlx(job: WriteJob) -> Written:
     job.note("writing the MLX weights")
+    if FINAL_ROTATION in job.qm.quantized:
+        job.note(
+            f"the residual stream is rotated and the lm_head tied: {module(FINAL_ROTATION)} is edgekit's own, "
+            "so mlx_lm.load() will not load this folder (--no-rotate-residual for one it loads)"
+        )
     write_mlx(job.folder, job.checkpoint, job.qm)
     job.note("verifying against the numpy reference")
     return Written(verify_mlx(job.folder, job.checkpoint, job.qm, job.prompt, kv_bits=job.plan.kv_bits), job.context)
@@ -158,7 +165,11 @@ WRITERS: dict[tuple[str, str | None], Writer] = {
         _nothing_required, whole_groups=True, write=_write_onnx, kv_bits=(0, 8), kv_scales=True, rotation=True
     ),
     ("onnx", "npu"): Writer(_require_npu, whole_groups=False, write=_write_npu),
-    ("mlx", None): Writer(_require_mlx, whole_groups=True, write=_write_mlx, kv_bits=(0, 8)),
+    # by default only where nothing but the folded weights changes (an untied lm_head): mlx-lm loads the
+    # folder as is; a tied model's final matrix is a tensor it does not know, so that one is asked for
+    ("mlx", None): Writer(
+        _require_mlx, whole_groups=True, write=_write_mlx, kv_bits=(0, 8), rotation=True, rotates_tied=False
+    ),
 }
 FORMATS = tuple(dict.fromkeys(f for f, _ in WRITERS))
 ONNX_FLAVORS = tuple(flavor for f, flavor in WRITERS if f == "onnx")
@@ -227,7 +238,7 @@ def plan_export(
         kind = f"{artifact_format} {flavor}" if flavor else artifact_format
         raise EdgekitError(
             f"rotate_residual: a {kind} artifact cannot carry a rotated residual stream yet; "
-            "export it to onnx cpu or cuda, or leave rotate_residual off"
+            "export it to onnx cpu or cuda or to mlx, or leave rotate_residual off"
         )
     writer.require(None)
     accuracy_level = settings.accuracy_level if accuracy_level is None else accuracy_level
@@ -300,7 +311,9 @@ def export(
         require("torch", "distill")
     if calibration is not None:
         read_text(calibration)  # a bad file is one line before any work, whichever step reads it later
-    recipe = plan.recipe.with_rotation(writer.rotation)
+    recipe = plan.recipe.with_rotation(
+        writer.rotation and (writer.rotates_tied or not checkpoint.spec.tie_word_embeddings)
+    )
     limit = checkpoint.spec.max_position_embeddings
     context = min(plan.max_context or limit, limit)
     sequences = None

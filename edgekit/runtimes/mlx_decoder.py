@@ -14,7 +14,17 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
-from ..families import EMBED, FINAL_NORM, LayerWeights, embedding_scale, head_weight, layer_weights, module, norm_offset
+from ..families import (
+    EMBED,
+    FINAL_NORM,
+    FINAL_ROTATION,
+    LayerWeights,
+    embedding_scale,
+    head_weight,
+    layer_weights,
+    module,
+    norm_offset,
+)
 from ..rope import inv_freq
 from ..spec import ModelSpec
 from .mlx_cache import Codec, KVCache, Parts, StepCache
@@ -188,7 +198,8 @@ class DecoderLayer:
 
 
 class Model:
-    """Embedding, decoder layers, final norm and (tied or own) lm_head."""
+    """Embedding, decoder layers, final norm, a rotated stream's final matrix where the folder has
+    one (a tied lm_head after a rotation, quant/rotate.py), and (tied or own) lm_head."""
 
     def __init__(self, spec: ModelSpec, weights: dict[str, mx.array], settings, streams: tuple = ()):
         """weights: the folder's tensors (already in the compute dtype); settings(module) gives the
@@ -214,6 +225,8 @@ class Model:
         self.embed_scale = embedding_scale(spec)
         self.layers = [DecoderLayer(spec, norms, n, linear) for n in range(spec.num_layers)]
         self.norm = norms(FINAL_NORM)
+        final = module(FINAL_ROTATION)
+        self.final_rotation = linear(final) if final + ".weight" in weights else None
         self.lm_head = self.embed if spec.tie_word_embeddings else linear(module(head_weight(spec)))
         self.rotary = Rotary(spec)
 
@@ -242,7 +255,8 @@ class Model:
         return h * mx.array(self.embed_scale, dtype=h.dtype) if self.embed_scale != 1 else h
 
     def _logits(self, h: mx.array) -> mx.array:
-        return self.lm_head(mx.fast.rms_norm(h, self.norm, self.spec.rms_norm_eps))
+        x = mx.fast.rms_norm(h, self.norm, self.spec.rms_norm_eps)
+        return self.lm_head(x if self.final_rotation is None else self.final_rotation(x))
 
     def __call__(self, ids: mx.array, caches: list, last_only: bool = True, mask=None) -> mx.array:
         """Logits [T or 1, vocab] of ids [T] following what the caches hold."""
