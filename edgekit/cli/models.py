@@ -121,7 +121,8 @@ def recipe_options(command):
             "--rotate-residual/--no-rotate-residual",
             default=None,
             help="Rotate the residual stream before quantizing (exact) [default: on where GPTQ rounds an ONNX "
-            "cpu/cuda export; off for rtn/hqq/awq, MLX and npu].",
+            "cpu/cuda export or an MLX export of an untied model; off for rtn/hqq/awq, npu and a tied model's "
+            "MLX export, which mlx-lm then cannot load].",
         ),
         click.option(
             "--calibration",
