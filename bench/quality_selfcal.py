@@ -13,6 +13,7 @@ recipe, model and text, so runs add up into one table.
     python bench/quality_selfcal.py default --calibration FILE   # calibrated on a file instead
     python bench/quality_selfcal.py --sensitivity                # which tensors lose the most
     python bench/quality_selfcal.py default --qad-steps 40       # then quantization-aware distillation
+    python bench/quality_selfcal.py default --layer-tune-steps 10  # each layer's scales tuned (torch)
 
 The edgekit measured is this checkout's (the script puts its root first on sys.path).
 Self-generated calibration is cached per model under out/cache/ (it is deterministic: seed 0).
@@ -168,6 +169,9 @@ def main() -> None:
         help="QAD on this many windows the model samples itself (cached; the export's way), else on the calibration",
     )
     parser.add_argument("--qad-window", type=int, default=128, help="their length in tokens")
+    parser.add_argument(
+        "--layer-tune-steps", type=int, help="tune each layer's scales as `edgekit export --layer-tune-steps` (torch)"
+    )
     parser.add_argument("-o", "--output", default="bench/results/quality_selfcal.json")
     args = parser.parse_args()
 
@@ -189,6 +193,8 @@ def main() -> None:
     if args.qad_steps:
         qad_text = f"self-generated {args.qad_samples} x {args.qad_window}" if args.qad_samples else "the calibration"
         table = {f"{label}, QAD {args.qad_steps} steps on {qad_text}": changes for label, changes in table.items()}
+    if args.layer_tune_steps:
+        table = {f"{label}, layer-tuned {args.layer_tune_steps} steps": changes for label, changes in table.items()}
     if args.gptq_plain_grid:
         from edgekit.quant import gptq
 
@@ -226,7 +232,12 @@ def main() -> None:
                     calibration = token_windows(ids, recipe.calibration_window, recipe.calibration_samples)
                 else:
                     calibration = self_calibration(checkpoint, model_name, recipe, reference)
-            qm = quantize_checkpoint(checkpoint, recipe, calibration)
+            tuner = None
+            if args.layer_tune_steps:
+                from edgekit.distill.layer_tune import LayerTuner
+
+                tuner = LayerTuner(checkpoint.spec, args.layer_tune_steps)
+            qm = quantize_checkpoint(checkpoint, recipe, calibration, tune_layer=tuner)
             qad = qad_record(args, checkpoint, model_name, qm, calibration, reference) if args.qad_steps else None
             model = ReferenceModel(checkpoint.spec, qm.weights())
             cells = []
@@ -250,6 +261,7 @@ def main() -> None:
                     "cores": os.cpu_count(),
                     "changes": changes,
                     **({"qad": qad} if qad else {}),
+                    **({"layer_tune_seconds": tuner.record()["seconds"]} if tuner else {}),
                 }
                 results["rows"].append(row)
                 cells.append(f"{row['ratio']:.3f} | {q.kl:.4f}")

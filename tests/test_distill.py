@@ -375,3 +375,65 @@ def test_distill_draft_makes_a_draft_artifact_with_the_targets_recipe(teacher, t
     assert "draft:" in run.output
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma"])  # an unrotated stream, and a rotated tied model's
+def test_layer_tuning_lowers_each_layers_error_and_keeps_the_codes(family, tmp_path):
+    """Scales move, codes and zero points do not: layer 0 (whose inputs tuning cannot change) keeps
+    GPTQ's codes exactly, and every layer reproduces its float layer better than GPTQ left it."""
+    from edgekit.distill.layer_tune import LayerTuner
+    from edgekit.quant import quantize_checkpoint
+
+    checkpoint = open_checkpoint(write_tiny_checkpoint(tmp_path / family, family))
+    rng = np.random.default_rng(0)
+    calibration = [list(rng.integers(3, 200, 48)) for _ in range(8)]
+    recipe = Recipe(algorithm="gptq", group_size=32, rotate_residual=family == "gemma")
+    plain = quantize_checkpoint(checkpoint, recipe, calibration)
+    tuner = LayerTuner(checkpoint.spec, steps=20, learning_rate=2e-2)
+    tuned = quantize_checkpoint(checkpoint, recipe, calibration, tune_layer=tuner)
+    record = tuner.record()
+    assert [layer["layer"] for layer in record["layers"]] == list(range(checkpoint.spec.num_layers))
+    assert all(layer["error_after"] < layer["error_before"] for layer in record["layers"])
+    assert tuned.bits_per_weight == plain.bits_per_weight
+    for name, qt in tuned.quantized.items():
+        old = plain.quantized[name]
+        assert qt.codes.shape == old.codes.shape and (qt.zeros is None) == (old.zeros is None)
+        if name.startswith("model.layers.0."):
+            assert np.array_equal(qt.codes, old.codes) and np.array_equal(qt.zeros, old.zeros)
+            assert not np.array_equal(qt.scales, old.scales)
+            assert np.array_equal(qt.scales, qt.scales.astype(np.float16).astype(np.float32))
+
+
+def test_export_layer_tune_steps_records_and_verifies(teacher, tmp_path):
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    out = tmp_path / "tuned"
+    args = ["export", str(teacher), "-o", str(out), "-a", "gptq", "--group-size", "32", "--layer-tune-steps", "3"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "tuning each layer's scales: 3 steps" in result.output
+    manifest = json.loads((out / "edgekit.json").read_text())
+    record = manifest["quantization"]["recipe"]["layer_tune"]
+    assert record["steps"] == 3 and len(record["layers"]) == 4
+    assert manifest["verify"]["checked"] and manifest["verify"]["top1_agreement"] == 1.0
+
+
+def test_layer_tuning_refuses_what_it_cannot_tune(teacher, tmp_path):
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    out = tmp_path / "tuned"
+    for extra, message in [
+        (["-a", "rtn", "--layer-tune-steps", "3"], "which the rtn algorithm does not read"),
+        (["--layer-tune-steps", "0"], "0 is not in the range x>=1"),
+        (["--via", "optimum", "--layer-tune-steps", "3"], "the optimum path does not make"),
+        (["--via", "optimum", "--qad-steps", "3"], "the optimum path does not make"),
+    ]:
+        result = CliRunner().invoke(cli, ["export", str(teacher), "-o", str(out), *extra])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "quantizing" not in result.output and not out.exists()
+    with pytest.raises(EdgekitError, match="at least 1"):
+        edgekit.export(teacher, out, layer_tune_steps=0)

@@ -249,6 +249,13 @@ class _LayerProgress:
     help="Quantization-aware distillation after quantizing: train scales and norms this many steps toward "
     "the unquantized model on the calibration text (extra 'distill').",
 )
+@click.option(
+    "--layer-tune-steps",
+    default=None,
+    type=click.IntRange(1),
+    help="After GPTQ rounds each decoder layer, train its scales this many steps so that it reproduces the "
+    "float layer on the calibration text (extra 'distill'; 10 steps add about 80 s on SmolLM2-135M).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def export(
@@ -273,6 +280,7 @@ def export(
     distill_layers: int | None,
     distill_steps: int,
     qad_steps: int | None,
+    layer_tune_steps: int | None,
     overwrite: bool,
     as_json: bool,
 ) -> None:
@@ -322,6 +330,7 @@ def export(
             via=via,
             qad=qad,
             kv_bits=None if kv_bits is None else int(kv_bits),
+            layer_tune_steps=layer_tune_steps,
         )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))

@@ -25,6 +25,7 @@ from .onnx import verify_onnx, write_onnx
 from .onnx_decoder import OnnxOptions
 
 if TYPE_CHECKING:
+    from ..distill.layer_tune import LayerTuner
     from ..distill.train import TrainConfig
 
 VIAS = ("native", "optimum")
@@ -276,6 +277,7 @@ def export(
     via: str | None = None,
     qad: TrainConfig | None = None,
     kv_bits: int | None = None,
+    layer_tune_steps: int | None = None,
 ) -> ExportResult:
     """Export SOURCE (HF folder, GGUF file or hub id) to an artifact folder at OUTPUT.
 
@@ -291,6 +293,9 @@ def export(
     (extra `distill`): scales, float zero points and norms trained toward the unquantized model on
     the calibration text.
 
+    layer_tune_steps: after GPTQ rounds each decoder layer, train its scales this many steps toward
+    the float layer's output on the calibration text (extra `distill`; distill/layer_tune.py).
+
     kv_bits: 8 keeps the KV cache in int8 (default: the profile's): in the ONNX graph with per
     head and channel scales measured on the calibration text, in the MLX runtime with per-position
     scales per group of channels; the manifest records it.
@@ -305,10 +310,22 @@ def export(
         raise EdgekitError(f"{output} already exists; choose another output folder or pass --overwrite")
     checkpoint = None if via == "optimum" else _open_native(source, via, note)
     if checkpoint is None:
+        if qad is not None or layer_tune_steps:
+            raise EdgekitError(
+                "quantization-aware distillation and layer tuning train edgekit's own quantized weights, which "
+                "the optimum path does not make; leave them out of an export through optimum"
+            )
         return _export_via_optimum(source, output, plan, overwrite, progress, note)
     writer.require(checkpoint.spec.family)
-    if qad is not None:
+    if qad is not None or layer_tune_steps:
         require("torch", "distill")
+    if layer_tune_steps is not None and layer_tune_steps < 1:
+        raise EdgekitError(f"layer_tune_steps={layer_tune_steps}: give a number of steps of at least 1")
+    if layer_tune_steps and not plan.recipe.needs_calibration:
+        raise EdgekitError(
+            f"layer tuning trains toward the float layers on calibration text, which the {plan.recipe.algorithm} "
+            "algorithm does not read; use awq-gptq, gptq or awq, or leave out layer tuning"
+        )
     if calibration is not None:
         read_text(calibration)  # a bad file is one line before any work, whichever step reads it later
     recipe = plan.recipe.with_rotation(
@@ -333,7 +350,8 @@ def export(
         rotated = ", the residual stream rotated" if recipe.rotate_residual else ""
         groups = _groups_said(recipe, checkpoint.spec)
         note(f"quantizing {checkpoint.name}: {recipe.algorithm} {recipe.bits}-bit {groups}{rotated}")
-        qm = quantize_checkpoint(checkpoint, recipe, sequences, progress, into=spilled)
+        tuner = _layer_tuner(checkpoint, layer_tune_steps, note)
+        qm = quantize_checkpoint(checkpoint, recipe, sequences, progress, into=spilled, tune_layer=tuner)
         release_freed_memory()
         qad_record = None
         if qad is not None:
@@ -348,7 +366,10 @@ def export(
             max_context=written.context,
             source=SourceRecord(checkpoint.source, checkpoint.format, checkpoint.name),
             quantization=QuantizationRecord(
-                {**recipe.to_dict(), "qad": qad_record}, qm.records, qm.bits_per_weight, qm.nbytes
+                {**recipe.to_dict(), "qad": qad_record, "layer_tune": tuner.record() if tuner else None},
+                qm.records,
+                qm.bits_per_weight,
+                qm.nbytes,
             ),
             verify=written.verify,
             spec=checkpoint.spec,
@@ -360,6 +381,15 @@ def export(
         ).write(folder)
         megabytes = folder_megabytes(folder)
     return ExportResult(output, time.perf_counter() - start, megabytes, qm.bits_per_weight, written.verify)
+
+
+def _layer_tuner(checkpoint: Checkpoint, steps: int | None, note: Note) -> LayerTuner | None:
+    if not steps:
+        return None
+    from ..distill.layer_tune import LayerTuner
+
+    note(f"tuning each layer's scales: {steps} steps toward the float layer")
+    return LayerTuner(checkpoint.spec, steps)
 
 
 def _open_native(source: str | Path, via: str | None, note: Note) -> Checkpoint | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -30,6 +30,21 @@ from .rtn import quantize_rtn
 from .tensor import QuantizedTensor
 
 Progress = Callable[[int, int, str], None]
+
+
+class LayerTune(Protocol):
+    """Called after layer n is quantized, before the calibration states go through it: may replace
+    that layer's tensors in `quantized` by better ones, reading the layer's float weights (after AWQ's
+    scaling), its norms and biases in `dense`, and the states entering it (distill/layer_tune.py)."""
+
+    def __call__(
+        self,
+        n: int,
+        float_weights: Mapping[str, np.ndarray],
+        quantized: MutableMapping[str, QuantizedTensor],
+        dense: MutableMapping[str, np.ndarray],
+        hidden: list[np.ndarray],
+    ) -> None: ...
 
 
 @dataclass
@@ -249,8 +264,10 @@ def quantize_checkpoint(
     calibration: list[list[int]] | None = None,
     progress: Progress | None = None,
     into: MutableMapping[str, QuantizedTensor] | None = None,
+    tune_layer: LayerTune | None = None,
 ) -> QuantizedModel:
     """into: where the quantized tensors go (default a dict; SpilledTensors keeps them on disk).
+    tune_layer: run on each decoder layer once it is quantized (calibrated recipes only).
     The recipe is taken as it is: a rotate_residual left at None rotates nothing here (export and
     eval decide it by the runtime, Recipe.with_rotation)."""
     spec, store = checkpoint.spec, checkpoint.tensors
@@ -342,6 +359,7 @@ def quantize_checkpoint(
             reorder_intermediate(spec, n, w, order)
             if lw.down_input in hessians.sums:
                 hessians.reorder(lw.down_input, order)
+        float_layer = dict(w) if tune_layer and calibrate else None
         for point, targets in points.items():
             hessian = hessians.get(point)
             factor = _shared_factor([recipe.for_tensor(t, spec.num_layers) for t in targets], hessian)
@@ -349,6 +367,9 @@ def quantize_checkpoint(
                 put(t, w.pop(t), hessian, factor=factor)
             hessians.drop(point)
         dense.update(w)  # what is left: norms, biases
+        if float_layer is not None and tune_layer is not None:
+            tune_layer(n, float_layer, quantized, dense, hidden)
+        del float_layer
         # Loop variables outlive an iteration: without these dels the float layers and Hessians of
         # layer n would still be held while layer n + 1 is loaded.
         del w, hessians, hessian
