@@ -40,6 +40,7 @@ from edgekit.testing.offgrid import off_grid_copy
 # (engine, variant): edgekit's defaults first, then the peers' 4-bit formats
 ARTIFACTS = [
     ("edgekit", "default"),
+    ("edgekit", "layer-tuned"),
     ("edgekit-mlx", "default"),
     ("edgekit-mlx", "rotated"),
     ("llama.cpp", "Q4_0"),

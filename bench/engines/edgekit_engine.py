@@ -28,6 +28,8 @@ ONNX_VARIANTS = {
     "gptq-g32": ["-a", "gptq", "-g", "32", "--asymmetric"],
     "rtn-8bit": ["-a", "rtn", "--bits", "8", "--embedding-bits", "8"],
 }
+# exported when named (bench/quality_peers.py), not in the suite: each layer's scales tuned (torch)
+ONNX_OPT_IN = {"layer-tuned": ["--layer-tune-steps", "10"]}
 # the MLX default leaves a tied model's stream unrotated (mlx-lm loads the folder); "rotated" asks for it
 MLX_VARIANTS = {"default": [], "rotated": ["--rotate-residual"]}
 
@@ -74,7 +76,7 @@ class EdgekitEngine:
 
     def export(self, source: Source, variant: str, out: Path) -> None:
         command = [sys.executable, "-m", "edgekit", "export", str(source.gguf or source.hf), "-o", str(out)]
-        options = (ONNX_VARIANTS if self.format == "onnx" else MLX_VARIANTS)[variant]
+        options = ({**ONNX_VARIANTS, **ONNX_OPT_IN} if self.format == "onnx" else MLX_VARIANTS)[variant]
         command += ["--format", self.format, "--max-context", "2048", "--overwrite", "--json", *options]
         if source.calibration:
             command += ["--calibration", str(source.calibration)]
