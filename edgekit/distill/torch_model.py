@@ -169,7 +169,7 @@ class Decoder(nn.Module):
         gate, up = self._linear(x, lw.gate_up).chunk(2, dim=-1)
         return self._linear(self.act(gate) * up, lw.down)
 
-    def _mask(self, t: int, device: torch.device) -> torch.Tensor:
+    def causal_mask(self, t: int, device: torch.device) -> torch.Tensor:
         positions = torch.arange(t, device=device)
         allowed = positions[:, None] >= positions[None, :]
         if self.spec.sliding_window:
@@ -202,7 +202,7 @@ class Decoder(nn.Module):
         h = F.embedding(ids, embed)
         if self.embed_scale != 1:
             h = h * self.embed_scale
-        mask = self._mask(ids.shape[1], ids.device)
+        mask = self.causal_mask(ids.shape[1], ids.device)
         for n in range(s.num_layers):
             h = self.layer(n, h, mask)
         x = rms_norm(h, w[FINAL_NORM], s.rms_norm_eps)
