@@ -254,7 +254,7 @@ class _LayerProgress:
     default=None,
     type=click.IntRange(1),
     help="After GPTQ rounds each decoder layer, train its scales this many steps so that it reproduces the "
-    "float layer on the calibration text (extra 'distill'; 10 steps add about 80 s on SmolLM2-135M).",
+    "float layer on the calibration text (extra 'distill'; 10 steps add about 70 s on SmolLM2-135M).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
