@@ -429,8 +429,8 @@ def test_layer_tuning_refuses_what_it_cannot_tune(teacher, tmp_path):
     for extra, message in [
         (["-a", "rtn", "--layer-tune-steps", "3"], "which the rtn algorithm does not read"),
         (["--layer-tune-steps", "0"], "0 is not in the range x>=1"),
-        (["--via", "optimum", "--layer-tune-steps", "3"], "the optimum path does not make"),
-        (["--via", "optimum", "--qad-steps", "3"], "the optimum path does not make"),
+        (["--via", "optimum", "--layer-tune-steps", "3"], "does not cover an export through optimum"),
+        (["--via", "optimum", "--qad-steps", "3"], "does not cover an export through optimum"),
     ]:
         result = CliRunner().invoke(cli, ["export", str(teacher), "-o", str(out), *extra])
         assert result.exit_code == 2, result.output

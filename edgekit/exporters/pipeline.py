@@ -312,8 +312,8 @@ def export(
     if checkpoint is None:
         if qad is not None or layer_tune_steps:
             raise EdgekitError(
-                "quantization-aware distillation and layer tuning train edgekit's own quantized weights, which "
-                "the optimum path does not make; leave them out of an export through optimum"
+                "quantization-aware distillation and layer tuning train edgekit's model of the native families, "
+                "which does not cover an export through optimum; leave them out of it"
             )
         return _export_via_optimum(source, output, plan, overwrite, progress, note)
     writer.require(checkpoint.spec.family)
