@@ -47,8 +47,7 @@ class LayerTuner:
         states = [torch.from_numpy(h) for h in hidden if len(h) == length]  # one length per batch
         x = torch.stack(states)
         teacher = Decoder(self.spec, Weights(_layer(float_weights, prefix), trainable=False), length)
-        layer = {k: quantized[k] for k in quantized if k.startswith(prefix)}  # keys: a spilled store reads on access
-        weights = Weights(_layer(dense, prefix), layer, trainable=False)
+        weights = Weights(_layer(dense, prefix), _layer(quantized, prefix), trainable=False)
         student = Decoder(self.spec, weights, length)
         mask = student.causal_mask(length, x.device)
         with torch.no_grad():
@@ -85,4 +84,5 @@ class LayerTuner:
 
 
 def _layer(tensors: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    return {k: v for k, v in tensors.items() if k.startswith(prefix)}
+    """The tensors under `prefix`, read by key: a spilled store reads a tensor from disk on access."""
+    return {k: tensors[k] for k in tensors if k.startswith(prefix)}
