@@ -41,6 +41,7 @@ from edgekit.testing.offgrid import off_grid_copy
 ARTIFACTS = [
     ("edgekit", "default"),
     ("edgekit", "layer-tuned"),
+    ("edgekit", "g32-key8-tuned"),
     ("edgekit-mlx", "default"),
     ("edgekit-mlx", "rotated"),
     ("llama.cpp", "Q4_0"),

@@ -28,8 +28,12 @@ ONNX_VARIANTS = {
     "gptq-g32": ["-a", "gptq", "-g", "32", "--asymmetric"],
     "rtn-8bit": ["-a", "rtn", "--bits", "8", "--embedding-bits", "8"],
 }
-# exported when named (bench/quality_peers.py), not in the suite: each layer's scales tuned (torch)
-ONNX_OPT_IN = {"layer-tuned": ["--layer-tune-steps", "10"]}
+# exported when named (bench/quality_peers.py), not in the suite: each layer's scales tuned (torch);
+# the most kept within 5 bits/weight by any recipe measured, at blocks of 32's prefill cost
+ONNX_OPT_IN = {
+    "layer-tuned": ["--layer-tune-steps", "10"],
+    "g32-key8-tuned": ["-g", "32", "--edge-down-bits", "4", "--key-bits", "8", "--layer-tune-steps", "10"],
+}
 # the MLX default leaves a tied model's stream unrotated (mlx-lm loads the folder); "rotated" asks for it
 MLX_VARIANTS = {"default": [], "rotated": ["--rotate-residual"]}
 
