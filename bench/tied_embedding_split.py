@@ -43,6 +43,7 @@ def main() -> None:
         checkpoint = source if name == "smollm2" else off_grid_copy(source)
         reference = ReferenceModel.from_checkpoint(checkpoint)
         memo = qs.Memo(reference.forward)
+        source_perplexity = {t: evaluate(ws, memo).perplexity for t, ws in texts.items()}
         recipe = DEFAULT_RECIPE.with_rotation(True)
         qm = quantize_checkpoint(checkpoint, recipe, qs.self_calibration(checkpoint, name, recipe, reference))
         weights = dict(qm.weights())
@@ -58,7 +59,7 @@ def main() -> None:
             model = ReferenceModel(spec, tensors)
             for text, windows in texts.items():
                 q = evaluate(windows, model.forward, memo)
-                ratio = q.perplexity / evaluate(windows, memo).perplexity
+                ratio = q.perplexity / source_perplexity[text]
                 rows.append({"model": name, "variant": label, "text": text, "ratio": ratio, "kl": q.kl})
                 print(f"{name} | {label} | {text} x{ratio:.3f} KL {q.kl:.4f}", flush=True)
     Path(args.output).write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}, indent=1))

@@ -437,3 +437,5 @@ def test_layer_tuning_refuses_what_it_cannot_tune(teacher, tmp_path):
         assert message in result.output and "quantizing" not in result.output and not out.exists()
     with pytest.raises(EdgekitError, match="at least 1"):
         edgekit.export(teacher, out, layer_tune_steps=0)
+    with pytest.raises(EdgekitError, match="at least 1"):  # checked before the path is chosen
+        edgekit.export(teacher, out, via="optimum", layer_tune_steps=0)

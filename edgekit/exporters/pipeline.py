@@ -303,6 +303,13 @@ def export(
     plan, writer = plan_export(profile, format, flavor, recipe, calibration, max_context, accuracy_level, kv_bits)
     if via not in (None, *VIAS):
         raise EdgekitError(f"export path '{via}' is not one of {', '.join(VIAS)}")
+    if layer_tune_steps is not None and layer_tune_steps < 1:
+        raise EdgekitError(f"layer_tune_steps={layer_tune_steps}: give a number of steps of at least 1")
+    if layer_tune_steps and not plan.recipe.needs_calibration:
+        raise EdgekitError(
+            f"layer tuning trains toward the float layers on calibration text, which the {plan.recipe.algorithm} "
+            "algorithm does not read; use awq-gptq, gptq or awq, or leave out layer tuning"
+        )
     note = stage or (lambda message: None)
     start = time.perf_counter()
     output = Path(output)
@@ -319,13 +326,6 @@ def export(
     writer.require(checkpoint.spec.family)
     if qad is not None or layer_tune_steps:
         require("torch", "distill")
-    if layer_tune_steps is not None and layer_tune_steps < 1:
-        raise EdgekitError(f"layer_tune_steps={layer_tune_steps}: give a number of steps of at least 1")
-    if layer_tune_steps and not plan.recipe.needs_calibration:
-        raise EdgekitError(
-            f"layer tuning trains toward the float layers on calibration text, which the {plan.recipe.algorithm} "
-            "algorithm does not read; use awq-gptq, gptq or awq, or leave out layer tuning"
-        )
     if calibration is not None:
         read_text(calibration)  # a bad file is one line before any work, whichever step reads it later
     recipe = plan.recipe.with_rotation(
