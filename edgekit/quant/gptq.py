@@ -10,6 +10,7 @@ energy (the Hessian's diagonal; a grid search).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,6 +112,31 @@ def gptq_factor(hessian: np.ndarray, group_size: int, damp: float = DAMP, act_or
     return GptqFactor(order, dead, _inverse_cholesky_upper(h, order, dead, damp))  # the caller's H stays
 
 
+def gptq_sweep(
+    weights: np.ndarray, hinv: np.ndarray, round_input: Callable[[int, np.ndarray], np.ndarray], block: int = 128
+) -> None:
+    """GPTQ's error-compensating pass over `weights` [inputs in visiting order, outputs], updated in
+    place: round_input(i, w_i) rounds input i (every output row's weight at once, as compensated so
+    far) onto its grid and returns the rounded values; the rounding error, scaled by the inverse
+    Hessian's upper factor `hinv`, is pushed onto the inputs not yet visited."""
+    kp = weights.shape[0]
+    for b0 in range(0, kp, block):
+        b1 = min(b0 + block, kp)
+        w_blk = weights[b0:b1]  # updated in place: these inputs are not read after this block
+        err_blk = np.zeros_like(w_blk)
+        h_blk = hinv[b0:b1, b0:b1]
+        # GPTQ's lazy updates twice over: an input's error reaches the rest of its SUB-wide slice at
+        # once, the rest of the block after the slice, the rest of the weights after the block
+        for i0 in range(0, b1 - b0, SUB):
+            i1 = min(i0 + SUB, b1 - b0)
+            for i in range(i0, i1):
+                err = (w_blk[i] - round_input(b0 + i, w_blk[i])) / h_blk[i, i]
+                w_blk[i + 1 : i1] -= h_blk[i, i + 1 : i1, None] * err[None, :]
+                err_blk[i] = err
+            w_blk[i1:] -= h_blk[i0:i1, i1:].T @ err_blk[i0:i1]
+        weights[b1:] -= hinv[b0:b1, b1:].T @ err_blk
+
+
 def quantize_gptq(
     w: np.ndarray,
     hessian: np.ndarray,
@@ -157,26 +183,16 @@ def quantize_gptq(
 
     codes = np.zeros((kp, n), np.uint8)
     qmax = 2**bits - 1
-    for b0 in range(0, kp, block):
-        b1 = min(b0 + block, kp)
-        w_blk = weights[b0:b1]  # updated in place: these inputs are not read after this block
-        err_blk = np.zeros_like(w_blk)
-        h_blk = hinv[b0:b1, b0:b1]
-        col_scale = scales[:, order[b0:b1] // g].T  # [block, n] in visiting order
-        col_zero = zeros[:, order[b0:b1] // g].T
-        # GPTQ's lazy updates twice over: an input's error reaches the rest of its SUB-wide slice at
-        # once, the rest of the block after the slice, the rest of the weights after the block
-        for i0 in range(0, b1 - b0, SUB):
-            i1 = min(i0 + SUB, b1 - b0)
-            for i in range(i0, i1):
-                s_col, z_col = col_scale[i], col_zero[i]
-                q = np.clip(np.rint(w_blk[i] / s_col + z_col), 0, qmax)
-                codes[b0 + i] = q
-                err = (w_blk[i] - (q - z_col) * s_col) / h_blk[i, i]
-                w_blk[i + 1 : i1] -= h_blk[i, i + 1 : i1, None] * err[None, :]
-                err_blk[i] = err
-            w_blk[i1:] -= h_blk[i0:i1, i1:].T @ err_blk[i0:i1]
-        weights[b1:] -= hinv[b0:b1, b1:].T @ err_blk
+    group_of = order // g
+    scales_by_group, zeros_by_group = np.ascontiguousarray(scales.T), np.ascontiguousarray(zeros.T)
+
+    def round_input(i: int, w_i: np.ndarray) -> np.ndarray:
+        s, z = scales_by_group[group_of[i]], zeros_by_group[group_of[i]]
+        q = np.clip(np.rint(w_i / s + z), 0, qmax)
+        codes[i] = q
+        return (q - z) * s
+
+    gptq_sweep(weights, hinv, round_input, block)
     restored = np.empty((n, kp), np.uint8)
     restored[:, order] = codes.T
     return QuantizedTensor(restored, fp16(scales), None if symmetric else zeros, bits, g, (n, k), "gptq")
