@@ -14,6 +14,8 @@ recipe, model and text, so runs add up into one table.
     python bench/quality_selfcal.py --sensitivity                # which tensors lose the most
     python bench/quality_selfcal.py default --qad-steps 40       # then quantization-aware distillation
     python bench/quality_selfcal.py default --layer-tune-steps 10  # each layer's scales tuned (torch)
+    python bench/quality_selfcal.py default --grid row           # a non-uniform grid (bench/nonuniform_grid.py)
+    python bench/quality_selfcal.py --any-bits --json 'five={"bits": 5}'  # codes no runtime reads
 
 The edgekit measured is this checkout's (the script puts its root first on sys.path).
 Self-generated calibration is cached per model under out/cache/ (it is deterministic: seed 0).
@@ -172,6 +174,12 @@ def main() -> None:
     parser.add_argument(
         "--layer-tune-steps", type=int, help="tune each layer's scales as `edgekit export --layer-tune-steps` (torch)"
     )
+    parser.add_argument(
+        "--grid", choices=("row", "tensor"), help="4-bit GPTQ onto a non-uniform grid (a probe: no runtime reads it)"
+    )
+    parser.add_argument(
+        "--any-bits", action="store_true", help="allow 2- to 8-bit codes (a probe: ONNX Runtime reads 2, 4, 8)"
+    )
     parser.add_argument("-o", "--output", default="bench/results/quality_selfcal.json")
     args = parser.parse_args()
 
@@ -200,6 +208,15 @@ def main() -> None:
 
         gptq.quantize_gptq.__kwdefaults__["weighted_grid"] = False
         table = {f"{label} plain grid": changes for label, changes in table.items()}
+    if args.any_bits:
+        from edgekit.quant import tensor
+
+        tensor.SUPPORTED_BITS = tuple(range(2, 9))
+    if args.grid:
+        from nonuniform_grid import install  # bench/, this script's folder
+
+        install(args.grid)
+        table = {f"{label}, on a grid per {args.grid} (a probe)": changes for label, changes in table.items()}
     output = Path(args.output)
     results = json.loads(output.read_text()) if output.is_file() else {"rows": []}
     source = open_checkpoint(smollm2_gguf())
