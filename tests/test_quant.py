@@ -13,7 +13,7 @@ from edgekit.evaluate import evaluate
 from edgekit.families import EMBED, FINAL_NORM, FINAL_ROTATION, layer_weights
 from edgekit.quant.awq import output_error, quantize_clipped, search_scales
 from edgekit.quant.calibration import read_text, token_windows
-from edgekit.quant.gptq import _inverse_cholesky_upper, gptq_factor, quantize_gptq
+from edgekit.quant.gptq import _inverse_cholesky_upper, gptq_factor, gptq_sweep, quantize_gptq
 from edgekit.quant.hqq import quantize_hqq
 from edgekit.quant.pipeline import _fold_awq, _points, quantize_checkpoint
 from edgekit.quant.recipe import Recipe, edge_layers
@@ -102,6 +102,35 @@ def test_gptq_lazy_updates_match_one_input_at_a_time(layer_problem, group):
         err = (rest[:, i] - (q - zeros[:, i]) * scales[:, i]) / u[i, i]
         rest[:, i + 1 :] -= np.outer(err, u[i, i + 1 :])
     assert np.mean(codes != qt.codes) < 1e-3
+
+
+def test_gptq_sweep_takes_any_grid(layer_problem):
+    """gptq_sweep with another rounding step (a fixed non-uniform grid, one scale per output row)
+    lowers the output error against rounding each weight to the nearest level of the same grid, and
+    hands the step every input once, in visiting order."""
+    w, h = layer_problem
+    levels = np.array([-1.0, -0.6, -0.35, -0.15, 0.0, 0.15, 0.35, 0.6, 1.0], np.float32)
+    scale = np.abs(w).max(axis=1)
+
+    def nearest(values: np.ndarray) -> np.ndarray:
+        return levels[np.abs(values[:, None] / scale[:, None] - levels[None, :]).argmin(axis=1)] * scale
+
+    factor = gptq_factor(h, 32)
+    weights = w.T[factor.order].copy()
+    seen: list[int] = []
+    rounded = np.zeros_like(weights)
+
+    def round_input(i: int, w_i: np.ndarray) -> np.ndarray:
+        seen.append(i)
+        rounded[i] = nearest(w_i)
+        return rounded[i]
+
+    gptq_sweep(weights, factor.hinv, round_input)
+    swept = np.empty_like(w)
+    swept[:, factor.order] = rounded.T
+    plain = np.stack([nearest(column) for column in w.T], axis=1)
+    assert seen == list(range(w.shape[1]))
+    assert output_error(w, swept, h) < 0.8 * output_error(w, plain, h)
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
