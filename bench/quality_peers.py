@@ -44,6 +44,8 @@ ARTIFACTS = [
     ("edgekit", "g32-key8-tuned"),
     ("edgekit-mlx", "default"),
     ("edgekit-mlx", "rotated"),
+    ("edgekit-mlx", "5bit-rotated"),
+    ("edgekit-mlx", "6bit"),
     ("llama.cpp", "Q4_0"),
     ("llama.cpp", "Q4_K_M"),
     ("onnxruntime-genai", "int4"),

@@ -118,7 +118,7 @@ def test_eval_per_class_bits(runner, tiny_models, tmp_path, option, default):
         (["-g", "48"], "group size 48"),
         (["--bits", "3"], "bits=3"),
         (["--edge-down-bits", "3"], "edge_down_bits=3"),
-        (["--key-bits", "5"], "key_bits=5"),
+        (["--key-bits", "7"], "key_bits=7"),
     ],
 )
 def test_eval_bad_recipe(runner, tiny_models, tmp_path, args, match):
@@ -158,6 +158,17 @@ def test_rotate_residual_from_the_cli(runner, tiny_models, tmp_path):
     result = runner.invoke(cli, npu)
     assert result.exit_code == 2 and "rotate_residual: a onnx npu artifact cannot carry" in result.output
     assert not (tmp_path / "npu").exists()
+
+
+def test_code_widths_an_artifact_cannot_read_are_refused(runner, tiny_models, tmp_path):
+    """5- and 6-bit codes are MLX's; an ONNX export asked for them says so in one line, before it
+    quantizes anything, and leaves no folder."""
+    for args in (["--bits", "5"], ["--edge-down-bits", "6"], ["--flavor", "npu", "--key-bits", "5"]):
+        out = tmp_path / "onnx"
+        result = runner.invoke(cli, ["export", str(tiny_models["llama"]), "-o", str(out), *args])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert "kernels read 4 or 8-bit codes" in result.output and "are made for mlx" in result.output
+        assert len(result.output.strip().splitlines()) == 1 and not out.exists()
 
 
 def _eval_rows(runner, source, text, *args):

@@ -126,9 +126,10 @@ def test_a_user_profile_file(tmp_path):
 
 def test_a_profiles_defaults_are_the_recipes_and_the_runtimes():
     """profile.py mirrors these values rather than import quant (more than a Pi installs)."""
-    from edgekit.device_profiles.profile import ALGORITHMS, ExportSettings, RuntimeSettings
+    from edgekit.device_profiles.profile import ALGORITHMS, CODE_BITS, ExportSettings, RuntimeSettings
     from edgekit.quant import ALGORITHMS as RECIPE_ALGORITHMS
     from edgekit.quant import DEFAULT_RECIPE
+    from edgekit.quant.tensor import SUPPORTED_BITS
     from edgekit.runtimes.onnx import DEFAULT_PREFILL_CHUNK
 
     export = ExportSettings()
@@ -137,7 +138,7 @@ def test_a_profiles_defaults_are_the_recipes_and_the_runtimes():
         assert getattr(export, key) == getattr(DEFAULT_RECIPE, key), key
     assert (export.key_bits or None) == DEFAULT_RECIPE.key_bits
     assert export.rotate_residual is DEFAULT_RECIPE.rotate_residual is None  # decided by the artifact's runtime
-    assert ALGORITHMS == RECIPE_ALGORITHMS
+    assert ALGORITHMS == RECIPE_ALGORITHMS and CODE_BITS == SUPPORTED_BITS
     assert RuntimeSettings().prefill_chunk == DEFAULT_PREFILL_CHUNK
 
 
@@ -146,7 +147,7 @@ def test_a_profiles_defaults_are_the_recipes_and_the_runtimes():
     [
         (("bits = 4", "bitz = 4"), "export.bitz: unknown key; allowed here: format, flavor"),
         (("bits = 4", 'bits = "4"'), "export.bits: expected int, got str '4'"),
-        (("bits = 4", "bits = 3"), "export.bits: 3 is not allowed; allowed: 4, 8"),
+        (("bits = 4", "bits = 3"), "export.bits: 3 is not allowed; allowed: 4, 5, 6, 8"),
         (("bits = 4", "bits = true"), "export.bits: expected int, got True"),
         (("bits = 4", 'flavor = "tpu"'), "export.flavor: 'tpu' is not allowed; allowed: cpu, cuda, npu"),
         (('arch = ["aarch64"]', 'arch = "aarch64"'), "detect.arch: expected a list of strings"),

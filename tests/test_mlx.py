@@ -15,11 +15,11 @@ from helpers import rel_err
 
 from edgekit.cli import cli
 from edgekit.errors import EdgekitError
-from edgekit.exporters.mlx import MlxFolderWeights, unpack_mlx, write_mlx
+from edgekit.exporters.mlx import MlxFolderWeights, write_mlx
 from edgekit.exporters.pipeline import export
 from edgekit.exporters.verify import run_greedy
 from edgekit.generation.loader import load_runtime
-from edgekit.quant.packing import to_mlx
+from edgekit.quant.packing import to_mlx, unpack_words
 from edgekit.quant.pipeline import quantize_checkpoint
 from edgekit.quant.recipe import Recipe
 from edgekit.quant.rtn import quantize_rtn
@@ -35,7 +35,7 @@ PROMPT = [int(i) for i in np.random.default_rng(5).integers(3, 380, 20)]
 FAST = Recipe(algorithm="rtn", group_size=32, lm_head_bits=8)
 
 
-@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("bits", [4, 5, 6, 8])
 @pytest.mark.parametrize("zeros", ["integer", "float"])
 def test_packing_matches_mlx_dequantize(bits, zeros):
     w = np.random.default_rng(0).standard_normal((48, 256)).astype(np.float32)
@@ -43,7 +43,7 @@ def test_packing_matches_mlx_dequantize(bits, zeros):
     if zeros == "float":  # HQQ's optimized zero points
         qt.zeros = qt.zeros + np.float32(0.25)
     packed = to_mlx(qt, np.float32)
-    assert np.array_equal(unpack_mlx(packed.weight, bits), qt.codes)
+    assert np.array_equal(unpack_words(packed.weight, bits), qt.codes)
     theirs = mx.dequantize(
         mx.array(packed.weight), mx.array(packed.scales), mx.array(packed.biases), group_size=64, bits=bits
     )
@@ -144,6 +144,28 @@ def test_mlx_lm_loads_the_artifact_and_generates_the_same_greedy_tokens(tmp_path
     mlx_artifact = tmp_path / "mlx"
     export(source, mlx_artifact, format="mlx", recipe=FAST, max_context=128)
     theirs, ours = _greedy_mlx_lm_and_edgekit(mlx_lm, mlx_artifact)
+    assert ours == theirs
+
+
+def test_five_and_six_bit_codes(tmp_path):
+    """Codes MLX reads and ONNX Runtime does not: blocks at 6 bits, the edge layers' down projection
+    at 5 (mlx-lm's per-module entry), each straddling uint32 words. The export verifies against the
+    reference, mlx-lm loads the folder and generates edgekit's tokens, and the bytes sit between
+    the 4- and 8-bit exports'."""
+    source = write_tiny_checkpoint(tmp_path / "hf", "qwen2")
+    sizes = {}
+    for bits in (4, 6, 8):
+        recipe = replace(FAST, bits=bits, edge_down_bits=5)
+        result = export(source, tmp_path / str(bits), format="mlx", recipe=recipe, max_context=64)
+        assert result.verify["checked"] and result.verify["top1_agreement"] == 1.0
+        sizes[bits] = sum(f.stat().st_size for f in (tmp_path / str(bits)).glob("*.safetensors"))
+    quantization = json.loads((tmp_path / "6" / "config.json").read_text())["quantization"]
+    assert quantization["bits"] == 6 and quantization["model.layers.0.mlp.down_proj"] == {"group_size": 32, "bits": 5}
+    weights = MlxFolderWeights.open(tmp_path / "6")
+    words, _, _, bits, _ = weights.packed("model.layers.1.self_attn.q_proj.weight")
+    assert bits == 6 and words.shape[1] * 32 == 6 * weights.spec.hidden_size
+    assert sizes[4] < sizes[6] < sizes[8]
+    theirs, ours = _greedy_mlx_lm_and_edgekit(pytest.importorskip("mlx_lm"), tmp_path / "6")
     assert ours == theirs
 
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from edgekit.errors import EdgekitError
+from edgekit.quant import packing
 from edgekit.quant.hqq import quantize_hqq
-from edgekit.quant.packing import pack_low_first, to_matmulnbits, to_mlx, unpack_low_first
+from edgekit.quant.packing import pack_low_first, pack_words, to_matmulnbits, to_mlx, unpack_low_first, unpack_words
 from edgekit.quant.rtn import quantize_rtn
 from edgekit.quant.tensor import layer_group
 
@@ -85,7 +86,7 @@ def test_matmulnbits_float_zero_points_from_hqq():
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("symmetric", [False, True])
-@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("bits", [4, 5, 6, 8])
 def test_mlx_dequantize_reproduces_dequantize(shape, group, symmetric, bits):
     mx = pytest.importorskip("mlx.core")
     n, k = shape
@@ -116,3 +117,19 @@ def test_mlx_packing_matches_mlx_own_layout():
     back = np.array(mx.dequantize(w_mx, s_mx, b_mx, group_size=32, bits=4))
     np.testing.assert_allclose(back, qt.dequantize(), atol=1e-5)
     assert packed.weight.shape == tuple(w_mx.shape) and packed.weight.dtype == np.uint32
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
+def test_packed_words_are_mlx_own(bits, monkeypatch):
+    """pack_words lays codes of every width MLX reads as mlx.core.quantize does (a 5-bit code
+    straddling two words included), in row blocks smaller than the tensor, and unpack_words undoes it."""
+    mx = pytest.importorskip("mlx.core")
+    monkeypatch.setattr(packing, "STREAM_ROWS", 5)
+    w = np.random.default_rng(bits).standard_normal((12, 128)).astype(np.float32)
+    words, scales, biases = (np.array(a) for a in mx.quantize(mx.array(w), group_size=64, bits=bits))
+    restored = np.array(mx.dequantize(mx.array(words), mx.array(scales), mx.array(biases), group_size=64, bits=bits))
+    codes = np.rint((restored.reshape(12, 2, 64) - biases[..., None]) / scales[..., None]).reshape(12, 128)
+    codes = codes.astype(np.uint8)
+    assert codes.max() == 2**bits - 1  # every bit of the width is exercised
+    assert np.array_equal(pack_words(codes, bits), words)
+    assert np.array_equal(unpack_words(words, bits), codes)

@@ -35,7 +35,13 @@ ONNX_OPT_IN = {
     "g32-key8-tuned": ["-g", "32", "--edge-down-bits", "4", "--key-bits", "8", "--layer-tune-steps", "10"],
 }
 # the MLX default leaves a tied model's stream unrotated (mlx-lm loads the folder); "rotated" asks for it
-MLX_VARIANTS = {"default": [], "rotated": ["--rotate-residual"]}
+# 5- and 6-bit codes, which MLX reads and ONNX Runtime does not
+MLX_VARIANTS = {
+    "default": [],
+    "rotated": ["--rotate-residual"],
+    "5bit-rotated": ["--bits", "5", "--rotate-residual"],
+    "6bit": ["--bits", "6"],
+}
 
 
 class _RuntimeSession:

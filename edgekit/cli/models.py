@@ -99,7 +99,12 @@ def recipe_options(command):
         click.option(
             "-a", "--algorithm", default=None, help="rtn, hqq, awq, gptq or awq-gptq [default: the recipe's]."
         ),
-        click.option("--bits", default=None, type=int, help="Bits of the transformer blocks (4 or 8) [default: 4]."),
+        click.option(
+            "--bits",
+            default=None,
+            type=int,
+            help="Bits of the transformer blocks: 4 or 8, for MLX also 5 or 6 [default: 4].",
+        ),
         click.option("-g", "--group-size", default=None, type=int, help="Block size along K: 32, 64 or 128."),
         click.option("--symmetric/--asymmetric", default=None, help="Zero points or not [default: the recipe's]."),
         click.option("--embedding-bits", default=None, type=int, help="Bits of the embedding / tied lm_head."),

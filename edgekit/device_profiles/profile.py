@@ -18,6 +18,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ALGORITHMS = ("rtn", "hqq", "awq", "gptq", "awq-gptq")  # mirrors quant.recipe, which imports more than a Pi needs
+CODE_BITS = (4, 5, 6, 8)  # mirrors quant.tensor.CODE_BITS; 5 and 6 for MLX, the export checks the format
 
 
 class ProfileError(EdgekitError):
@@ -113,12 +114,12 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "format": ("onnx", "mlx"),
     "flavor": ("cpu", "cuda", "npu"),
     "algorithm": ALGORITHMS,
-    "bits": (4, 8),
+    "bits": CODE_BITS,
     "group_size": (16, 32, 64, 128),
-    "embedding_bits": (4, 8),
-    "lm_head_bits": (4, 8),
-    "edge_down_bits": (0, 4, 8),
-    "key_bits": (0, 4, 8),
+    "embedding_bits": CODE_BITS,
+    "lm_head_bits": CODE_BITS,
+    "edge_down_bits": (0, *CODE_BITS),
+    "key_bits": (0, *CODE_BITS),
     "accuracy_level": (0, 1, 2, 3, 4),
     "kv_bits": (0, 8),
 }

@@ -1,9 +1,10 @@
 """Emit an MLX artifact in mlx-lm's layout, read one back with numpy, and verify it.
 
 Layout: `config.json` (the source's HF config plus mlx-lm's `quantization` key), safetensors
-holding, for every quantized layer under its HF module name, `weight` (uint32 codes, eight 4-bit
-codes per word, low bits first), `scales` and `biases` (float16; w = code * scale + bias), and the
-other tensors in float16; sharded past 5 GB with mlx-lm's index file.
+holding, for every quantized layer under its HF module name, `weight` (uint32 words of codes, low
+bits first: eight 4-bit codes a word; quant/packing.pack_words), `scales` and `biases` (float16;
+w = code * scale + bias), and the other tensors in float16; sharded past 5 GB with mlx-lm's index
+file.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from ..errors import EdgekitError
 from ..families import FINAL_ROTATION, norm_names, norm_offset
-from ..quant.packing import MLXWeights, to_mlx
+from ..quant.packing import MLXWeights, to_mlx, unpack_words
 from ..quant.pipeline import QuantizedModel
 from ..runtimes.mlx import INDEX_FILE, module_settings, weight_files
 from ..sources.checkpoint import Checkpoint
@@ -177,14 +178,6 @@ def write_mlx(folder: Path, checkpoint: Checkpoint, qm: QuantizedModel, shard_by
     return names
 
 
-def unpack_mlx(weight: np.ndarray, bits: int) -> np.ndarray:
-    """uint32 words [N, K * bits / 32] -> codes [N, K], low bits first."""
-    per_word = 32 // bits
-    shifts = (np.arange(per_word, dtype=np.uint32) * bits)[None, None, :]
-    codes = (weight[:, :, None] >> shifts) & np.uint32((1 << bits) - 1)
-    return codes.reshape(weight.shape[0], -1).astype(np.uint8)
-
-
 @dataclass(eq=False)
 class MlxFolderWeights(Mapping[str, np.ndarray]):
     """An MLX model folder's weights as float32 arrays under canonical HF names, dequantized with
@@ -228,7 +221,7 @@ class MlxFolderWeights(Mapping[str, np.ndarray]):
             values = self._read(name)
             return values + np.float32(self.norms[name]) if name in self.norms else values
         words, scales, biases, bits, group = packed
-        codes = unpack_mlx(words, bits).astype(np.float32).reshape(scales.shape[0], scales.shape[1], group)
+        codes = unpack_words(words, bits).astype(np.float32).reshape(scales.shape[0], scales.shape[1], group)
         return (codes * scales[:, :, None] + biases[:, :, None]).reshape(scales.shape[0], -1)
 
     def __iter__(self) -> Iterator[str]:

@@ -76,12 +76,14 @@ class Writer:
     with (0: float); `kv_scales`: an int8 cache's scales are measured on calibration text at export
     (ONNX's static scales; MLX quantizes each position as it is stored); `rotation`: its runtime
     applies a rotated residual stream's final matrix (Recipe.rotate_residual); `rotates_tied`: the
-    default rotates a tied model too, whose artifact then carries that matrix as a tensor of its own."""
+    default rotates a tied model too, whose artifact then carries that matrix as a tensor of its own;
+    `code_bits`: the widths of weight codes its kernels read."""
 
     require: Callable[[str | None], None]
     whole_groups: bool
     write: Callable[[WriteJob], Written]
     kv_bits: tuple[int, ...] = (0,)
+    code_bits: tuple[int, ...] = (4, 8)  # ONNX Runtime's MatMulNBits also reads 2 (not made here)
     kv_scales: bool = False
     rotation: bool = False
     rotates_tied: bool = True
@@ -169,7 +171,13 @@ WRITERS: dict[tuple[str, str | None], Writer] = {
     # by default only where nothing but the folded weights changes (an untied lm_head): mlx-lm loads the
     # folder as is; a tied model's final matrix is a tensor it does not know, so that one is asked for
     ("mlx", None): Writer(
-        _require_mlx, whole_groups=True, write=_write_mlx, kv_bits=(0, 8), rotation=True, rotates_tied=False
+        _require_mlx,
+        whole_groups=True,
+        write=_write_mlx,
+        kv_bits=(0, 8),
+        code_bits=(4, 5, 6, 8),
+        rotation=True,
+        rotates_tied=False,
     ),
 }
 FORMATS = tuple(dict.fromkeys(f for f, _ in WRITERS))
@@ -240,6 +248,14 @@ def plan_export(
         raise EdgekitError(
             f"rotate_residual: a {kind} artifact cannot carry a rotated residual stream yet; "
             "export it to onnx cpu or cuda or to mlx, or leave rotate_residual off"
+        )
+    unread = sorted(recipe.code_bits() - set(writer.code_bits))
+    if unread:
+        kind = f"{artifact_format} {flavor}" if flavor else artifact_format
+        readers = ", ".join(f"{f} {v}" if v else f for (f, v), w in WRITERS.items() if unread[0] in w.code_bits)
+        raise EdgekitError(
+            f"{unread[0]}-bit weights: a {kind} artifact's kernels read {' or '.join(map(str, writer.code_bits))}-bit "
+            f"codes; {unread[0]}-bit codes are made for {readers}"
         )
     writer.require(None)
     accuracy_level = settings.accuracy_level if accuracy_level is None else accuracy_level

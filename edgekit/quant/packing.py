@@ -6,8 +6,9 @@
   ONNX Runtime runs float zero points on slow unpacked paths only, so exporters split such a weight
   exactly instead: a MatMulNBits without zero points plus the group sums of x times
   `zero_point_table` (see there).
-- MLX affine: weight uint32 [N, K * bits / 32] (codes packed low bits first along K), scales and
-  biases [N, K / group], dequantized as codes * scale + bias.
+- MLX affine: weight uint32 [N, K * bits / 32] (codes packed low bits first along K, as one
+  little-endian bit stream: a 3-, 5- or 6-bit code may straddle two words), scales and biases
+  [N, K / group], dequantized as codes * scale + bias.
 """
 
 from __future__ import annotations
@@ -104,6 +105,46 @@ class MLXWeights:
     bits: int
 
 
+STREAM_ROWS = 4096  # rows packed at a time as a bit stream: bounds its [rows, K, bits] bit planes
+
+
+def pack_words(codes: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 codes [N, K] (K * bits a multiple of 32) -> uint32 words [N, K * bits / 32], the codes'
+    bits one after another from each word's low bit, running on into the next word."""
+    n, k = codes.shape
+    if 32 % bits == 0:  # whole codes per word
+        per_word = 32 // bits
+        c = codes.reshape(n, -1, per_word).astype(np.uint32)
+        words = np.zeros(c.shape[:-1], np.uint32)
+        for i in range(per_word):
+            words |= c[..., i] << np.uint32(bits * i)
+        return words
+    words = np.empty((n, k * bits // 32), np.uint32)
+    shifts = np.arange(bits, dtype=np.uint8)
+    for r in range(0, n, STREAM_ROWS):
+        planes = (codes[r : r + STREAM_ROWS, :, None] >> shifts) & 1
+        stream = np.packbits(planes.reshape(len(planes), -1), axis=-1, bitorder="little")
+        words[r : r + STREAM_ROWS] = stream.view("<u4")
+    return words
+
+
+def unpack_words(words: np.ndarray, bits: int) -> np.ndarray:
+    """pack_words' inverse: uint32 words [N, K * bits / 32] -> uint8 codes [N, K]."""
+    n = words.shape[0]
+    if 32 % bits == 0:
+        shifts = (np.arange(32 // bits, dtype=np.uint32) * bits)[None, None, :]
+        codes = (words[:, :, None] >> shifts) & np.uint32((1 << bits) - 1)
+        return codes.reshape(n, -1).astype(np.uint8)
+    k = words.shape[1] * 32 // bits
+    codes = np.empty((n, k), np.uint8)
+    weights = (1 << np.arange(bits, dtype=np.uint8))[None, None, :]
+    for r in range(0, n, STREAM_ROWS):
+        stream = np.ascontiguousarray(words[r : r + STREAM_ROWS]).astype("<u4").view(np.uint8)
+        planes = np.unpackbits(stream, axis=-1, bitorder="little").reshape(len(stream), k, bits)
+        codes[r : r + STREAM_ROWS] = (planes * weights).sum(axis=-1, dtype=np.uint8)
+    return codes
+
+
 def to_mlx(qt: QuantizedTensor, scale_dtype=np.float16) -> MLXWeights:
     n, k = qt.shape
     if k % qt.group_size:
@@ -111,11 +152,7 @@ def to_mlx(qt: QuantizedTensor, scale_dtype=np.float16) -> MLXWeights:
             f"MLX needs the input size ({k}) to be a multiple of the group size ({qt.group_size}); "
             "quantize this layer with a group that divides it"
         )
-    per_word = 32 // qt.bits
-    c = qt.codes[:, :k].reshape(n, -1, per_word).astype(np.uint32)
-    weight = np.zeros(c.shape[:-1], np.uint32)
-    for i in range(per_word):
-        weight |= c[..., i] << np.uint32(qt.bits * i)
+    weight = pack_words(qt.codes[:, :k], qt.bits)
     scales = qt.scales.astype(scale_dtype)
     biases = (-qt.zero_points() * qt.scales).astype(scale_dtype)
     return MLXWeights(weight, scales, biases, qt.group_size, qt.bits)

@@ -193,6 +193,12 @@ class Recipe:
         rounded = self.algorithm in GPTQ_ROUNDED and not self.reorder_residual
         return replace(self, rotate_residual=applies and rounded)
 
+    def code_bits(self) -> set[int]:
+        """Every code width the recipe can give a weight."""
+        per_class = (self.embedding_bits, self.lm_head_bits, self.attention_bits, self.mlp_bits)
+        chosen = {self.bits, *per_class, self.edge_down_bits, self.key_bits}
+        return {b for b in chosen if b} | {o["bits"] for o in self.overrides.values() if "bits" in o}
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -16,7 +16,9 @@ import numpy as np
 
 from ..errors import EdgekitError
 
-SUPPORTED_BITS = (4, 8)
+# what the quantizers make; a writer takes the widths its runtime reads (exporters.pipeline.Writer):
+# ONNX Runtime's MatMulNBits 4 and 8, MLX also 5 and 6
+SUPPORTED_BITS = (4, 5, 6, 8)
 SUPPORTED_GROUPS = (32, 64, 128)
 
 
