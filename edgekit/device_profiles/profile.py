@@ -18,7 +18,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ALGORITHMS = ("rtn", "hqq", "awq", "gptq", "awq-gptq")  # mirrors quant.recipe, which imports more than a Pi needs
-CODE_BITS = (4, 5, 6, 8)  # mirrors quant.tensor.CODE_BITS; 5 and 6 for MLX, the export checks the format
+CODE_BITS = (4, 5, 6, 8)  # mirrors quant.tensor.SUPPORTED_BITS; 5 and 6 for MLX, the export checks the format
 
 
 class ProfileError(EdgekitError):
