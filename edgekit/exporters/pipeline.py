@@ -216,6 +216,15 @@ def profile_recipe(settings: ExportSettings) -> Recipe:
     )
 
 
+def _kind(artifact_format: str, flavor: str | None) -> str:
+    return f"{artifact_format} {flavor}" if flavor else artifact_format
+
+
+def _kinds_where(takes: Callable[[Writer], bool]) -> str:
+    """The kinds of artifact whose writer `takes` something, for an error naming where it is made."""
+    return ", ".join(_kind(f, v) for (f, v), w in WRITERS.items() if takes(w))
+
+
 def plan_export(
     profile: str | Path | DeviceProfile | None,
     artifact_format: str | None,
@@ -240,19 +249,18 @@ def plan_export(
     writer = WRITERS.get((artifact_format, flavor))
     if writer is None:
         raise EdgekitError(f"flavor '{flavor}' is not supported; supported: {', '.join(ONNX_FLAVORS)}")
+    kind = _kind(artifact_format, flavor)
     recipe = recipe or (profile_recipe(settings) if profile else DEFAULT_RECIPE)
     if writer.whole_groups:
         recipe = replace(recipe, whole_groups=True)
     if recipe.rotate_residual and not writer.rotation:
-        kind = f"{artifact_format} {flavor}" if flavor else artifact_format
         raise EdgekitError(
             f"rotate_residual: a {kind} artifact cannot carry a rotated residual stream yet; "
             "export it to onnx cpu or cuda or to mlx, or leave rotate_residual off"
         )
     unread = sorted(recipe.code_bits() - set(writer.code_bits))
     if unread:
-        kind = f"{artifact_format} {flavor}" if flavor else artifact_format
-        readers = ", ".join(f"{f} {v}" if v else f for (f, v), w in WRITERS.items() if unread[0] in w.code_bits)
+        readers = _kinds_where(lambda w: unread[0] in w.code_bits)
         raise EdgekitError(
             f"{unread[0]}-bit weights: a {kind} artifact's kernels read {' or '.join(map(str, writer.code_bits))}-bit "
             f"codes; {unread[0]}-bit codes are made for {readers}"
@@ -264,8 +272,7 @@ def plan_export(
     max_context = max_context or settings.max_context or None
     kv_bits = settings.kv_bits if kv_bits is None else kv_bits
     if kv_bits not in writer.kv_bits:
-        kind = f"{artifact_format} {flavor}" if flavor else artifact_format
-        kinds = ", ".join(f"{f} {v}" if v else f for (f, v), w in WRITERS.items() if 8 in w.kv_bits)
+        kinds = _kinds_where(lambda w: 8 in w.kv_bits)
         raise EdgekitError(
             f"kv_bits={kv_bits}: a {kind} artifact takes kv_bits {' or '.join(map(str, writer.kv_bits))} "
             f"(0: a float KV cache, 8: int8); an int8 KV cache is made for {kinds}"

@@ -112,13 +112,8 @@ def pack_words(codes: np.ndarray, bits: int) -> np.ndarray:
     """uint8 codes [N, K] (K * bits a multiple of 32) -> uint32 words [N, K * bits / 32], the codes'
     bits one after another from each word's low bit, running on into the next word."""
     n, k = codes.shape
-    if 32 % bits == 0:  # whole codes per word
-        per_word = 32 // bits
-        c = codes.reshape(n, -1, per_word).astype(np.uint32)
-        words = np.zeros(c.shape[:-1], np.uint32)
-        for i in range(per_word):
-            words |= c[..., i] << np.uint32(bits * i)
-        return words
+    if 8 % bits == 0:  # whole codes per byte: the bytes, read as little-endian words
+        return pack_low_first(np.ascontiguousarray(codes), bits).view("<u4").astype(np.uint32, copy=False)
     words = np.empty((n, k * bits // 32), np.uint32)
     shifts = np.arange(bits, dtype=np.uint8)
     for r in range(0, n, STREAM_ROWS):
@@ -131,11 +126,9 @@ def pack_words(codes: np.ndarray, bits: int) -> np.ndarray:
 def unpack_words(words: np.ndarray, bits: int) -> np.ndarray:
     """pack_words' inverse: uint32 words [N, K * bits / 32] -> uint8 codes [N, K]."""
     n = words.shape[0]
-    if 32 % bits == 0:
-        shifts = (np.arange(32 // bits, dtype=np.uint32) * bits)[None, None, :]
-        codes = (words[:, :, None] >> shifts) & np.uint32((1 << bits) - 1)
-        return codes.reshape(n, -1).astype(np.uint8)
     k = words.shape[1] * 32 // bits
+    if 8 % bits == 0:
+        return unpack_low_first(np.ascontiguousarray(words).astype("<u4", copy=False).view(np.uint8), bits, k)
     codes = np.empty((n, k), np.uint8)
     weights = (1 << np.arange(bits, dtype=np.uint8))[None, None, :]
     for r in range(0, n, STREAM_ROWS):
