@@ -46,6 +46,7 @@ ARTIFACTS = [
     ("edgekit-mlx", "rotated"),
     ("edgekit-mlx", "5bit-rotated"),
     ("edgekit-mlx", "6bit"),
+    ("edgekit-mlx", "5bit-but-gate-tuned"),
     ("llama.cpp", "Q4_0"),
     ("llama.cpp", "Q4_K_M"),
     ("onnxruntime-genai", "int4"),
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("--models", default="smollm2,off-grid")
     parser.add_argument("--texts", default="license,textwrap")
     parser.add_argument("--engines", default=",".join(dict.fromkeys(e for e, _ in ARTIFACTS)))
+    parser.add_argument("--variants", default=None, help="only these variants (comma-separated) [default: all]")
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--windows", type=int, default=4)
     parser.add_argument("--work", type=Path, default=Path("out/quality_peers"))
@@ -93,7 +95,7 @@ def main() -> None:
             {"name": model_name, "hf": str(hf), "real": True, "gguf_pre": gguf_pre_tokenizer(gguf)}
         )
         for engine_name, variant in ARTIFACTS:
-            if engine_name not in engines:
+            if engine_name not in engines or (args.variants and variant not in args.variants.split(",")):
                 continue
             engine = ENGINES[engine_name]
             out = folder / engine_name / variant

@@ -171,6 +171,34 @@ def test_code_widths_an_artifact_cannot_read_are_refused(runner, tiny_models, tm
         assert len(result.output.strip().splitlines()) == 1 and not out.exists()
 
 
+def test_tensor_bits_from_the_cli(runner, tiny_models, tmp_path):
+    """--tensor-bits PATTERN=BITS sets the bits of the weights a glob names, over the other options;
+    a malformed value, a pattern that names no weight or bits no kernel reads is one line, exit 2,
+    no folder."""
+    out = tmp_path / "mixed"
+    given = ["--tensor-bits", "*.gate_proj=8", "--tensor-bits", "model.layers.0.*=8"]
+    result = runner.invoke(cli, ["export", str(tiny_models["llama"]), "-o", str(out), "-a", "rtn", *given])
+    assert result.exit_code == 0, result.output
+    quantization = json.loads((out / "edgekit.json").read_text())["quantization"]
+    assert quantization["recipe"]["overrides"] == {"*.gate_proj": {"bits": 8}, "model.layers.0.*": {"bits": 8}}
+    bits = {name: layer["bits"] for name, layer in quantization["layers"].items()}
+    assert bits["model.layers.1.mlp.gate_proj.weight"] == 8 and bits["model.layers.1.mlp.up_proj.weight"] == 4
+    assert all(b == 8 for name, b in bits.items() if name.startswith("model.layers.0."))
+
+    refused = {
+        "gate_proj": "is not PATTERN=BITS",
+        "*.gate=8": "tensor pattern '*.gate' matches no weight of this model",
+        "*.gate_proj=3": "override '*.gate_proj': bits=3 is not supported",
+        "*.gate_proj=5": "5-bit codes are made for mlx",
+    }
+    for value, said in refused.items():
+        bad = tmp_path / "bad"
+        result = runner.invoke(cli, ["export", str(tiny_models["llama"]), "-o", str(bad), "--tensor-bits", value])
+        assert result.exit_code == 2 and said in result.output, result.output
+        assert "Traceback" not in result.output and not bad.exists()
+        assert value == "gate_proj" or len(result.output.strip().splitlines()) == 1  # click's usage, else one line
+
+
 def _eval_rows(runner, source, text, *args):
     """`edgekit eval SOURCE` (a checkpoint or an artifact) on 32-token windows: its JSON rows."""
     result = runner.invoke(cli, ["eval", str(source), "--text", str(text), "--window", "32", "--json", *args])

@@ -41,6 +41,9 @@ MLX_VARIANTS = {
     "rotated": ["--rotate-residual"],
     "5bit-rotated": ["--bits", "5", "--rotate-residual"],
     "6bit": ["--bits", "6"],
+    # 5-bit codes in every layer weight but gate_proj, each layer's scales tuned: about 5 bits/weight
+    "5bit-but-gate-tuned": "--bits 5 --edge-down-bits 5 --tensor-bits *.gate_proj=4 --rotate-residual "
+    "--layer-tune-steps 10".split(),
 }
 
 

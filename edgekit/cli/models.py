@@ -93,6 +93,17 @@ def inspect(source: str, as_json: bool) -> None:
         click.echo(f"{key:<{width}}  {value}")
 
 
+def _tensor_bits(ctx, param, values: tuple[str, ...]) -> dict[str, int] | None:
+    """--tensor-bits PATTERN=BITS, repeated: {pattern: bits}, None when not given."""
+    chosen: dict[str, int] = {}
+    for value in values:
+        pattern, _, bits = value.rpartition("=")
+        if not pattern or not bits.isdigit():
+            raise click.BadParameter(f"'{value}' is not PATTERN=BITS, e.g. '*.gate_proj=4'")
+        chosen[pattern] = int(bits)
+    return chosen or None
+
+
 def recipe_options(command):
     """The quantization options `export` and `eval` share; each defaults to the recipe's value."""
     options = [
@@ -130,6 +141,14 @@ def recipe_options(command):
             "MLX export, which mlx-lm then cannot load].",
         ),
         click.option(
+            "--tensor-bits",
+            multiple=True,
+            metavar="PATTERN=BITS",
+            callback=_tensor_bits,
+            help="Bits of the weights whose names match a glob, over the options above, e.g. "
+            "'*.gate_proj=4' or 'model.layers.0.*=8' (repeatable; names as in the HF checkpoint).",
+        ),
+        click.option(
             "--calibration",
             default=None,
             type=click.Path(dir_okay=False),
@@ -151,9 +170,13 @@ def _recipe(
     edge_down_bits: int | None,
     key_bits: int | None,
     rotate_residual: bool | None,
+    tensor_bits: dict[str, int] | None,
 ):
     from dataclasses import replace
 
+    overrides = dict(base.overrides)
+    for pattern, b in (tensor_bits or {}).items():
+        overrides[pattern] = {**overrides.get(pattern, {}), "bits": b}
     changes = {
         "algorithm": algorithm,
         "bits": bits,
@@ -163,6 +186,7 @@ def _recipe(
         "edge_down_bits": edge_down_bits,
         "key_bits": key_bits,
         "rotate_residual": rotate_residual,
+        "overrides": overrides if tensor_bits else None,
     }
     return replace(base, **{k: v for k, v in changes.items() if v is not None})
 
@@ -277,6 +301,7 @@ def export(
     edge_down_bits: int | None,
     key_bits: int | None,
     rotate_residual: bool | None,
+    tensor_bits: dict[str, int] | None,
     calibration: str | None,
     max_context: int | None,
     accuracy_level: int | None,
@@ -298,7 +323,16 @@ def export(
     chosen = load_profile(profile) if profile else None
     base = profile_recipe(chosen.export) if chosen else DEFAULT_RECIPE
     recipe = _recipe(
-        base, algorithm, bits, group_size, symmetric, embedding_bits, edge_down_bits, key_bits, rotate_residual
+        base,
+        algorithm,
+        bits,
+        group_size,
+        symmetric,
+        embedding_bits,
+        edge_down_bits,
+        key_bits,
+        rotate_residual,
+        tensor_bits,
     )
     qad = None
     if qad_steps:
@@ -400,6 +434,7 @@ def eval_command(
     edge_down_bits: int | None,
     key_bits: int | None,
     rotate_residual: bool | None,
+    tensor_bits: dict[str, int] | None,
     calibration: str | None,
     window: int,
     max_windows: int,
@@ -417,7 +452,17 @@ def eval_command(
     from ..reference import ReferenceModel
     from ..sources import open_checkpoint
 
-    quantization = (algorithm, bits, group_size, symmetric, embedding_bits, edge_down_bits, key_bits, rotate_residual)
+    quantization = (
+        algorithm,
+        bits,
+        group_size,
+        symmetric,
+        embedding_bits,
+        edge_down_bits,
+        key_bits,
+        rotate_residual,
+        tensor_bits,
+    )
     recipe_given = any(v is not None for v in (*quantization, calibration))
     if is_artifact(Path(source)):
         if recipe_given or source_only:

@@ -347,6 +347,7 @@ def export(
             )
         return _export_via_optimum(source, output, plan, overwrite, progress, note)
     writer.require(checkpoint.spec.family)
+    plan.recipe.check_overrides(weight_shapes(checkpoint.spec))
     if qad is not None or layer_tune_steps:
         require("torch", "distill")
     if calibration is not None:

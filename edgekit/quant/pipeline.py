@@ -279,6 +279,7 @@ def quantize_checkpoint(
         rotated = RotatedResidual(spec, store, random_rotation(spec.hidden_size, recipe.rotation_seed))
         store, final_rotation = rotated, rotated.final_rotation()
     names = weight_shapes(spec)
+    recipe.check_overrides(names)
     calibrate = recipe.needs_calibration
     if calibrate and not calibration:
         raise EdgekitError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -28,6 +29,11 @@ def _layer_part(name: str) -> tuple[int, str] | None:
     """(layer, the name within it) of a decoder layer's weight: (3, 'mlp.down_proj.weight')."""
     match = LAYER_NAME.match(name)
     return None if match is None else (int(match.group(1)), match.group(2))
+
+
+def _matches(pattern: str, name: str) -> bool:
+    """An override's glob against a weight name, with or without its ".weight"."""
+    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name.removesuffix(".weight"), pattern)
 
 
 def _edge_down(name: str, num_layers: int) -> bool:
@@ -147,6 +153,9 @@ class Recipe:
                     f"override '{pattern}': unknown keys {sorted(unknown)}; "
                     "allowed: bits, group_size, algorithm, symmetric"
                 )
+            if "bits" in values or "group_size" in values:
+                bits, group = values.get("bits", self.bits), values.get("group_size", self.group_size)
+                check_bits_and_group(bits, group, f"override '{pattern}': bits")
 
     @property
     def needs_calibration(self) -> bool:
@@ -176,12 +185,24 @@ class Recipe:
         symmetric = self.embedding_symmetric if cls == "embedding" else self.symmetric
         chosen = TensorRecipe(bits, group, algorithm, symmetric, self.whole_groups)
         for pattern, values in self.overrides.items():
-            if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name.removesuffix(".weight"), pattern):
+            if _matches(pattern, name):
                 chosen = replace(chosen, **values)
         check_bits_and_group(chosen.bits, chosen.group_size)
         if chosen.algorithm not in ALGORITHMS:
             raise EdgekitError(f"unknown quantization algorithm '{chosen.algorithm}' for {name}")
         return chosen
+
+    def check_overrides(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Refuse an override that names none of the model's matrices (`shapes`: spec.weight_shapes):
+        a mistyped pattern would otherwise leave the recipe silently unchanged."""
+        weights = [name for name, shape in shapes.items() if len(shape) == 2]
+        for pattern in self.overrides:
+            if not any(_matches(pattern, name) for name in weights):
+                example = next((w for w in weights if ".layers." in w), weights[0]).removesuffix(".weight")
+                raise EdgekitError(
+                    f"tensor pattern '{pattern}' matches no weight of this model; patterns are globs over "
+                    f"weight names such as {example} (e.g. '*.{example.rsplit('.', 1)[-1]}')"
+                )
 
     def with_rotation(self, applies: bool) -> Recipe:
         """The recipe with rotate_residual decided: the default (None) becomes `applies`, whether the
