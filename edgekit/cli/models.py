@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 import sys
@@ -104,8 +105,23 @@ def _tensor_bits(ctx, param, values: tuple[str, ...]) -> dict[str, int] | None:
     return chosen or None
 
 
+# the recipe's fields the quantization options set; `tensor_bits` becomes per-weight overrides
+RECIPE_OPTIONS = (
+    "algorithm",
+    "bits",
+    "group_size",
+    "symmetric",
+    "embedding_bits",
+    "edge_down_bits",
+    "key_bits",
+    "rotate_residual",
+    "tensor_bits",
+)
+
+
 def recipe_options(command):
-    """The quantization options `export` and `eval` share; each defaults to the recipe's value."""
+    """The quantization options `export` and `eval` share, each defaulting to the recipe's value, and
+    --calibration. The command takes them as one dict, `recipe_changes` (None where not given)."""
     options = [
         click.option(
             "-a", "--algorithm", default=None, help="rtn, hqq, awq, gptq or awq-gptq [default: the recipe's]."
@@ -155,40 +171,29 @@ def recipe_options(command):
             help="Calibration text; without it, text sampled from the model itself.",
         ),
     ]
+
+    @functools.wraps(command)
+    def with_changes(*args: Any, **kwargs: Any) -> Any:
+        changes = {name: kwargs.pop(name) for name in RECIPE_OPTIONS}
+        return command(*args, recipe_changes=changes, **kwargs)
+
     for option in reversed(options):
-        command = option(command)
-    return command
+        with_changes = option(with_changes)
+    return with_changes
 
 
-def _recipe(
-    base,
-    algorithm: str | None,
-    bits: int | None,
-    group_size: int | None,
-    symmetric: bool | None,
-    embedding_bits: int | None,
-    edge_down_bits: int | None,
-    key_bits: int | None,
-    rotate_residual: bool | None,
-    tensor_bits: dict[str, int] | None,
-):
+def _recipe(base, changes: dict[str, Any]):
+    """`base` with the options given (recipe_options) applied."""
     from dataclasses import replace
 
-    overrides = dict(base.overrides)
-    for pattern, b in (tensor_bits or {}).items():
-        overrides[pattern] = {**overrides.get(pattern, {}), "bits": b}
-    changes = {
-        "algorithm": algorithm,
-        "bits": bits,
-        "group_size": group_size,
-        "symmetric": symmetric,
-        "embedding_bits": embedding_bits,
-        "edge_down_bits": edge_down_bits,
-        "key_bits": key_bits,
-        "rotate_residual": rotate_residual,
-        "overrides": overrides if tensor_bits else None,
-    }
-    return replace(base, **{k: v for k, v in changes.items() if v is not None})
+    given = {k: v for k, v in changes.items() if v is not None}
+    tensor_bits = given.pop("tensor_bits", {})
+    if tensor_bits:
+        overrides = dict(base.overrides)
+        for pattern, b in tensor_bits.items():
+            overrides[pattern] = {**overrides.get(pattern, {}), "bits": b}
+        given["overrides"] = overrides
+    return replace(base, **given)
 
 
 def _echo(message: str) -> None:
@@ -293,15 +298,7 @@ def export(
     profile: str | None,
     fmt: str | None,
     flavor: str | None,
-    algorithm: str | None,
-    bits: int | None,
-    group_size: int | None,
-    symmetric: bool | None,
-    embedding_bits: int | None,
-    edge_down_bits: int | None,
-    key_bits: int | None,
-    rotate_residual: bool | None,
-    tensor_bits: dict[str, int] | None,
+    recipe_changes: dict[str, Any],
     calibration: str | None,
     max_context: int | None,
     accuracy_level: int | None,
@@ -322,18 +319,7 @@ def export(
 
     chosen = load_profile(profile) if profile else None
     base = profile_recipe(chosen.export) if chosen else DEFAULT_RECIPE
-    recipe = _recipe(
-        base,
-        algorithm,
-        bits,
-        group_size,
-        symmetric,
-        embedding_bits,
-        edge_down_bits,
-        key_bits,
-        rotate_residual,
-        tensor_bits,
-    )
+    recipe = _recipe(base, recipe_changes)
     qad = None
     if qad_steps:
         from ..distill.qad import qad_config
@@ -426,15 +412,7 @@ def eval_command(
     text_path: str,
     source_only: bool,
     source_path: str | None,
-    algorithm: str | None,
-    bits: int | None,
-    group_size: int | None,
-    symmetric: bool | None,
-    embedding_bits: int | None,
-    edge_down_bits: int | None,
-    key_bits: int | None,
-    rotate_residual: bool | None,
-    tensor_bits: dict[str, int] | None,
+    recipe_changes: dict[str, Any],
     calibration: str | None,
     window: int,
     max_windows: int,
@@ -452,18 +430,7 @@ def eval_command(
     from ..reference import ReferenceModel
     from ..sources import open_checkpoint
 
-    quantization = (
-        algorithm,
-        bits,
-        group_size,
-        symmetric,
-        embedding_bits,
-        edge_down_bits,
-        key_bits,
-        rotate_residual,
-        tensor_bits,
-    )
-    recipe_given = any(v is not None for v in (*quantization, calibration))
+    recipe_given = calibration is not None or any(v is not None for v in recipe_changes.values())
     if is_artifact(Path(source)):
         if recipe_given or source_only:
             raise EdgekitError(
@@ -478,7 +445,7 @@ def eval_command(
     checkpoint = open_checkpoint(source)
     windows = token_windows(checkpoint.tokenizer.load().encode(read_text(text_path)).ids, window, max_windows)
     # as the default export (ONNX cpu) quantizes: its runtime applies a rotated residual stream
-    recipe = None if source_only else _recipe(DEFAULT_RECIPE, *quantization).with_rotation(True)
+    recipe = None if source_only else _recipe(DEFAULT_RECIPE, recipe_changes).with_rotation(True)
     click.echo(f"evaluating {checkpoint.name} on {sum(len(w) for w in windows)} tokens of {text_path}", err=True)
     reference = ReferenceModel.from_checkpoint(checkpoint)
     rows = [
