@@ -197,6 +197,9 @@ def test_tensor_bits_from_the_cli(runner, tiny_models, tmp_path):
         assert result.exit_code == 2 and said in result.output, result.output
         assert "Traceback" not in result.output and not bad.exists()
         assert value == "gate_proj" or len(result.output.strip().splitlines()) == 1  # click's usage, else one line
+    optimum = ["--via", "optimum", "--tensor-bits", "*.gate_proj=8"]
+    result = runner.invoke(cli, ["export", str(tiny_models["llama"]), "-o", str(tmp_path / "bad"), *optimum])
+    assert result.exit_code == 2 and "leave --tensor-bits out of it" in result.output, result.output
 
 
 def _eval_rows(runner, source, text, *args):

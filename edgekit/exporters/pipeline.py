@@ -345,6 +345,11 @@ def export(
                 "quantization-aware distillation and layer tuning train edgekit's model of the native families, "
                 "which does not cover an export through optimum; leave them out of it"
             )
+        if plan.recipe.overrides:
+            raise EdgekitError(
+                f"per-weight bits ({', '.join(plan.recipe.overrides)}) name the checkpoint's weights, which an "
+                "export through optimum does not carry; leave --tensor-bits out of it"
+            )
         return _export_via_optimum(source, output, plan, overwrite, progress, note)
     writer.require(checkpoint.spec.family)
     plan.recipe.check_overrides(weight_shapes(checkpoint.spec))
