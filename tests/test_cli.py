@@ -111,6 +111,17 @@ def test_eval_per_class_bits(runner, tiny_models, tmp_path, option, default):
     assert bits[(option, "8")] > bits[(option, "4")] and bits[()] == bits[(option, default)]
 
 
+def test_eval_tensor_bits(runner, tiny_models, tmp_path):
+    """eval quantizes a checkpoint with --tensor-bits as export does: gate_proj at 8 bits, more bytes."""
+    text = tmp_path / "prose.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 20)
+    plain, wider = (
+        _eval_rows(runner, tiny_models["llama"], text, "-a", "rtn", *extra)[1]["bits_per_weight"]
+        for extra in ((), ("--tensor-bits", "*.gate_proj=8"))
+    )
+    assert wider > plain
+
+
 @pytest.mark.parametrize(
     "args,match",
     [
